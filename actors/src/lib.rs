@@ -1,0 +1,1 @@
+pub fn app() -> colony::App { colony::App::new() }

@@ -1,0 +1,418 @@
+//! Node configuration (SPEC §4): a YAML file read with the `config` crate, every key
+//! overridable from the environment (`COLONY__SERVICES__MATH__WORKERS=4`), durations
+//! written like `500ms`. Unknown keys, unknown services and invalid values are
+//! errors naming the file, the key and the problem.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::app::{App, MASTER_SERVICE};
+
+/// A node's whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Who this node is.
+    pub node: NodeSection,
+    /// The HTTP API; absent or without `listen`, the node serves none.
+    #[serde(default)]
+    pub api: ApiSection,
+    /// The services this node runs, by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// The file this config was read from, for error messages.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `node:` — name, role and threads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// `[a-z0-9-]{1,32}`, unique in the cluster.
+    pub name: String,
+    /// `master` or `worker`.
+    #[serde(default)]
+    pub role: Role,
+    /// Arbiter threads that run workers; default: the CPU count.
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+impl NodeSection {
+    /// The arbiter thread count, resolving the default.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Keeps the member table and runs the master's handlers.
+    #[default]
+    Master,
+    /// Joins a master.
+    Worker,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// `api:` — where the HTTP API listens and its bearer token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address to bind, e.g. `127.0.0.1:8000` (port 0 picks a free port).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token; required when `listen` is not loopback.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+/// `services.NAME:` — how many workers, how they take work, how they restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Worker count; default: `node.threads`.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Requests in flight per worker.
+    #[serde(default = "one")]
+    pub concurrency: usize,
+    /// High-water mark of requests waiting for a free worker.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Default request timeout.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Restart policy, strategy and intensity.
+    #[serde(default)]
+    pub restart: RestartConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            workers: None,
+            concurrency: 1,
+            queue: default_queue(),
+            timeout: default_timeout(),
+            restart: RestartConfig::default(),
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `services.NAME.restart:` — the supervisor's rules for the service's workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Which exits restart a worker.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Which workers restart when one exits.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// More restarts than this within `within` fail the service.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// The window of the restart intensity.
+    #[serde(default = "default_within", with = "humantime_serde")]
+    pub within: Duration,
+    /// Delay before a restart, doubling per restart in the window.
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        RestartConfig {
+            policy: Policy::default(),
+            strategy: Strategy::default(),
+            max_restarts: default_max_restarts(),
+            within: default_within(),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+fn default_max_restarts() -> u32 {
+    5
+}
+fn default_within() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Which exits restart a worker (Erlang/OTP's restart types).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Always restarted.
+    #[default]
+    Permanent,
+    /// Restarted only after a panic or a kill.
+    Transient,
+    /// Never restarted.
+    Temporary,
+}
+
+/// Which workers of the service restart when one exits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Only the one that exited.
+    #[default]
+    OneForOne,
+    /// All workers of the service.
+    OneForAll,
+    /// The one that exited and those started after it.
+    RestForOne,
+}
+
+/// Exponential backoff bounds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// First delay.
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    pub min: Duration,
+    /// Largest delay.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: default_backoff_min(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the `n`th restart within the window (`n` ≥ 1).
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 2u32.saturating_pow(n.saturating_sub(1));
+        self.min.saturating_mul(factor).min(self.max)
+    }
+}
+
+fn default_backoff_min() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A config that cannot be used: the file, the key and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}{sep}{problem}", sep = if key.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// The dotted key at fault, e.g. `services.math.workers`; empty for the whole file.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.display().to_string(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads `path` with the environment's `COLONY__…` overrides, and checks every value.
+    pub fn load(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses YAML `text` as if read from `path`, with environment overrides.
+    pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+            .add_source(
+                config::Environment::with_prefix("COLONY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| ConfigError::new(path, "", clean_message(&e.to_string())))?;
+        let mut parsed: NodeConfig = serde_path_to_error::deserialize(built).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ConfigError::new(path, key, clean_message(&e.into_inner().to_string()))
+        })?;
+        parsed.validate(path)?;
+        parsed.source = Some(path.to_path_buf());
+        Ok(parsed)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |key: &str, problem: String| Err(ConfigError::new(path, key, problem));
+        let name = &self.node.name;
+        let name_ok = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return err(
+                "node.name",
+                format!("`{name}` is not 1 to 32 characters of a-z, 0-9 and -"),
+            );
+        }
+        if self.node.threads == Some(0) {
+            return err("node.threads", "must be at least 1".into());
+        }
+        if let Some(listen) = self.api.listen {
+            if !listen.ip().is_loopback() && self.api.token_file.is_none() {
+                return err(
+                    "api.token_file",
+                    format!("required because api.listen {listen} is not a loopback address"),
+                );
+            }
+        }
+        if self.api.max_body == 0 {
+            return err("api.max_body", "must be at least 1".into());
+        }
+        for (service, cfg) in &self.services {
+            let key = |field: &str| format!("services.{service}.{field}");
+            if service == MASTER_SERVICE {
+                return err(
+                    &format!("services.{service}"),
+                    "is reserved for the master's handlers".into(),
+                );
+            }
+            if cfg.workers == Some(0) {
+                return err(&key("workers"), "must be at least 1".into());
+            }
+            if cfg.concurrency == 0 {
+                return err(&key("concurrency"), "must be at least 1".into());
+            }
+            if cfg.timeout.is_zero() {
+                return err(&key("timeout"), "must be longer than 0".into());
+            }
+            if cfg.restart.within.is_zero() {
+                return err(&key("restart.within"), "must be longer than 0".into());
+            }
+            let b = cfg.restart.backoff;
+            if b.min > b.max {
+                return err(
+                    &key("restart.backoff"),
+                    format!(
+                        "min {} is above max {}",
+                        humantime::format_duration(b.min),
+                        humantime::format_duration(b.max)
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the app provides every service the config lists.
+    pub fn check_services(&self, file: &Path, app: &App) -> Result<(), ConfigError> {
+        match self.services.keys().find(|name| !app.has_service(name)) {
+            None => Ok(()),
+            Some(name) => {
+                let mut known: Vec<&str> = app
+                    .service_names()
+                    .into_iter()
+                    .filter(|n| *n != MASTER_SERVICE)
+                    .collect();
+                known.sort();
+                Err(ConfigError::new(
+                    file,
+                    format!("services.{name}"),
+                    format!("unknown service, expected one of {}", known.join(", ")),
+                ))
+            }
+        }
+    }
+
+    /// The config of service `name` on this node, if the node runs it.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.get(name)
+    }
+}
+
+/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into
+/// "unknown field, expected one of a, b": the key already names the field.
+fn clean_message(message: &str) -> String {
+    let message = match message.strip_prefix("unknown field `") {
+        Some(rest) => match rest.find("`, ") {
+            Some(end) => format!("unknown field, {}", &rest[end + 3..]),
+            None => message.to_string(),
+        },
+        None => message.to_string(),
+    };
+    message.replace('`', "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_max() {
+        let b = Backoff {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        };
+        let delays: Vec<_> = (1..=5).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(delays, vec![10, 20, 40, 50, 50]);
+        assert_eq!(b.delay(1000), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn unknown_field_message_names_the_alternatives() {
+        assert_eq!(
+            clean_message("unknown field `workrs`, expected one of `workers`, `queue`"),
+            "unknown field, expected one of workers, queue"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The dealer of one service: ZeroMQ's load-balancing broker.
+//!
+//! Each worker announces its free capacity as credits, `concurrency` of them when it
+//! comes online and one more each time it finishes a request. A request takes the
+//! least-recently-used credit (the front of the idle queue) and the credit goes to
+//! the back when the worker finishes, so a slow worker, holding its credits longer,
+//! is offered less work. With no credit free, requests wait in a FIFO of at most
+//! `queue` entries; past that they get `Overloaded`.
+//!
+//! The dealer is a lock-guarded broker rather than a mailbox actor: callers take and
+//! return credits under a short lock in their own task, and the request goes straight
+//! to the worker's mailbox. A mailbox hop through a dealer actor would double the
+//! thread wake-ups of every request.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::error::ServiceError;
+use crate::worker::Incarnation;
+
+/// Whether a service takes requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Availability {
+    Open,
+    /// Restart intensity exceeded: every request gets `ServiceFailed`.
+    Failed(String),
+    /// The node is shutting down: new requests are refused.
+    Closed(String),
+}
+
+/// A request's turn at a worker: either at once, or after waiting in line.
+pub(crate) enum Acquired {
+    Ready(Arc<Incarnation>),
+    Waiting(oneshot::Receiver<Result<Arc<Incarnation>, ServiceError>>),
+}
+
+type Waiter = oneshot::Sender<Result<Arc<Incarnation>, ServiceError>>;
+
+/// The broker of one service.
+#[derive(Debug)]
+pub(crate) struct Dealer {
+    service: String,
+    queue_limit: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    availability: Availability,
+    /// The current incarnation of each worker index, if it runs.
+    workers: Vec<Option<Arc<Incarnation>>>,
+    /// Free capacity, least recently used first.
+    idle: VecDeque<Arc<Incarnation>>,
+    waiting: VecDeque<Waiter>,
+}
+
+impl Dealer {
+    pub(crate) fn new(service: &str, workers: usize, queue_limit: usize) -> Self {
+        Dealer {
+            service: service.to_string(),
+            queue_limit,
+            state: Mutex::new(State {
+                availability: Availability::Open,
+                workers: vec![None; workers],
+                idle: VecDeque::new(),
+                waiting: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Takes a credit, or a place in line for one.
+    pub(crate) fn acquire(&self) -> Result<Acquired, ServiceError> {
+        let mut state = self.state.lock();
+        self.check_open(&state)?;
+        while let Some(worker) = state.idle.pop_front() {
+            if state.is_current(&worker) {
+                return Ok(Acquired::Ready(worker));
+            }
+        }
+        if state.waiting.len() >= self.queue_limit {
+            // Waiters whose caller gave up still hold a place; clear them first.
+            state.waiting.retain(|w| !w.is_closed());
+            if state.waiting.len() >= self.queue_limit {
+                return Err(ServiceError::overloaded(format!(
+                    "service {} has {} requests waiting, its queue limit",
+                    self.service, self.queue_limit
+                )));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        state.waiting.push_back(tx);
+        Ok(Acquired::Waiting(rx))
+    }
+
+    /// Gives a credit back after the worker finished a request. A credit of an
+    /// incarnation that has since exited is dropped.
+    pub(crate) fn release(&self, worker: Arc<Incarnation>) {
+        let mut state = self.state.lock();
+        if state.is_current(&worker) {
+            state.grant(worker);
+        }
+    }
+
+    /// A worker came online with `credits` of capacity.
+    pub(crate) fn add_worker(&self, worker: Arc<Incarnation>, credits: usize) {
+        let mut state = self.state.lock();
+        let index = worker.slot.id.index;
+        if index >= state.workers.len() {
+            state.workers.resize(index + 1, None);
+        }
+        state.workers[index] = Some(worker.clone());
+        for _ in 0..credits {
+            state.grant(worker.clone());
+        }
+    }
+
+    /// A worker exited: its credits go. Waiting requests stay in line for the others.
+    pub(crate) fn remove_worker(&self, index: usize, generation: u64) {
+        let mut state = self.state.lock();
+        let current = state.workers.get(index).and_then(Option::as_ref);
+        if current.is_some_and(|w| w.generation == generation) {
+            state.workers[index] = None;
+            state
+                .idle
+                .retain(|w| !(w.slot.id.index == index && w.generation == generation));
+        }
+    }
+
+    /// The running incarnation of worker `index`.
+    pub(crate) fn worker(&self, index: usize) -> Option<Arc<Incarnation>> {
+        let state = self.state.lock();
+        state.workers.get(index).cloned().flatten()
+    }
+
+    /// Every running incarnation.
+    pub(crate) fn workers(&self) -> Vec<Arc<Incarnation>> {
+        let state = self.state.lock();
+        state.workers.iter().flatten().cloned().collect()
+    }
+
+    /// Stops taking requests: waiting and future ones get `error`.
+    pub(crate) fn shut(&self, availability: Availability, error: ServiceError) {
+        let mut state = self.state.lock();
+        state.availability = availability;
+        for waiter in state.waiting.drain(..) {
+            // A waiter that gave up needs no answer.
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+
+    /// Fails every waiting request with `error` but keeps taking new ones (the
+    /// service has no worker left and none is coming back).
+    pub(crate) fn fail_waiting(&self, error: ServiceError) {
+        let mut state = self.state.lock();
+        for waiter in state.waiting.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+
+    /// Requests waiting for a free worker, not counting callers that gave up.
+    pub(crate) fn queued(&self) -> usize {
+        let state = self.state.lock();
+        state.waiting.iter().filter(|w| !w.is_closed()).count()
+    }
+
+    pub(crate) fn availability(&self) -> Availability {
+        self.state.lock().availability.clone()
+    }
+
+    fn check_open(&self, state: &State) -> Result<(), ServiceError> {
+        match &state.availability {
+            Availability::Open => Ok(()),
+            Availability::Failed(why) => Err(ServiceError::service_failed(format!(
+                "service {} has failed: {why}",
+                self.service
+            ))),
+            Availability::Closed(why) => Err(ServiceError::service_failed(format!(
+                "service {} is not taking requests: {why}",
+                self.service
+            ))),
+        }
+    }
+}
+
+impl State {
+    fn is_current(&self, worker: &Arc<Incarnation>) -> bool {
+        worker.is_alive()
+            && self
+                .workers
+                .get(worker.slot.id.index)
+                .and_then(Option::as_ref)
+                .is_some_and(|w| w.generation == worker.generation)
+    }
+
+    /// Hands the credit to the first live waiter, or puts it at the back of the line.
+    fn grant(&mut self, worker: Arc<Incarnation>) {
+        let mut worker = worker;
+        while let Some(waiter) = self.waiting.pop_front() {
+            match waiter.send(Ok(worker)) {
+                Ok(()) => return,
+                // The caller gave up waiting: the credit goes to the next in line.
+                Err(returned) => match returned {
+                    Ok(back) => worker = back,
+                    Err(_) => return,
+                },
+            }
+        }
+        self.idle.push_back(worker);
+    }
+}

@@ -1,0 +1,50 @@
+//! colony: typed, supervised clusters of actix actors.
+//!
+//! # Layout
+//!
+//! In the order a request flows through a node:
+//!
+//! - [`config`] reads a node's YAML config and checks every key.
+//! - [`app`] is where an application lists its services: an actor type and one typed
+//!   line per message it handles; [`message`] defines what a typed message is.
+//! - [`guard`] holds the middleware that may change or reject a message first.
+//! - `node` bootstraps a config's services and is the handle for every call
+//!   ([`Node::request`], [`Node::tell`], [`Node::broadcast`], …); [`node::run`] is
+//!   the long-running entry point.
+//! - `master` is the root actor of a node; it starts one `supervisor` actor per
+//!   service, which starts and restarts that service's workers.
+//! - `router` resolves a service name and carries a request through the service's
+//!   `dealer` (the load-balancing broker) into a `worker`'s mailbox and the reply back.
+//! - [`messages`] holds the lifecycle events every actor can subscribe to.
+//! - [`error`] is the error every failed call returns, with its kinds.
+//! - [`status`] is what the status endpoint and command show.
+//! - `api` serves the HTTP API; [`cli`] is the `colony` command line; [`logging`]
+//!   formats log lines with node and worker.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod app;
+mod api;
+pub mod cli;
+pub mod config;
+mod dealer;
+pub mod error;
+pub mod guard;
+pub mod logging;
+mod master;
+pub mod message;
+pub mod messages;
+pub mod node;
+mod router;
+mod service;
+pub mod status;
+mod supervisor;
+mod worker;
+
+pub use app::{App, ServiceBuilder, ServiceFactory, WorkerContext, MASTER_SERVICE};
+pub use config::{ConfigError, NodeConfig};
+pub use error::{ErrorKind, ServiceError};
+pub use guard::{Guard, Meta, Origin, Rejection};
+pub use message::{Outcome, ReplyOf, Request, WorkerId};
+pub use messages::LifecycleEvent;
+pub use node::{Node, StartError};
+pub use worker::{current_worker, ExitReason, WorkerState};

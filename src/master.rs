@@ -1,0 +1,135 @@
+//! The master: one per node. It starts the node's services through their
+//! supervisors, owns the lifecycle event bus, kills workers on request and drains
+//! every service at shutdown. Requests to the app's master handlers
+//! ([`Node::request_master`](crate::Node::request_master)) go through the router to
+//! the `@master` service it starts like any other.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures::future::join_all;
+
+use crate::error::ServiceError;
+use crate::messages::{EventBus, LifecycleEvent};
+use crate::message::WorkerId;
+use crate::supervisor::{Drain, KillWorker, Supervisor};
+
+/// The root of a node's supervision tree.
+pub(crate) struct Master {
+    node: String,
+    events: EventBus,
+    pending: Vec<(String, Supervisor)>,
+    supervisors: HashMap<String, Addr<Supervisor>>,
+}
+
+impl Master {
+    pub(crate) fn new(node: &str, events: EventBus, supervisors: Vec<(String, Supervisor)>) -> Self {
+        Master {
+            node: node.to_string(),
+            events,
+            pending: supervisors,
+            supervisors: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for Master {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        for (name, supervisor) in self.pending.drain(..) {
+            self.supervisors.insert(name, supervisor.start());
+        }
+        log::info!("node {}: master started {} services", self.node, self.supervisors.len());
+    }
+}
+
+/// Subscribe an actor to the node's lifecycle events.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Subscribe(pub(crate) Recipient<LifecycleEvent>);
+
+impl Handler<Subscribe> for Master {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        self.events.subscribe(msg.0);
+    }
+}
+
+/// Kill a worker of this node as if it crashed.
+#[derive(Message)]
+#[rtype(result = "Result<(), ServiceError>")]
+pub(crate) struct Kill(pub(crate) WorkerId);
+
+impl Handler<Kill> for Master {
+    type Result = ResponseFuture<Result<(), ServiceError>>;
+
+    fn handle(&mut self, msg: Kill, _: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let not_running = ServiceError::no_such_service(format!("worker {id} is not running"));
+        let supervisor = match self.supervisors.get(&id.service) {
+            Some(s) if id.node == self.node => s.clone(),
+            _ => return Box::pin(async move { Err(not_running) }),
+        };
+        Box::pin(async move {
+            supervisor
+                .send(KillWorker { index: id.index })
+                .await
+                .unwrap_or(Err(not_running))
+        })
+    }
+}
+
+/// Drain every service until `deadline`, then stop all workers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Shutdown {
+    pub(crate) deadline: Instant,
+}
+
+impl Handler<Shutdown> for Master {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        let drains: Vec<_> = self
+            .supervisors
+            .values()
+            .map(|s| s.send(Drain { deadline: msg.deadline }))
+            .collect();
+        Box::pin(
+            async move {
+                // A supervisor already gone has nothing left to drain.
+                join_all(drains).await;
+            }
+            .into_actor(self)
+            .map(|_, act, _| {
+                for supervisor in act.supervisors.values() {
+                    supervisor.do_send(StopActor);
+                }
+            }),
+        )
+    }
+}
+
+/// Stops the actor that receives it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopActor;
+
+impl Handler<StopActor> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<StopActor> for Master {
+    type Result = ();
+
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,107 @@
+//! Messages several actors share: the lifecycle events of workers and services,
+//! mirroring Node's cluster events (`fork`, `online`, `exit`), plus `restart` and
+//! `service_failed`, and the bus that carries them to subscribers.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::message::WorkerId;
+use crate::worker::ExitReason;
+
+/// Something that happened to a worker or a service. Any actor can subscribe with
+/// [`Node::subscribe`](crate::Node::subscribe).
+#[derive(Debug, Clone, PartialEq, Serialize, Message)]
+#[rtype(result = "()")]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LifecycleEvent {
+    /// A worker's actor is being started on its arbiter.
+    Fork {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// The worker's actor is built and takes requests.
+    Online {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// The worker's actor ended.
+    Exit {
+        /// The worker.
+        worker: WorkerId,
+        /// Why it ended.
+        reason: ExitReason,
+    },
+    /// The supervisor starts the worker again after `delay_ms`.
+    Restart {
+        /// The worker.
+        worker: WorkerId,
+        /// How many times this worker has been restarted, this one included.
+        restarts: u64,
+        /// The backoff before this restart.
+        delay_ms: u64,
+    },
+    /// The service exceeded its restart intensity and is down.
+    ServiceFailed {
+        /// The node of the service.
+        node: String,
+        /// The service.
+        service: String,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Delivers lifecycle events to subscribed actors. Each subscriber's mailbox is
+/// bounded: an event it has no room for is logged as dropped, and a subscriber
+/// that stopped is forgotten.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EventBus {
+    subscribers: Arc<Mutex<Vec<Recipient<LifecycleEvent>>>>,
+}
+
+impl EventBus {
+    pub(crate) fn subscribe(&self, subscriber: Recipient<LifecycleEvent>) {
+        self.subscribers.lock().push(subscriber);
+    }
+
+    pub(crate) fn publish(&self, event: LifecycleEvent) {
+        match &event {
+            LifecycleEvent::Exit {
+                reason: ExitReason::Panicked(_) | ExitReason::Killed,
+                ..
+            } => log::warn!("{}", describe(&event)),
+            LifecycleEvent::ServiceFailed { .. } => log::error!("{}", describe(&event)),
+            _ => log::info!("{}", describe(&event)),
+        }
+        self.subscribers.lock().retain(|s| match s.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => {
+                log::warn!("event subscriber's mailbox is full; dropped: {}", describe(&event));
+                true
+            }
+            Err(SendError::Closed(_)) => false,
+        });
+    }
+}
+
+/// One line describing `event`, for logs.
+pub fn describe(event: &LifecycleEvent) -> String {
+    match event {
+        LifecycleEvent::Fork { worker } => format!("worker {worker}: fork"),
+        LifecycleEvent::Online { worker } => format!("worker {worker}: online"),
+        LifecycleEvent::Exit { worker, reason } => format!("worker {worker}: exit ({reason})"),
+        LifecycleEvent::Restart {
+            worker,
+            restarts,
+            delay_ms,
+        } => format!("worker {worker}: restart #{restarts} after {delay_ms}ms"),
+        LifecycleEvent::ServiceFailed {
+            node,
+            service,
+            reason,
+        } => format!("service {node}/{service} failed: {reason}"),
+    }
+}

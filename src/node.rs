@@ -1,0 +1,386 @@
+//! The node: bootstraps a config's services on arbiter threads under the master,
+//! serves the HTTP API, and is the handle through which actors and tasks make calls.
+//!
+//! [`Node::start`] and [`run`] must be called inside an actix `System`.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_rt::Arbiter;
+use parking_lot::Mutex;
+
+use crate::api;
+use crate::app::{App, MASTER_SERVICE};
+use crate::config::{ConfigError, NodeConfig, Role, ServiceConfig};
+use crate::dealer::{Availability, Dealer};
+use crate::error::ServiceError;
+use crate::guard::Origin;
+use crate::master::{Kill, Master, Shutdown, StopActor, Subscribe};
+use crate::message::{ReplyOf, Request, WorkerId};
+use crate::messages::{EventBus, LifecycleEvent};
+use crate::router::{LocalService, Router};
+use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
+use crate::supervisor::Supervisor;
+use crate::worker::{WorkerSlot, WorkerState};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config does not fit the app.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The API address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address from `api.listen`.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The API token file could not be read or is empty.
+    #[error("api.token_file {path}: {problem}")]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// A running node. Cheap to clone; every clone is the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    role: Role,
+    started: Instant,
+    router: Router,
+    master: Mutex<Option<Addr<Master>>>,
+    arbiters: Mutex<Vec<Arbiter>>,
+    api: Mutex<Option<api::ApiServer>>,
+    api_addr: Option<SocketAddr>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("name", &self.inner.name).finish()
+    }
+}
+
+impl Node {
+    /// Starts the services `config` lists, from `app`, each under its supervisor,
+    /// and the HTTP API if `api.listen` is set. Returns once everything is started;
+    /// requests made before a worker is online wait for it at the dealer.
+    pub async fn start(app: impl Into<App>, config: NodeConfig) -> Result<Node, StartError> {
+        let app: App = app.into();
+        let source = config.source.clone().unwrap_or_else(|| PathBuf::from("<config>"));
+        config.check_services(&source, &app)?;
+        let name = config.node.name.clone();
+
+        let listener = match config.api.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let token = match &config.api.token_file {
+            Some(path) => Some(api::read_token(path).map_err(|problem| StartError::Token {
+                path: path.clone(),
+                problem,
+            })?),
+            None => None,
+        };
+        let api_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let arbiters: Vec<Arbiter> = (0..config.node.threads()).map(|_| Arbiter::new()).collect();
+        let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
+        let router = Router::new(&name);
+        let events = EventBus::default();
+        let node = Node {
+            inner: Arc::new(Inner {
+                name: name.clone(),
+                role: config.node.role,
+                started: Instant::now(),
+                router: router.clone(),
+                master: Mutex::new(None),
+                arbiters: Mutex::new(arbiters),
+                api: Mutex::new(None),
+                api_addr,
+                stopping: Default::default(),
+            }),
+        };
+
+        let mut supervisors = Vec::new();
+        let mut spread = 0;
+        for def in app.services {
+            let service_config = if def.name == MASTER_SERVICE {
+                if config.node.role != Role::Master {
+                    continue;
+                }
+                ServiceConfig {
+                    workers: Some(1),
+                    ..ServiceConfig::default()
+                }
+            } else {
+                match config.services.get(&def.name) {
+                    Some(c) => c.clone(),
+                    None => continue,
+                }
+            };
+            let workers = service_config.workers.unwrap_or(handles.len());
+            let slots = (0..workers)
+                .map(|i| Arc::new(WorkerSlot::new(WorkerId::new(&name, &def.name, i))))
+                .collect();
+            let service = Arc::new(LocalService {
+                name: def.name.clone(),
+                dealer: Dealer::new(&def.name, workers, service_config.queue),
+                config: service_config,
+                def: Arc::new(def),
+                slots,
+            });
+            router.insert(service.clone());
+            // Rotate each service's first worker so that services share the threads.
+            let mut arbiters = handles.clone();
+            arbiters.rotate_left(spread % handles.len());
+            spread += workers;
+            let supervisor = Supervisor::new(service.clone(), node.clone(), arbiters, events.clone());
+            supervisors.push((service.name.clone(), supervisor));
+        }
+        let master = Master::new(&name, events, supervisors).start();
+        *node.inner.master.lock() = Some(master);
+
+        if let Some(listener) = listener {
+            let server = api::serve(listener, node.clone(), token, config.api.max_body)
+                .map_err(|source| StartError::Bind {
+                    addr: api_addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                    source,
+                })?;
+            log::info!("node {name}: HTTP API on http://{}", server.addr);
+            *node.inner.api.lock() = Some(server);
+        }
+        Ok(node)
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The node's role.
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// Where the HTTP API listens, if it does.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.inner.api_addr
+    }
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// Request `msg` from a worker of `service` and wait for the typed reply, within
+    /// the service's configured timeout.
+    pub async fn request<M: Request>(&self, service: &str, msg: M) -> Result<ReplyOf<M>, ServiceError> {
+        let service = self.inner.router.service(service)?;
+        service.request(msg, None, Origin::Local).await
+    }
+
+    /// As [`request`](Self::request), with this call's own `timeout`.
+    pub async fn request_timeout<M: Request>(
+        &self,
+        service: &str,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<ReplyOf<M>, ServiceError> {
+        let service = self.inner.router.service(service)?;
+        service.request(msg, Some(timeout), Origin::Local).await
+    }
+
+    /// Hand `msg` to a worker of `service` without waiting for its reply. Returns
+    /// once a worker has it; errors (no service, overloaded, rejected) still come back.
+    pub async fn tell<M: Request>(&self, service: &str, msg: M) -> Result<(), ServiceError> {
+        let service = self.inner.router.service(service)?;
+        service.tell(msg, Origin::Local).await
+    }
+
+    /// `msg` to every worker of `service`, without waiting for replies; returns how
+    /// many workers it reached.
+    pub fn broadcast<M: Request + Clone>(&self, service: &str, msg: M) -> Result<usize, ServiceError> {
+        let service = self.inner.router.service(service)?;
+        service.broadcast(msg, Origin::Local)
+    }
+
+    /// Request `msg` from the worker `worker`.
+    pub async fn request_worker<M: Request>(
+        &self,
+        worker: &WorkerId,
+        msg: M,
+    ) -> Result<ReplyOf<M>, ServiceError> {
+        let (service, incarnation) = self.inner.router.worker(worker)?;
+        service
+            .request_worker(incarnation, msg, None, Origin::Local)
+            .await
+    }
+
+    /// Request `msg` from every worker of `service`; one result per worker.
+    pub async fn request_all<M: Request + Clone>(
+        &self,
+        service: &str,
+        msg: M,
+    ) -> Result<Vec<(WorkerId, Result<ReplyOf<M>, ServiceError>)>, ServiceError> {
+        let service = self.inner.router.service(service)?;
+        Ok(service.request_all(msg, None, Origin::Local).await)
+    }
+
+    /// Request `msg` from the master's handlers (the app's [`App::master`] actor).
+    pub async fn request_master<M: Request>(&self, msg: M) -> Result<ReplyOf<M>, ServiceError> {
+        let service = self.inner.router.service(MASTER_SERVICE).map_err(|_| {
+            ServiceError::no_such_service(format!(
+                "no master handlers on node {}: the app defines none (App::master) or this node is not the master",
+                self.inner.name
+            ))
+        })?;
+        service.request(msg, None, Origin::Local).await
+    }
+
+    /// Sends every lifecycle event of this node to `subscriber`.
+    pub async fn subscribe(&self, subscriber: Recipient<LifecycleEvent>) -> Result<(), ServiceError> {
+        self.master()?
+            .send(Subscribe(subscriber))
+            .await
+            .map_err(|_| node_stopped(self.name()))
+    }
+
+    /// Stops worker `worker` as if it crashed; its supervisor applies its policy.
+    pub async fn kill(&self, worker: &WorkerId) -> Result<(), ServiceError> {
+        self.master()?
+            .send(Kill(worker.clone()))
+            .await
+            .map_err(|_| node_stopped(self.name()))?
+    }
+
+    /// This node's services and workers.
+    pub fn status(&self) -> NodeStatus {
+        let services = self
+            .inner
+            .router
+            .services()
+            .iter()
+            .map(|service| ServiceStatus {
+                name: service.name.clone(),
+                state: match service.dealer.availability() {
+                    Availability::Open => "running".into(),
+                    Availability::Failed(why) => format!("failed: {why}"),
+                    Availability::Closed(_) => "stopping".into(),
+                },
+                queued: service.dealer.queued(),
+                workers: service.slots.iter().map(|slot| worker_status(slot)).collect(),
+            })
+            .collect();
+        let stopping = self.inner.stopping.load(std::sync::atomic::Ordering::Relaxed);
+        NodeStatus {
+            name: self.inner.name.clone(),
+            role: self.inner.role.to_string(),
+            pid: std::process::id(),
+            state: if stopping { "stopping" } else { "running" }.into(),
+            uptime_ms: self.inner.started.elapsed().as_millis() as u64,
+            services,
+        }
+    }
+
+    /// Every node of the cluster (this one, until nodes are bridged).
+    pub fn cluster_status(&self) -> ClusterStatus {
+        ClusterStatus {
+            nodes: vec![self.status()],
+        }
+    }
+
+    /// Stops gracefully: the API stops accepting connections and finishes its
+    /// requests, services stop taking work, requests in flight get until `drain`
+    /// to finish, then every worker and thread stops.
+    pub async fn shutdown(&self, drain: Duration) {
+        if self
+            .inner
+            .stopping
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        log::info!("node {}: shutting down (drain up to {:?})", self.name(), drain);
+        let deadline = Instant::now() + drain;
+        let api = self.inner.api.lock().take();
+        if let Some(api) = api {
+            // Graceful: in-flight HTTP requests complete before the server stops.
+            api.handle.stop(true).await;
+        }
+        let master = self.inner.master.lock().take();
+        if let Some(master) = master {
+            // A master already gone has nothing left to drain.
+            let _ = master.send(Shutdown { deadline }).await;
+            master.do_send(StopActor);
+        }
+        for arbiter in self.inner.arbiters.lock().drain(..) {
+            arbiter.stop();
+        }
+        log::info!("node {}: stopped", self.name());
+    }
+
+    fn master(&self) -> Result<Addr<Master>, ServiceError> {
+        self.inner
+            .master
+            .lock()
+            .clone()
+            .ok_or_else(|| node_stopped(self.name()))
+    }
+}
+
+fn node_stopped(name: &str) -> ServiceError {
+    ServiceError::service_failed(format!("node {name} is shutting down"))
+}
+
+fn worker_status(slot: &WorkerSlot) -> WorkerStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (state, since) = *slot.state.lock();
+    WorkerStatus {
+        id: slot.id.to_string(),
+        state: match state {
+            WorkerState::Starting => "starting",
+            WorkerState::Running => "running",
+            WorkerState::Restarting => "restarting",
+            WorkerState::Stopped => "stopped",
+        }
+        .into(),
+        restarts: slot.restarts.load(Relaxed),
+        uptime_ms: if state == WorkerState::Running {
+            since.elapsed().as_millis() as u64
+        } else {
+            0
+        },
+        handled: slot.handled.load(Relaxed),
+        in_flight: slot.in_flight.load(Relaxed),
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then stops it gracefully, giving requests
+/// in flight up to `drain` to finish. Call inside an actix `System`.
+pub async fn run(
+    app: impl Into<App>,
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> Result<(), StartError> {
+    let node = Node::start(app, config).await?;
+    shutdown.await;
+    node.shutdown(drain).await;
+    Ok(())
+}

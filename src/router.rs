@@ -1,0 +1,386 @@
+//! The router: the single entry point for requests from any source (local callers,
+//! the HTTP API), and the request path through a service's dealer to a worker.
+//!
+//! A request takes a credit from the dealer, goes straight into the worker's mailbox
+//! and waits for the reply on its own oneshot channel, so the reply returns to its
+//! origin without another hop. Whatever happens to the caller (a timeout, a dropped
+//! future), the credit goes back only when the worker has really finished: the wait
+//! moves to a detached task, so a late reply is dropped safely and the worker is
+//! never offered more than `concurrency` requests at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::{timeout_at, Instant};
+
+use crate::config::ServiceConfig;
+use crate::dealer::{Acquired, Dealer};
+use crate::error::ServiceError;
+use crate::guard::{Meta, Origin};
+use crate::message::{Outcome, ReplyOf, Request, WorkerId};
+use crate::service::{SendFn, ServiceDef};
+use crate::worker::{ExitReason, Incarnation, WorkerSlot};
+
+/// Resolves service names to the services running on this node.
+#[derive(Debug, Clone)]
+pub(crate) struct Router {
+    node: Arc<str>,
+    services: Arc<RwLock<HashMap<String, Arc<LocalService>>>>,
+}
+
+impl Router {
+    pub(crate) fn new(node: &str) -> Self {
+        Router {
+            node: node.into(),
+            services: Arc::default(),
+        }
+    }
+
+    pub(crate) fn insert(&self, service: Arc<LocalService>) {
+        self.services.write().insert(service.name.clone(), service);
+    }
+
+    /// The running service `name`, or `NoSuchService`.
+    pub(crate) fn service(&self, name: &str) -> Result<Arc<LocalService>, ServiceError> {
+        if let Some(service) = self.services.read().get(name) {
+            return Ok(service.clone());
+        }
+        let mut running: Vec<String> = self.services.read().keys().cloned().collect();
+        running.sort();
+        Err(ServiceError::no_such_service(format!(
+            "no worker of service `{name}` exists (node {} runs: {})",
+            self.node,
+            running.join(", ")
+        )))
+    }
+
+    /// Every running service, sorted by name.
+    pub(crate) fn services(&self) -> Vec<Arc<LocalService>> {
+        let mut all: Vec<_> = self.services.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// A JSON request to `service`/`subject`, as the HTTP API sends it.
+    pub(crate) async fn request_json(
+        &self,
+        service: &str,
+        subject: &str,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+        origin: Origin,
+    ) -> Result<Value, ServiceError> {
+        let service = self.service(service)?;
+        let json = service.route_json(subject)?;
+        json(service, body, timeout, origin).await
+    }
+
+    /// The running worker `id` of this node.
+    pub(crate) fn worker(&self, id: &WorkerId) -> Result<(Arc<LocalService>, Arc<Incarnation>), ServiceError> {
+        let not_running = || {
+            ServiceError::no_such_service(format!("worker {id} is not running on node {}", self.node))
+        };
+        if id.node != *self.node {
+            return Err(not_running());
+        }
+        let service = self.service(&id.service).map_err(|_| not_running())?;
+        let worker = service.dealer.worker(id.index).ok_or_else(not_running)?;
+        Ok((service, worker))
+    }
+}
+
+/// A service running on this node: its definition, config, dealer and worker slots.
+#[derive(Debug)]
+pub(crate) struct LocalService {
+    pub(crate) name: String,
+    pub(crate) def: Arc<ServiceDef>,
+    pub(crate) config: ServiceConfig,
+    pub(crate) dealer: Dealer,
+    pub(crate) slots: Vec<Arc<WorkerSlot>>,
+}
+
+impl LocalService {
+    /// Request `msg` from the next free worker and wait for its reply.
+    pub(crate) async fn request<M: Request>(
+        self: &Arc<Self>,
+        mut msg: M,
+        timeout: Option<Duration>,
+        origin: Origin,
+    ) -> Result<ReplyOf<M>, ServiceError> {
+        let timeout = timeout.unwrap_or(self.config.timeout);
+        let deadline = Instant::now() + timeout;
+        let send = self.prepare(&mut msg, &origin)?;
+        let flight = self.dispatch(msg, send, deadline, timeout).await?;
+        flight.reply(deadline, timeout).await
+    }
+
+    /// Hand `msg` to the next free worker; its reply is discarded.
+    pub(crate) async fn tell<M: Request>(
+        self: &Arc<Self>,
+        mut msg: M,
+        origin: Origin,
+    ) -> Result<(), ServiceError> {
+        let timeout = self.config.timeout;
+        let send = self.prepare(&mut msg, &origin)?;
+        self.dispatch(msg, send, Instant::now() + timeout, timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Request `msg` from one particular worker, outside the dealer's line.
+    pub(crate) async fn request_worker<M: Request>(
+        self: &Arc<Self>,
+        worker: Arc<Incarnation>,
+        mut msg: M,
+        timeout: Option<Duration>,
+        origin: Origin,
+    ) -> Result<ReplyOf<M>, ServiceError> {
+        let timeout = timeout.unwrap_or(self.config.timeout);
+        let deadline = Instant::now() + timeout;
+        let send = self.prepare(&mut msg, &origin)?;
+        let flight = self.send_direct(worker, msg, send)?;
+        flight.reply(deadline, timeout).await
+    }
+
+    /// `msg` to every running worker; one result per worker.
+    pub(crate) async fn request_all<M: Request + Clone>(
+        self: &Arc<Self>,
+        msg: M,
+        timeout: Option<Duration>,
+        origin: Origin,
+    ) -> Vec<(WorkerId, Result<ReplyOf<M>, ServiceError>)> {
+        let calls = self.dealer.workers().into_iter().map(|worker| {
+            let id = worker.slot.id.clone();
+            let call = self.request_worker(worker, msg.clone(), timeout, origin.clone());
+            async move { (id, call.await) }
+        });
+        join_all(calls).await
+    }
+
+    /// `msg` to every running worker without waiting for replies; how many got it.
+    pub(crate) fn broadcast<M: Request + Clone>(
+        self: &Arc<Self>,
+        mut msg: M,
+        origin: Origin,
+    ) -> Result<usize, ServiceError> {
+        let send = self.prepare(&mut msg, &origin)?;
+        let mut reached = 0;
+        for worker in self.dealer.workers() {
+            if self.send_direct(worker, msg.clone(), send).is_ok() {
+                reached += 1;
+            }
+        }
+        Ok(reached)
+    }
+
+    /// Looks up the JSON entry of `subject`.
+    pub(crate) fn route_json(&self, subject: &str) -> Result<crate::service::JsonFn, ServiceError> {
+        match self.def.routes.get(subject) {
+            Some(route) => Ok(route.json),
+            None => {
+                let mut subjects: Vec<&str> = self.def.routes.keys().copied().collect();
+                subjects.sort();
+                Err(ServiceError::bad_request(format!(
+                    "service {} has no subject `{subject}` (it has: {})",
+                    self.name,
+                    subjects.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// Finds `M`'s route and runs the guards.
+    fn prepare<M: Request>(&self, msg: &mut M, origin: &Origin) -> Result<SendFn<M>, ServiceError> {
+        let route = self.def.routes.get(M::SUBJECT).ok_or_else(|| {
+            ServiceError::bad_request(format!(
+                "service {} does not handle subject `{}`",
+                self.name,
+                M::SUBJECT
+            ))
+        })?;
+        let (send, guards) = route.typed::<M>()?;
+        if !guards.is_empty() || !self.def.guards.is_empty() {
+            let meta = Meta {
+                service: &self.name,
+                subject: M::SUBJECT,
+                origin,
+            };
+            for guard in &self.def.guards {
+                guard(&meta).map_err(ServiceError::rejected)?;
+            }
+            guards.check(msg, &meta).map_err(ServiceError::rejected)?;
+        }
+        Ok(send)
+    }
+
+    /// Waits for a credit and puts `msg` in that worker's mailbox.
+    async fn dispatch<M: Request>(
+        self: &Arc<Self>,
+        mut msg: M,
+        send: SendFn<M>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<InFlight<M::Result>, ServiceError> {
+        loop {
+            let worker = match self.dealer.acquire()? {
+                Acquired::Ready(worker) => worker,
+                Acquired::Waiting(turn) => match timeout_at(deadline, turn).await {
+                    Ok(Ok(granted)) => granted?,
+                    Ok(Err(_)) => {
+                        return Err(ServiceError::service_failed(format!(
+                            "service {} stopped while the request waited",
+                            self.name
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(ServiceError::timeout(format!(
+                            "no worker of {} was free within {}",
+                            self.name,
+                            humantime::format_duration(timeout)
+                        )))
+                    }
+                },
+            };
+            match send(&worker.mailbox, msg) {
+                Ok(reply) => return Ok(InFlight::new(self.clone(), worker, reply, true)),
+                // The worker exited after its credit was taken: try the next one.
+                Err(back) => msg = back,
+            }
+        }
+    }
+
+    fn send_direct<M: Request>(
+        self: &Arc<Self>,
+        worker: Arc<Incarnation>,
+        msg: M,
+        send: SendFn<M>,
+    ) -> Result<InFlight<M::Result>, ServiceError> {
+        let limit = (self.config.concurrency + self.config.queue) as u64;
+        if worker.slot.in_flight.load(Ordering::Relaxed) >= limit {
+            return Err(ServiceError::overloaded(format!(
+                "worker {} has {limit} requests in flight",
+                worker.slot.id
+            )));
+        }
+        match send(&worker.mailbox, msg) {
+            Ok(reply) => Ok(InFlight::new(self.clone(), worker, reply, false)),
+            Err(_) => Err(ServiceError::no_such_service(format!(
+                "worker {} is not running",
+                worker.slot.id
+            ))),
+        }
+    }
+}
+
+/// A request in a worker's hands. Settles the worker's counters and credit exactly
+/// once: when the reply comes, or, if the caller stops waiting, in a detached task
+/// that waits for the worker to finish.
+struct InFlight<T: Send + 'static> {
+    service: Arc<LocalService>,
+    worker: Option<Arc<Incarnation>>,
+    reply: Option<oneshot::Receiver<T>>,
+    credit: bool,
+}
+
+impl<T: Send + 'static> InFlight<T> {
+    fn new(
+        service: Arc<LocalService>,
+        worker: Arc<Incarnation>,
+        reply: oneshot::Receiver<T>,
+        credit: bool,
+    ) -> Self {
+        worker.slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            service,
+            worker: Some(worker),
+            reply: Some(reply),
+            credit,
+        }
+    }
+
+    fn settle(service: &LocalService, worker: Arc<Incarnation>, handled: bool, credit: bool) {
+        worker.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if handled {
+            worker.slot.handled.fetch_add(1, Ordering::Relaxed);
+        }
+        if credit {
+            service.dealer.release(worker);
+        }
+    }
+
+    /// Waits for the reply until `deadline`.
+    async fn reply(mut self, deadline: Instant, timeout: Duration) -> Result<T::Reply, ServiceError>
+    where
+        T: Outcome,
+    {
+        let Some(worker) = self.worker.clone() else {
+            return Err(ServiceError::handler_panicked("request already settled"));
+        };
+        let waited = match self.reply.as_mut() {
+            Some(reply) => timeout_at(deadline, reply).await,
+            None => return Err(ServiceError::handler_panicked("request already settled")),
+        };
+        match waited {
+            Ok(Ok(outcome)) => {
+                self.finish(true);
+                outcome.into_result()
+            }
+            Ok(Err(_closed)) => {
+                self.finish(false);
+                let id = &worker.slot.id;
+                Err(ServiceError::handler_panicked(match worker.exit_reason(deadline).await {
+                    Some(ExitReason::Panicked(why)) => format!("worker {id} panicked: {why}"),
+                    Some(ExitReason::Killed) => {
+                        format!("worker {id} was killed while handling the request")
+                    }
+                    Some(ExitReason::Stopped) => format!("worker {id} stopped before replying"),
+                    None => format!("worker {id} dropped the request without replying"),
+                }))
+            }
+            Err(_elapsed) => Err(ServiceError::timeout(format!(
+                "no reply from {} within {}",
+                worker.slot.id,
+                humantime::format_duration(timeout)
+            ))),
+        }
+    }
+
+    fn finish(&mut self, handled: bool) {
+        self.reply = None;
+        if let Some(worker) = self.worker.take() {
+            Self::settle(&self.service, worker, handled, self.credit);
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for InFlight<T> {
+    fn drop(&mut self) {
+        let (Some(worker), Some(reply)) = (self.worker.take(), self.reply.take()) else {
+            return;
+        };
+        let service = self.service.clone();
+        let credit = self.credit;
+        // The worker still holds the request: its credit comes back when it finishes
+        // (or exits, which closes the channel), never earlier.
+        let settle = async move {
+            let handled = reply.await.is_ok();
+            Self::settle(&service, worker, handled, credit);
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(settle);
+        }
+    }
+}
+
+/// The request future must be `Send`: the HTTP API awaits it on its own threads.
+#[allow(dead_code)]
+fn request_future_is_send<M: Request>(service: Arc<LocalService>, msg: M) {
+    fn is_send<F: Send>(_: &F) {}
+    is_send(&service.request(msg, None, Origin::Local));
+}

@@ -1,0 +1,175 @@
+//! A service's definition with its actor type erased: how to start a worker, and one
+//! [`Route`] per subject. Routes keep the typed pieces (the send function and the
+//! guard chain of message type `M`) behind `Any`, and get them back by `TypeId`
+//! when a typed call arrives, so in-process calls never serialize.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::error::ServiceError;
+use crate::guard::{GuardChain, Meta, Origin, Rejection};
+use crate::message::Request;
+use crate::router::LocalService;
+use crate::worker::{self, Factory, Incarnation, KillSwitch, Mailbox, SpawnArgs};
+
+/// Hands `msg` to a worker's mailbox, or gives it back if the mailbox is closed.
+pub(crate) type SendFn<M> =
+    fn(&Mailbox, M) -> Result<oneshot::Receiver<<M as Message>::Result>, M>;
+
+/// Decodes a JSON request, runs it through the typed path and encodes the reply.
+pub(crate) type JsonFn = fn(
+    Arc<LocalService>,
+    Vec<u8>,
+    Option<Duration>,
+    Origin,
+) -> BoxFuture<'static, Result<Value, ServiceError>>;
+
+/// A service-wide guard: sees every request's [`Meta`], whatever its subject.
+pub(crate) type ServiceGuard = Arc<dyn Fn(&Meta<'_>) -> Result<(), Rejection> + Send + Sync>;
+
+/// Starts one worker incarnation of the service.
+pub(crate) type Spawner = Arc<dyn Fn(SpawnArgs) -> (Arc<Incarnation>, KillSwitch) + Send + Sync>;
+
+/// One subject of a service.
+pub(crate) struct Route {
+    pub(crate) subject: &'static str,
+    type_id: TypeId,
+    type_name: &'static str,
+    send: Box<dyn Any + Send + Sync>,
+    guards: Box<dyn Any + Send + Sync>,
+    pub(crate) json: JsonFn,
+}
+
+impl Route {
+    /// The route of message type `M`, handled by actor `A`.
+    pub(crate) fn new<A, M>() -> Self
+    where
+        A: Actor<Context = Context<A>> + Handler<M>,
+        M: Request,
+    {
+        Route {
+            subject: M::SUBJECT,
+            type_id: TypeId::of::<M>(),
+            type_name: std::any::type_name::<M>(),
+            send: Box::new(send_to::<A, M> as SendFn<M>),
+            guards: Box::new(GuardChain::<M>::new()),
+            json: call_json::<M>,
+        }
+    }
+
+    /// The typed send function and guards, if this route is of message type `M`.
+    pub(crate) fn typed<M: Request>(&self) -> Result<(SendFn<M>, &GuardChain<M>), ServiceError> {
+        let send = self.send.downcast_ref::<SendFn<M>>();
+        let guards = self.guards.downcast_ref::<GuardChain<M>>();
+        match (send, guards) {
+            (Some(send), Some(guards)) => Ok((*send, guards)),
+            _ => Err(ServiceError::bad_request(format!(
+                "subject `{}` takes {}, not {}",
+                self.subject,
+                self.type_name,
+                std::any::type_name::<M>()
+            ))),
+        }
+    }
+
+    pub(crate) fn guards_mut<M: Request>(&mut self) -> Option<&mut GuardChain<M>> {
+        self.guards.downcast_mut::<GuardChain<M>>()
+    }
+
+    pub(crate) fn is_type<M: 'static>(&self) -> bool {
+        self.type_id == TypeId::of::<M>()
+    }
+
+    pub(crate) fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Route({} -> {})", self.subject, self.type_name)
+    }
+}
+
+fn send_to<A, M>(mailbox: &Mailbox, msg: M) -> Result<oneshot::Receiver<M::Result>, M>
+where
+    A: Actor<Context = Context<A>> + Handler<M>,
+    M: Request,
+{
+    match worker::address::<A>(mailbox) {
+        Some(tx) => tx.send(msg).map_err(|e| e.into_inner()),
+        None => Err(msg),
+    }
+}
+
+fn call_json<M: Request>(
+    service: Arc<LocalService>,
+    body: Vec<u8>,
+    timeout: Option<Duration>,
+    origin: Origin,
+) -> BoxFuture<'static, Result<Value, ServiceError>> {
+    Box::pin(async move {
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &body
+        };
+        let msg: M = serde_json::from_slice(body).map_err(|e| {
+            ServiceError::bad_request(format!(
+                "{}/{}: payload does not fit {}: {e}",
+                service.name,
+                M::SUBJECT,
+                short_type_name::<M>()
+            ))
+        })?;
+        let reply = service.request(msg, timeout, origin).await?;
+        serde_json::to_value(reply)
+            .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
+    })
+}
+
+fn short_type_name<M>() -> &'static str {
+    let full = std::any::type_name::<M>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// A service as the app defines it: name, worker spawner, routes and guards.
+pub(crate) struct ServiceDef {
+    pub(crate) name: String,
+    pub(crate) spawner: Spawner,
+    pub(crate) routes: HashMap<&'static str, Route>,
+    pub(crate) guards: Vec<ServiceGuard>,
+}
+
+impl ServiceDef {
+    pub(crate) fn new<A>(name: String, factory: Factory<A>) -> Self
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        ServiceDef {
+            name,
+            spawner: Arc::new(move |args| worker::spawn(factory.clone(), args)),
+            routes: HashMap::new(),
+            guards: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ServiceDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut subjects: Vec<_> = self.routes.keys().collect();
+        subjects.sort();
+        f.debug_struct("ServiceDef")
+            .field("name", &self.name)
+            .field("subjects", &subjects)
+            .finish()
+    }
+}
