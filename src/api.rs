@@ -74,8 +74,8 @@ pub(crate) fn serve(
 }
 
 fn error_response(error: &ServiceError) -> HttpResponse {
-    let status = StatusCode::from_u16(error.kind.http_status())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     HttpResponse::build(status).json(error.to_body())
 }
 

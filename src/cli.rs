@@ -20,7 +20,12 @@ use crate::status::ClusterStatus;
 #[command(name = "colony", version, about = "Run and talk to colony nodes")]
 struct Cli {
     /// The node API to talk to.
-    #[arg(long, global = true, env = "COLONY_API", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        global = true,
+        env = "COLONY_API",
+        default_value = "http://127.0.0.1:8000"
+    )]
     api: String,
     /// Bearer token for the node API.
     #[arg(long, global = true, env = "COLONY_TOKEN", hide_env_values = true)]
@@ -162,7 +167,8 @@ struct Client {
 impl Client {
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Value), Failure> {
         let url = format!("{}{path}", self.api.trim_end_matches('/'));
-        let unreachable = |e: ureq::Error| Failure(format!("cannot reach the node API at {}: {e}", self.api));
+        let unreachable =
+            |e: ureq::Error| Failure(format!("cannot reach the node API at {}: {e}", self.api));
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut response = match (method, body) {
             ("GET", _) => {
@@ -186,7 +192,10 @@ impl Client {
             .read_to_string()
             .map_err(|e| Failure(format!("cannot read the node's answer: {e}")))?;
         let value = serde_json::from_str(&text).map_err(|_| {
-            Failure(format!("the node answered {status} with non-JSON: {}", text.trim()))
+            Failure(format!(
+                "the node answered {status} with non-JSON: {}",
+                text.trim()
+            ))
         })?;
         if (200..300).contains(&status) {
             return Ok((status, value));
@@ -197,7 +206,11 @@ impl Client {
     }
 }
 
-fn client(api: &str, token: Option<String>, run: impl FnOnce(&Client) -> Result<(), Failure>) -> ExitCode {
+fn client(
+    api: &str,
+    token: Option<String>,
+    run: impl FnOnce(&Client) -> Result<(), Failure>,
+) -> ExitCode {
     client_with_timeout(api, token, Duration::from_secs(60), run)
 }
 
@@ -232,8 +245,11 @@ fn status(client: &Client, json: bool) -> Result<(), Failure> {
         println!("{value}");
         return Ok(());
     }
-    let status: ClusterStatus = serde_json::from_value(value)
-        .map_err(|e| Failure(format!("the node's status is not what this colony reads: {e}")))?;
+    let status: ClusterStatus = serde_json::from_value(value).map_err(|e| {
+        Failure(format!(
+            "the node's status is not what this colony reads: {e}"
+        ))
+    })?;
     print!("{}", status.table());
     Ok(())
 }

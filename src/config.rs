@@ -75,7 +75,7 @@ impl std::fmt::Display for Role {
 }
 
 /// `api:` — where the HTTP API listens and its bearer token.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
     /// Address to bind, e.g. `127.0.0.1:8000` (port 0 picks a free port).
@@ -87,6 +87,16 @@ pub struct ApiSection {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: None,
+            token_file: None,
+            max_body: default_max_body(),
+        }
+    }
 }
 
 fn default_max_body() -> usize {

@@ -22,8 +22,8 @@
 //!   formats log lines with node and worker.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-pub mod app;
 mod api;
+pub mod app;
 pub mod cli;
 pub mod config;
 mod dealer;

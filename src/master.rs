@@ -11,8 +11,8 @@ use actix::prelude::*;
 use futures::future::join_all;
 
 use crate::error::ServiceError;
-use crate::messages::{EventBus, LifecycleEvent};
 use crate::message::WorkerId;
+use crate::messages::{EventBus, LifecycleEvent};
 use crate::supervisor::{Drain, KillWorker, Supervisor};
 
 /// The root of a node's supervision tree.
@@ -24,7 +24,11 @@ pub(crate) struct Master {
 }
 
 impl Master {
-    pub(crate) fn new(node: &str, events: EventBus, supervisors: Vec<(String, Supervisor)>) -> Self {
+    pub(crate) fn new(
+        node: &str,
+        events: EventBus,
+        supervisors: Vec<(String, Supervisor)>,
+    ) -> Self {
         Master {
             node: node.to_string(),
             events,
@@ -41,7 +45,11 @@ impl Actor for Master {
         for (name, supervisor) in self.pending.drain(..) {
             self.supervisors.insert(name, supervisor.start());
         }
-        log::info!("node {}: master started {} services", self.node, self.supervisors.len());
+        log::info!(
+            "node {}: master started {} services",
+            self.node,
+            self.supervisors.len()
+        );
     }
 }
 
@@ -96,7 +104,11 @@ impl Handler<Shutdown> for Master {
         let drains: Vec<_> = self
             .supervisors
             .values()
-            .map(|s| s.send(Drain { deadline: msg.deadline }))
+            .map(|s| {
+                s.send(Drain {
+                    deadline: msg.deadline,
+                })
+            })
             .collect();
         Box::pin(
             async move {

@@ -93,7 +93,8 @@ impl FromStr for WorkerId {
     type Err = ServiceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ServiceError::bad_request(format!("`{s}` is not a worker id NODE/SERVICE/INDEX"));
+        let bad =
+            || ServiceError::bad_request(format!("`{s}` is not a worker id NODE/SERVICE/INDEX"));
         let mut parts = s.split('/');
         let (Some(node), Some(service), Some(index), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -130,7 +131,14 @@ mod tests {
         let id: WorkerId = "master/math/0".parse().unwrap();
         assert_eq!(id, WorkerId::new("master", "math", 0));
         assert_eq!(id.to_string(), "master/math/0");
-        for bad in ["", "master", "master/math", "master/math/x", "a/b/1/2", "/math/1"] {
+        for bad in [
+            "",
+            "master",
+            "master/math",
+            "master/math/x",
+            "a/b/1/2",
+            "/math/1",
+        ] {
             assert!(bad.parse::<WorkerId>().is_err(), "{bad} parsed");
         }
     }

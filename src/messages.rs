@@ -76,14 +76,19 @@ impl EventBus {
             LifecycleEvent::ServiceFailed { .. } => log::error!("{}", describe(&event)),
             _ => log::info!("{}", describe(&event)),
         }
-        self.subscribers.lock().retain(|s| match s.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(SendError::Full(_)) => {
-                log::warn!("event subscriber's mailbox is full; dropped: {}", describe(&event));
-                true
-            }
-            Err(SendError::Closed(_)) => false,
-        });
+        self.subscribers
+            .lock()
+            .retain(|s| match s.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(SendError::Full(_)) => {
+                    log::warn!(
+                        "event subscriber's mailbox is full; dropped: {}",
+                        describe(&event)
+                    );
+                    true
+                }
+                Err(SendError::Closed(_)) => false,
+            });
     }
 }
 

@@ -71,7 +71,9 @@ struct Inner {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("name", &self.inner.name).finish()
+        f.debug_struct("Node")
+            .field("name", &self.inner.name)
+            .finish()
     }
 }
 
@@ -81,14 +83,17 @@ impl Node {
     /// requests made before a worker is online wait for it at the dealer.
     pub async fn start(app: impl Into<App>, config: NodeConfig) -> Result<Node, StartError> {
         let app: App = app.into();
-        let source = config.source.clone().unwrap_or_else(|| PathBuf::from("<config>"));
+        let source = config
+            .source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<config>"));
         config.check_services(&source, &app)?;
         let name = config.node.name.clone();
 
         let listener = match config.api.listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?,
-            ),
+            Some(addr) => {
+                Some(TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
+            }
             None => None,
         };
         let token = match &config.api.token_file {
@@ -151,18 +156,20 @@ impl Node {
             let mut arbiters = handles.clone();
             arbiters.rotate_left(spread % handles.len());
             spread += workers;
-            let supervisor = Supervisor::new(service.clone(), node.clone(), arbiters, events.clone());
+            let supervisor =
+                Supervisor::new(service.clone(), node.clone(), arbiters, events.clone());
             supervisors.push((service.name.clone(), supervisor));
         }
         let master = Master::new(&name, events, supervisors).start();
         *node.inner.master.lock() = Some(master);
 
         if let Some(listener) = listener {
-            let server = api::serve(listener, node.clone(), token, config.api.max_body)
-                .map_err(|source| StartError::Bind {
+            let server = api::serve(listener, node.clone(), token, config.api.max_body).map_err(
+                |source| StartError::Bind {
                     addr: api_addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
                     source,
-                })?;
+                },
+            )?;
             log::info!("node {name}: HTTP API on http://{}", server.addr);
             *node.inner.api.lock() = Some(server);
         }
@@ -190,7 +197,11 @@ impl Node {
 
     /// Request `msg` from a worker of `service` and wait for the typed reply, within
     /// the service's configured timeout.
-    pub async fn request<M: Request>(&self, service: &str, msg: M) -> Result<ReplyOf<M>, ServiceError> {
+    pub async fn request<M: Request>(
+        &self,
+        service: &str,
+        msg: M,
+    ) -> Result<ReplyOf<M>, ServiceError> {
         let service = self.inner.router.service(service)?;
         service.request(msg, None, Origin::Local).await
     }
@@ -215,7 +226,11 @@ impl Node {
 
     /// `msg` to every worker of `service`, without waiting for replies; returns how
     /// many workers it reached.
-    pub fn broadcast<M: Request + Clone>(&self, service: &str, msg: M) -> Result<usize, ServiceError> {
+    pub fn broadcast<M: Request + Clone>(
+        &self,
+        service: &str,
+        msg: M,
+    ) -> Result<usize, ServiceError> {
         let service = self.inner.router.service(service)?;
         service.broadcast(msg, Origin::Local)
     }
@@ -254,7 +269,10 @@ impl Node {
     }
 
     /// Sends every lifecycle event of this node to `subscriber`.
-    pub async fn subscribe(&self, subscriber: Recipient<LifecycleEvent>) -> Result<(), ServiceError> {
+    pub async fn subscribe(
+        &self,
+        subscriber: Recipient<LifecycleEvent>,
+    ) -> Result<(), ServiceError> {
         self.master()?
             .send(Subscribe(subscriber))
             .await
@@ -284,10 +302,17 @@ impl Node {
                     Availability::Closed(_) => "stopping".into(),
                 },
                 queued: service.dealer.queued(),
-                workers: service.slots.iter().map(|slot| worker_status(slot)).collect(),
+                workers: service
+                    .slots
+                    .iter()
+                    .map(|slot| worker_status(slot))
+                    .collect(),
             })
             .collect();
-        let stopping = self.inner.stopping.load(std::sync::atomic::Ordering::Relaxed);
+        let stopping = self
+            .inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed);
         NodeStatus {
             name: self.inner.name.clone(),
             role: self.inner.role.to_string(),
@@ -316,7 +341,11 @@ impl Node {
         {
             return;
         }
-        log::info!("node {}: shutting down (drain up to {:?})", self.name(), drain);
+        log::info!(
+            "node {}: shutting down (drain up to {:?})",
+            self.name(),
+            drain
+        );
         let deadline = Instant::now() + drain;
         let api = self.inner.api.lock().take();
         if let Some(api) = api {

@@ -82,9 +82,15 @@ impl Router {
     }
 
     /// The running worker `id` of this node.
-    pub(crate) fn worker(&self, id: &WorkerId) -> Result<(Arc<LocalService>, Arc<Incarnation>), ServiceError> {
+    pub(crate) fn worker(
+        &self,
+        id: &WorkerId,
+    ) -> Result<(Arc<LocalService>, Arc<Incarnation>), ServiceError> {
         let not_running = || {
-            ServiceError::no_such_service(format!("worker {id} is not running on node {}", self.node))
+            ServiceError::no_such_service(format!(
+                "worker {id} is not running on node {}",
+                self.node
+            ))
         };
         if id.node != *self.node {
             return Err(not_running());
@@ -334,14 +340,16 @@ impl<T: Send + 'static> InFlight<T> {
             Ok(Err(_closed)) => {
                 self.finish(false);
                 let id = &worker.slot.id;
-                Err(ServiceError::handler_panicked(match worker.exit_reason(deadline).await {
-                    Some(ExitReason::Panicked(why)) => format!("worker {id} panicked: {why}"),
-                    Some(ExitReason::Killed) => {
-                        format!("worker {id} was killed while handling the request")
-                    }
-                    Some(ExitReason::Stopped) => format!("worker {id} stopped before replying"),
-                    None => format!("worker {id} dropped the request without replying"),
-                }))
+                Err(ServiceError::handler_panicked(
+                    match worker.exit_reason(deadline).await {
+                        Some(ExitReason::Panicked(why)) => format!("worker {id} panicked: {why}"),
+                        Some(ExitReason::Killed) => {
+                            format!("worker {id} was killed while handling the request")
+                        }
+                        Some(ExitReason::Stopped) => format!("worker {id} stopped before replying"),
+                        None => format!("worker {id} dropped the request without replying"),
+                    },
+                ))
             }
             Err(_elapsed) => Err(ServiceError::timeout(format!(
                 "no reply from {} within {}",

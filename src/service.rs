@@ -21,8 +21,7 @@ use crate::router::LocalService;
 use crate::worker::{self, Factory, Incarnation, KillSwitch, Mailbox, SpawnArgs};
 
 /// Hands `msg` to a worker's mailbox, or gives it back if the mailbox is closed.
-pub(crate) type SendFn<M> =
-    fn(&Mailbox, M) -> Result<oneshot::Receiver<<M as Message>::Result>, M>;
+pub(crate) type SendFn<M> = fn(&Mailbox, M) -> Result<oneshot::Receiver<<M as Message>::Result>, M>;
 
 /// Decodes a JSON request, runs it through the typed path and encodes the reply.
 pub(crate) type JsonFn = fn(

@@ -62,7 +62,14 @@ impl ClusterStatus {
     /// The status as a readable table, one row per worker.
     pub fn table(&self) -> String {
         let mut rows = vec![[
-            "WORKER", "STATE", "PID", "RESTARTS", "UPTIME", "HANDLED", "IN FLIGHT", "QUEUED",
+            "WORKER",
+            "STATE",
+            "PID",
+            "RESTARTS",
+            "UPTIME",
+            "HANDLED",
+            "IN FLIGHT",
+            "QUEUED",
         ]
         .map(String::from)];
         let mut notes = Vec::new();
@@ -77,7 +84,10 @@ impl ClusterStatus {
             ));
             for service in &node.services {
                 if service.state != "running" {
-                    notes.push(format!("service {}/{}: {}", node.name, service.name, service.state));
+                    notes.push(format!(
+                        "service {}/{}: {}",
+                        node.name, service.name, service.state
+                    ));
                 }
                 for worker in &service.workers {
                     rows.push([

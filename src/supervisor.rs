@@ -117,7 +117,10 @@ impl Supervisor {
         let slot = &self.service.slots[index];
         slot.set_state(WorkerState::Restarting);
         self.children[index].restart_pending = true;
-        let restarts = slot.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let restarts = slot
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         self.events.publish(LifecycleEvent::Restart {
             worker: slot.id.clone(),
             restarts,
@@ -350,7 +353,9 @@ impl Handler<Drain> for Supervisor {
         };
         Box::pin(drained.into_actor(self).map(|_, act, _| {
             for child in &mut act.children {
-                child.running = None;
+                if let Some((_, switch)) = child.running.take() {
+                    switch.stop();
+                }
             }
         }))
     }

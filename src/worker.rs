@@ -147,9 +147,17 @@ impl Incarnation {
     }
 }
 
-/// Stops an incarnation abruptly when fired or dropped.
+/// Ends an incarnation at once: dropped, the exit reads `killed`; fired with
+/// [`KillSwitch::stop`], it reads `stopped` (a graceful shutdown after draining).
 #[derive(Debug)]
-pub(crate) struct KillSwitch(#[allow(dead_code)] oneshot::Sender<()>);
+pub(crate) struct KillSwitch(oneshot::Sender<ExitReason>);
+
+impl KillSwitch {
+    pub(crate) fn stop(self) {
+        // The worker already ended if nobody listens: nothing left to stop.
+        let _ = self.0.send(ExitReason::Stopped);
+    }
+}
 
 /// Builds a worker of actor type `A` for a service definition.
 pub(crate) type Factory<A> = Arc<dyn Fn(WorkerContext) -> A + Send + Sync>;
@@ -172,7 +180,7 @@ where
 {
     // Buffer 0: actix never parks the sender; the dealer's credits bound the mailbox.
     let (tx, rx) = channel::channel::<A>(0);
-    let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    let (kill_tx, kill_rx) = oneshot::channel::<ExitReason>();
     let incarnation = Arc::new(Incarnation {
         slot: args.slot.clone(),
         generation: args.generation,
@@ -195,7 +203,11 @@ where
             Err(payload) => {
                 let reason = ExitReason::Panicked(panic_message(payload.as_ref()));
                 inc.record_exit(reason.clone());
-                supervisor.do_send(WorkerExited { index, generation, reason });
+                supervisor.do_send(WorkerExited {
+                    index,
+                    generation,
+                    reason,
+                });
                 return;
             }
         };
@@ -212,13 +224,17 @@ where
                     Ok(()) => ExitReason::Stopped,
                     Err(payload) => ExitReason::Panicked(panic_message(payload.as_ref())),
                 },
-                _ = &mut kill_rx => ExitReason::Killed,
+                reason = &mut kill_rx => reason.unwrap_or(ExitReason::Killed),
             };
             // Record first, then close the mailbox: a caller whose reply channel closes
             // finds the reason already there.
             inc.record_exit(reason.clone());
             drop(run);
-            supervisor.do_send(WorkerExited { index, generation, reason });
+            supervisor.do_send(WorkerExited {
+                index,
+                generation,
+                reason,
+            });
         });
     });
     if !spawned {

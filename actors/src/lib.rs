@@ -1,1 +1,36 @@
-pub fn app() -> colony::App { colony::App::new() }
+//! The example colony application (SPEC §7), after messenger's example: a `data`
+//! service guarded by `member_only` that tells `stream` about deleted users, a `math`
+//! service, and `chaos` for demonstrating supervision.
+//!
+//! | service | subjects |
+//! |---|---|
+//! | `math` | `sum` |
+//! | `data` | `users.popular`, `users.delete` (guarded by [`data::member_only`]) |
+//! | `stream` | `recent`, `user.deleted` |
+//! | `chaos` | `echo`, `sleep`, `panic` |
+
+pub mod chaos;
+pub mod data;
+pub mod math;
+pub mod stream;
+
+use colony::App;
+
+/// The app: every service and the messages each handles.
+pub fn app() -> App {
+    App::new()
+        .service("math", math::Math::default)
+        .handles::<math::Sum>()
+        .service("data", data::Data::new)
+        .handles::<data::PopularUsers>()
+        .handles::<data::DeleteUser>()
+        .guard::<data::DeleteUser>(data::member_only)
+        .service("stream", stream::Stream::default)
+        .handles::<stream::Recent>()
+        .handles::<stream::UserDeleted>()
+        .service("chaos", chaos::Chaos::default)
+        .handles::<chaos::Echo>()
+        .handles::<chaos::Sleep>()
+        .handles::<chaos::Panic>()
+        .into()
+}

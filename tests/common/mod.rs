@@ -1,0 +1,303 @@
+//! Shared test harness: a small test app, `start_node` on port 0, `wait_until`
+//! (poll with a deadline, never a fixed sleep) and an actor counting lifecycle events.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use colony::{
+    App, LifecycleEvent, Meta, Node, NodeConfig, Rejection, Request, ServiceError, WorkerContext,
+    WorkerId,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// Starts a node from YAML text inside the current actix System.
+pub async fn start_node(yaml: &str) -> Node {
+    let config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    Node::start(test_app(), config).await.expect("node starts")
+}
+
+/// Polls `condition` every few milliseconds until it holds; panics after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The state of worker `id` in the node's status.
+pub fn worker_status(node: &Node, id: &str) -> colony::status::WorkerStatus {
+    node.status()
+        .services
+        .iter()
+        .flat_map(|s| s.workers.iter())
+        .find(|w| w.id == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no worker {id} in status"))
+}
+
+/// Waits until every worker of the node is running.
+pub async fn all_running(node: &Node) {
+    wait_until("all workers run", Duration::from_secs(5), || async {
+        node.status()
+            .services
+            .iter()
+            .flat_map(|s| s.workers.iter())
+            .all(|w| w.state == "running")
+    })
+    .await;
+}
+
+/// The test app: `calc`, `chaos`, `guarded` and master handlers.
+pub fn test_app() -> App {
+    App::new()
+        .service("calc", Calc::new)
+        .handles::<Add>()
+        .handles::<WhoAmI>()
+        .handles::<Fail>()
+        .service("chaos", Chaos::new)
+        .handles::<Sleep>()
+        .handles::<Panic>()
+        .handles::<WhoAmI>()
+        .handles::<Add>()
+        .service("guarded", Calc::new)
+        .handles::<Add>()
+        .guard::<Secret>(require_user)
+        .guard::<Secret>(shout_user)
+        .master(Calc::new)
+        .handles::<WhoAmI>()
+        .into()
+}
+
+/// A worker that knows its own id.
+pub struct Calc {
+    id: WorkerId,
+}
+
+impl Calc {
+    pub fn new(ctx: WorkerContext) -> Self {
+        Calc { id: ctx.id }
+    }
+}
+
+impl Actor for Calc {
+    type Context = Context<Self>;
+}
+
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<Added, ServiceError>")]
+pub struct Add {
+    pub a: i64,
+    pub b: i64,
+}
+impl Request for Add {
+    const SUBJECT: &'static str = "add";
+}
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Added {
+    pub sum: i64,
+    pub by: String,
+}
+
+impl Handler<Add> for Calc {
+    type Result = Result<Added, ServiceError>;
+    fn handle(&mut self, m: Add, _: &mut Context<Self>) -> Self::Result {
+        Ok(Added {
+            sum: m.a + m.b,
+            by: self.id.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<String, ServiceError>")]
+pub struct WhoAmI {}
+impl Request for WhoAmI {
+    const SUBJECT: &'static str = "whoami";
+}
+
+impl Handler<WhoAmI> for Calc {
+    type Result = Result<String, ServiceError>;
+    fn handle(&mut self, _: WhoAmI, _: &mut Context<Self>) -> Self::Result {
+        Ok(self.id.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<(), ServiceError>")]
+pub struct Fail {
+    pub code: u32,
+}
+impl Request for Fail {
+    const SUBJECT: &'static str = "fail";
+}
+
+impl Handler<Fail> for Calc {
+    type Result = Result<(), ServiceError>;
+    fn handle(&mut self, m: Fail, _: &mut Context<Self>) -> Self::Result {
+        Err(ServiceError::application(
+            "fail requested",
+            serde_json::json!({ "code": m.code }),
+        ))
+    }
+}
+
+/// A message passed through two guards: one rejects it without a user, the next
+/// upper-cases the user.
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<String, ServiceError>")]
+pub struct Secret {
+    pub user: Option<String>,
+}
+impl Request for Secret {
+    const SUBJECT: &'static str = "secret";
+}
+
+impl Handler<Secret> for Calc {
+    type Result = Result<String, ServiceError>;
+    fn handle(&mut self, m: Secret, _: &mut Context<Self>) -> Self::Result {
+        Ok(format!("secret for {}", m.user.unwrap_or_default()))
+    }
+}
+
+fn require_user(m: &mut Secret, _: &Meta<'_>) -> Result<(), Rejection> {
+    match m.user {
+        Some(_) => Ok(()),
+        None => Err("You are not authenticated.".into()),
+    }
+}
+
+fn shout_user(m: &mut Secret, _: &Meta<'_>) -> Result<(), Rejection> {
+    m.user = m.user.take().map(|u| u.to_uppercase());
+    Ok(())
+}
+
+/// A worker that sleeps, panics and counts the workers it was built as.
+pub struct Chaos {
+    id: WorkerId,
+}
+
+/// How many `Chaos` actors were built, process-wide.
+pub static CHAOS_BUILT: AtomicUsize = AtomicUsize::new(0);
+
+impl Chaos {
+    pub fn new(ctx: WorkerContext) -> Self {
+        CHAOS_BUILT.fetch_add(1, Ordering::SeqCst);
+        Chaos { id: ctx.id }
+    }
+}
+
+impl Actor for Chaos {
+    type Context = Context<Self>;
+}
+
+impl Handler<WhoAmI> for Chaos {
+    type Result = Result<String, ServiceError>;
+    fn handle(&mut self, _: WhoAmI, _: &mut Context<Self>) -> Self::Result {
+        Ok(self.id.to_string())
+    }
+}
+
+impl Handler<Add> for Chaos {
+    type Result = Result<Added, ServiceError>;
+    fn handle(&mut self, m: Add, _: &mut Context<Self>) -> Self::Result {
+        Ok(Added {
+            sum: m.a + m.b,
+            by: self.id.to_string(),
+        })
+    }
+}
+
+/// Sleeps without blocking the thread; replies with the sleeper's id.
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<String, ServiceError>")]
+pub struct Sleep {
+    pub ms: u64,
+}
+impl Request for Sleep {
+    const SUBJECT: &'static str = "sleep";
+}
+
+impl Handler<Sleep> for Chaos {
+    type Result = ResponseFuture<Result<String, ServiceError>>;
+    fn handle(&mut self, m: Sleep, _: &mut Context<Self>) -> Self::Result {
+        let id = self.id.to_string();
+        Box::pin(async move {
+            actix_rt::time::sleep(Duration::from_millis(m.ms)).await;
+            Ok(id)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<(), ServiceError>")]
+pub struct Panic {
+    pub message: String,
+}
+impl Request for Panic {
+    const SUBJECT: &'static str = "panic";
+}
+
+impl Handler<Panic> for Chaos {
+    type Result = Result<(), ServiceError>;
+    fn handle(&mut self, m: Panic, _: &mut Context<Self>) -> Self::Result {
+        panic!("{}", m.message);
+    }
+}
+
+/// Counts lifecycle events by kind and keeps them in order.
+#[derive(Clone, Default)]
+pub struct Events {
+    pub seen: Arc<Mutex<Vec<LifecycleEvent>>>,
+}
+
+impl Events {
+    /// Subscribes a fresh counter to `node`.
+    pub async fn subscribe(node: &Node) -> Events {
+        let events = Events::default();
+        let recipient = EventSink(events.clone()).start().recipient();
+        node.subscribe(recipient).await.expect("subscribe");
+        events
+    }
+
+    /// How many events `pred` matches.
+    pub fn count(&self, pred: impl Fn(&LifecycleEvent) -> bool) -> usize {
+        self.seen.lock().iter().filter(|e| pred(e)).count()
+    }
+
+    pub fn restarts_of(&self, worker: &str) -> usize {
+        self.count(
+            |e| matches!(e, LifecycleEvent::Restart { worker: w, .. } if w.to_string() == worker),
+        )
+    }
+
+    pub fn onlines_of(&self, worker: &str) -> usize {
+        self.count(|e| matches!(e, LifecycleEvent::Online { worker: w } if w.to_string() == worker))
+    }
+}
+
+struct EventSink(Events);
+
+impl Actor for EventSink {
+    type Context = Context<Self>;
+}
+
+impl Handler<LifecycleEvent> for EventSink {
+    type Result = ();
+    fn handle(&mut self, event: LifecycleEvent, _: &mut Context<Self>) {
+        self.0.seen.lock().push(event);
+    }
+}
