@@ -1,1 +1,186 @@
-fn main() {}
+//! Request/reply through colony's whole in-process path (router → dealer → worker →
+//! reply) against raw actix `Addr::send` to one actor on another arbiter, measured
+//! in the same run: sequential latency (p50, p99) and pipelined throughput with 64
+//! requests in flight. Prints the ratios and whether the bars hold.
+//!
+//! Run: `make bench` (or `cargo bench --bench request_reply`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use colony::{App, Node, NodeConfig, Request, ServiceError};
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+
+const SEQUENTIAL: usize = 20_000;
+const PIPELINED: usize = 200_000;
+const IN_FLIGHT: usize = 64;
+const ROUNDS: usize = 4;
+
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Result<Pong, ServiceError>")]
+struct Ping {
+    n: u64,
+}
+
+impl Request for Ping {
+    const SUBJECT: &'static str = "ping";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Pong {
+    n: u64,
+}
+
+#[derive(Default)]
+struct Echo;
+
+impl Actor for Echo {
+    type Context = Context<Self>;
+}
+
+impl Handler<Ping> for Echo {
+    type Result = Result<Pong, ServiceError>;
+    fn handle(&mut self, msg: Ping, _: &mut Context<Self>) -> Self::Result {
+        Ok(Pong { n: msg.n })
+    }
+}
+
+/// One way of making a round trip.
+trait Target: Clone + 'static {
+    async fn call(&self, n: u64) -> u64;
+}
+
+#[derive(Clone)]
+struct RawActix(Addr<Echo>);
+
+impl Target for RawActix {
+    async fn call(&self, n: u64) -> u64 {
+        match self.0.send(Ping { n }).await {
+            Ok(Ok(pong)) => pong.n,
+            _ => panic!("raw actix round trip failed"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Colony(Node);
+
+impl Target for Colony {
+    async fn call(&self, n: u64) -> u64 {
+        match self.0.request("bench", Ping { n }).await {
+            Ok(pong) => pong.n,
+            Err(e) => panic!("colony round trip failed: {e}"),
+        }
+    }
+}
+
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+    per_sec: f64,
+}
+
+async fn sequential<T: Target>(target: &T) -> (Duration, Duration) {
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    for n in 0..SEQUENTIAL as u64 {
+        let start = Instant::now();
+        assert_eq!(target.call(n).await, n);
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    (samples[SEQUENTIAL / 2], samples[SEQUENTIAL * 99 / 100])
+}
+
+async fn pipelined<T: Target>(target: &T) -> f64 {
+    let start = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut sent = 0u64;
+    let mut done = 0usize;
+    while done < PIPELINED {
+        while in_flight.len() < IN_FLIGHT && (sent as usize) < PIPELINED {
+            let target = target.clone();
+            in_flight.push(async move { target.call(sent).await });
+            sent += 1;
+        }
+        if in_flight.next().await.is_some() {
+            done += 1;
+        }
+    }
+    PIPELINED as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn measure<T: Target>(target: &T) -> Figures {
+    // Warm up caches, allocator and the worker's thread.
+    for n in 0..2_000 {
+        target.call(n).await;
+    }
+    let (p50, p99) = sequential(target).await;
+    let per_sec = pipelined(target).await;
+    Figures { p50, p99, per_sec }
+}
+
+fn best(runs: &[Figures]) -> Figures {
+    Figures {
+        p50: runs.iter().map(|f| f.p50).min().unwrap_or_default(),
+        p99: runs.iter().map(|f| f.p99).min().unwrap_or_default(),
+        per_sec: runs.iter().map(|f| f.per_sec).fold(0.0, f64::max),
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let arbiter = actix_rt::Arbiter::new();
+        let raw = RawActix(Echo::start_in_arbiter(&arbiter.handle(), |_| Echo));
+
+        let yaml = "
+node: { name: bench, threads: 1 }
+services:
+  bench: { workers: 1, concurrency: 64, queue: 1024, timeout: 10s }
+";
+        let config = NodeConfig::parse(Path::new("bench.yaml"), yaml).expect("bench config");
+        let app = App::new().service("bench", Echo::default).handles::<Ping>();
+        let node = Node::start(app, config).await.expect("node starts");
+        let colony = Colony(node.clone());
+
+        let mut raw_runs = Vec::new();
+        let mut colony_runs = Vec::new();
+        for round in 1..=ROUNDS {
+            // Alternate who goes first, so neither always gets the warmer machine.
+            if round % 2 == 1 {
+                raw_runs.push(measure(&raw).await);
+                colony_runs.push(measure(&colony).await);
+            } else {
+                colony_runs.push(measure(&colony).await);
+                raw_runs.push(measure(&raw).await);
+            }
+            eprintln!("round {round}/{ROUNDS} done");
+        }
+        let (raw, colony) = (best(&raw_runs), best(&colony_runs));
+
+        println!("request/reply, in-process, best of {ROUNDS} rounds");
+        println!("{:<34} {:>10} {:>10} {:>14}", "", "p50", "p99", "pipelined/s");
+        for (name, f) in [("raw actix Addr::send (baseline)", &raw), ("colony router→dealer→worker", &colony)] {
+            println!("{:<34} {:>10} {:>10} {:>14.0}", name, us(f.p50), us(f.p99), f.per_sec);
+        }
+        let p50_ratio = colony.p50.as_secs_f64() / raw.p50.as_secs_f64();
+        let throughput_ratio = colony.per_sec / raw.per_sec;
+        println!();
+        println!(
+            "sequential p50: colony/raw = {p50_ratio:.2}x (bar <= 2.00x): {}",
+            if p50_ratio <= 2.0 { "met" } else { "MISSED" }
+        );
+        println!(
+            "pipelined ({IN_FLIGHT} in flight): colony/raw = {throughput_ratio:.2}x (bar >= 0.50x): {}",
+            if throughput_ratio >= 0.5 { "met" } else { "MISSED" }
+        );
+        node.shutdown(Duration::from_secs(1)).await;
+        arbiter.stop();
+    });
+}
