@@ -70,6 +70,7 @@ pub fn test_app() -> App {
         .handles::<Fail>()
         .service("chaos", Chaos::new)
         .handles::<Sleep>()
+        .handles::<SlowIfFirst>()
         .handles::<Panic>()
         .handles::<WhoAmI>()
         .handles::<Add>()
@@ -300,4 +301,36 @@ impl Handler<LifecycleEvent> for EventSink {
     fn handle(&mut self, event: LifecycleEvent, _: &mut Context<Self>) {
         self.0.seen.lock().push(event);
     }
+}
+
+/// Worker 0 sleeps `ms` before replying; every other worker replies at once.
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<String, ServiceError>")]
+pub struct SlowIfFirst {
+    pub ms: u64,
+}
+impl Request for SlowIfFirst {
+    const SUBJECT: &'static str = "slow_if_first";
+}
+
+impl Handler<SlowIfFirst> for Chaos {
+    type Result = ResponseFuture<Result<String, ServiceError>>;
+    fn handle(&mut self, m: SlowIfFirst, _: &mut Context<Self>) -> Self::Result {
+        let id = self.id.to_string();
+        let ms = if self.id.index == 0 { m.ms } else { 0 };
+        Box::pin(async move {
+            actix_rt::time::sleep(Duration::from_millis(ms)).await;
+            Ok(id)
+        })
+    }
+}
+
+/// Requests waiting at `service`'s dealer.
+pub fn queued(node: &Node, service: &str) -> usize {
+    node.status()
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .map(|s| s.queued)
+        .unwrap_or_else(|| panic!("no service {service} in status"))
 }
