@@ -199,6 +199,16 @@ pub enum Policy {
     Temporary,
 }
 
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Policy::Permanent => "permanent",
+            Policy::Transient => "transient",
+            Policy::Temporary => "temporary",
+        })
+    }
+}
+
 /// Which workers of the service restart when one exits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -29,6 +29,8 @@ pub(crate) enum Availability {
     Failed(String),
     /// The node is shutting down: new requests are refused.
     Closed(String),
+    /// Every worker exited and none is coming back (policy): `NoSuchService`.
+    Gone(String),
 }
 
 /// A request's turn at a worker: either at once, or after waiting in line.
@@ -151,15 +153,6 @@ impl Dealer {
         }
     }
 
-    /// Fails every waiting request with `error` but keeps taking new ones (the
-    /// service has no worker left and none is coming back).
-    pub(crate) fn fail_waiting(&self, error: ServiceError) {
-        let mut state = self.state.lock();
-        for waiter in state.waiting.drain(..) {
-            let _ = waiter.send(Err(error.clone()));
-        }
-    }
-
     /// Requests waiting for a free worker, not counting callers that gave up.
     pub(crate) fn queued(&self) -> usize {
         let state = self.state.lock();
@@ -179,6 +172,10 @@ impl Dealer {
             ))),
             Availability::Closed(why) => Err(ServiceError::service_failed(format!(
                 "service {} is not taking requests: {why}",
+                self.service
+            ))),
+            Availability::Gone(why) => Err(ServiceError::no_such_service(format!(
+                "no worker of service {} exists: {why}",
                 self.service
             ))),
         }

@@ -300,6 +300,7 @@ impl Node {
                     Availability::Open => "running".into(),
                     Availability::Failed(why) => format!("failed: {why}"),
                     Availability::Closed(_) => "stopping".into(),
+                    Availability::Gone(_) => "stopped".into(),
                 },
                 queued: service.dealer.queued(),
                 workers: service

@@ -282,12 +282,15 @@ impl Handler<WorkerExited> for Supervisor {
         if restart {
             self.on_failure(index, ctx);
         } else if self.none_coming_back() {
-            self.service
-                .dealer
-                .fail_waiting(ServiceError::no_such_service(format!(
-                    "service {} has no running worker",
-                    self.service.name
-                )));
+            let why = format!(
+                "its workers exited and its {} policy restarts none",
+                self.service.config.restart.policy
+            );
+            let error = ServiceError::no_such_service(format!(
+                "no worker of service {} exists: {why}",
+                self.service.name
+            ));
+            self.service.dealer.shut(Availability::Gone(why), error);
         }
     }
 }
