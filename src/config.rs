@@ -55,7 +55,7 @@ impl NodeSection {
 }
 
 /// A node's role in the cluster.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Keeps the member table and runs the master's handlers.
@@ -187,7 +187,7 @@ fn default_within() -> Duration {
 }
 
 /// Which exits restart a worker (Erlang/OTP's restart types).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// Always restarted.
@@ -210,7 +210,7 @@ impl std::fmt::Display for Policy {
 }
 
 /// Which workers of the service restart when one exits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Only the one that exited.
@@ -403,6 +403,11 @@ impl NodeConfig {
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into
 /// "unknown field, expected one of a, b": the key already names the field.
 fn clean_message(message: &str) -> String {
+    // The key is already named in front; the `config` crate repeats it at the end.
+    let message = match message.rfind(" for key `") {
+        Some(at) if message.ends_with('`') => &message[..at],
+        _ => message,
+    };
     let message = match message.strip_prefix("unknown field `") {
         Some(rest) => match rest.find("`, ") {
             Some(end) => format!("unknown field, {}", &rest[end + 3..]),
@@ -411,6 +416,50 @@ fn clean_message(message: &str) -> String {
         None => message.to_string(),
     };
     message.replace('`', "")
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        match value.as_str() {
+            "master" => Ok(Role::Master),
+            "worker" => Ok(Role::Worker),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["master", "worker"],
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Policy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        match value.as_str() {
+            "permanent" => Ok(Policy::Permanent),
+            "transient" => Ok(Policy::Transient),
+            "temporary" => Ok(Policy::Temporary),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["permanent", "transient", "temporary"],
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Strategy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        match value.as_str() {
+            "one_for_one" => Ok(Strategy::OneForOne),
+            "one_for_all" => Ok(Strategy::OneForAll),
+            "rest_for_one" => Ok(Strategy::RestForOne),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["one_for_one", "one_for_all", "rest_for_one"],
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -431,8 +480,12 @@ mod tests {
     #[test]
     fn unknown_field_message_names_the_alternatives() {
         assert_eq!(
-            clean_message("unknown field `workrs`, expected one of `workers`, `queue`"),
+            clean_message("unknown field `workrs`, expected one of `workers`, `queue` for key `services.math`"),
             "unknown field, expected one of workers, queue"
+        );
+        assert_eq!(
+            clean_message("invalid value: expected a duration for key `services.math.timeout`"),
+            "invalid value: expected a duration"
         );
     }
 }

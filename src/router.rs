@@ -372,16 +372,42 @@ impl<T: Send + 'static> Drop for InFlight<T> {
         let (Some(worker), Some(reply)) = (self.worker.take(), self.reply.take()) else {
             return;
         };
-        let service = self.service.clone();
-        let credit = self.credit;
         // The worker still holds the request: its credit comes back when it finishes
-        // (or exits, which closes the channel), never earlier.
-        let settle = async move {
-            let handled = reply.await.is_ok();
-            Self::settle(&service, worker, handled, credit);
+        // (or exits, which closes the channel), never earlier. The wait runs on the
+        // worker's own arbiter, which lives as long as the worker can reply; should
+        // it be gone, the guard settles at once.
+        let settle = Settle {
+            service: self.service.clone(),
+            worker: Some(worker.clone()),
+            credit: self.credit,
+            handled: false,
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(settle);
+        worker.arbiter.spawn(async move {
+            let handled = reply.await.is_ok();
+            settle.finish(handled);
+        });
+    }
+}
+
+/// Settles a request abandoned by its caller when dropped: after the worker's reply,
+/// or when the wait is cancelled.
+struct Settle {
+    service: Arc<LocalService>,
+    worker: Option<Arc<Incarnation>>,
+    credit: bool,
+    handled: bool,
+}
+
+impl Settle {
+    fn finish(mut self, handled: bool) {
+        self.handled = handled;
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            InFlight::<()>::settle(&self.service, worker, self.handled, self.credit);
         }
     }
 }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
+use futures::future::join_all;
 
 use crate::app::WorkerContext;
 use crate::config::{Policy, Strategy};
@@ -43,6 +44,9 @@ use crate::messages::{EventBus, LifecycleEvent};
 use crate::node::Node;
 use crate::router::LocalService;
 use crate::worker::{ExitReason, Incarnation, KillSwitch, SpawnArgs, WorkerState};
+
+/// How long a draining supervisor waits for stopped workers to end.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Supervises the workers of one service on this node.
 pub(crate) struct Supervisor {
@@ -354,12 +358,22 @@ impl Handler<Drain> for Supervisor {
                 actix_rt::time::sleep(Duration::from_millis(5)).await;
             }
         };
-        Box::pin(drained.into_actor(self).map(|_, act, _| {
-            for child in &mut act.children {
-                if let Some((_, switch)) = child.running.take() {
+        Box::pin(drained.into_actor(self).then(|_, act, _| {
+            let stopped: Vec<Arc<Incarnation>> = act
+                .children
+                .iter_mut()
+                .filter_map(|child| child.running.take())
+                .map(|(incarnation, switch)| {
                     switch.stop();
-                }
+                    incarnation
+                })
+                .collect();
+            async move {
+                // Workers stop at their next poll; a wedged one is not waited for long.
+                let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                join_all(stopped.iter().map(|w| w.exit_reason(deadline))).await;
             }
+            .into_actor(act)
         }))
     }
 }

@@ -111,6 +111,8 @@ pub(crate) struct Incarnation {
     pub(crate) slot: Arc<WorkerSlot>,
     pub(crate) generation: u64,
     pub(crate) mailbox: Mailbox,
+    /// The arbiter the actor runs on; it outlives every request the actor holds.
+    pub(crate) arbiter: ArbiterHandle,
     alive: AtomicBool,
     exit: watch::Sender<Option<ExitReason>>,
 }
@@ -130,8 +132,8 @@ impl Incarnation {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Why this incarnation ended, waiting for it up to `deadline`. Callers whose reply
-    /// channel closed use it: the exit is recorded just before the mailbox is dropped.
+    /// Why this incarnation ended, waiting for it up to `deadline`: callers whose
+    /// reply channel closed learn why, and a draining supervisor learns when.
     pub(crate) async fn exit_reason(&self, deadline: tokio::time::Instant) -> Option<ExitReason> {
         let mut rx = self.exit.subscribe();
         let waited = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await;
@@ -185,6 +187,7 @@ where
         slot: args.slot.clone(),
         generation: args.generation,
         mailbox: Box::new(tx) as Mailbox,
+        arbiter: args.arbiter.clone(),
         alive: AtomicBool::new(true),
         exit: watch::Sender::new(None),
     });
@@ -239,12 +242,13 @@ where
     });
     if !spawned {
         let reason = ExitReason::Panicked("its arbiter thread is gone".into());
-        incarnation.record_exit(reason.clone());
+        incarnation.alive.store(false, Ordering::Release);
         args.supervisor.do_send(WorkerExited {
             index,
             generation,
-            reason,
+            reason: reason.clone(),
         });
+        incarnation.record_exit(reason);
     }
     (incarnation, KillSwitch(kill_tx))
 }

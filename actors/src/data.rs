@@ -93,7 +93,7 @@ impl Handler<PopularUsers> for Data {
 
     fn handle(&mut self, msg: PopularUsers, _: &mut Context<Self>) -> Self::Result {
         let mut users = self.users.clone();
-        users.sort_by(|a, b| b.followers.cmp(&a.followers));
+        users.sort_by_key(|u| std::cmp::Reverse(u.followers));
         users.truncate(msg.limit);
         Ok(PopularUsersReply { users })
     }
