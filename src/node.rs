@@ -268,7 +268,10 @@ impl Node {
         service.request(msg, None, Origin::Local).await
     }
 
-    /// Sends every lifecycle event of this node to `subscriber`.
+    /// Sends every lifecycle event of this node to `subscriber`. Delivery never
+    /// blocks the supervisor: an event that does not fit the subscriber's mailbox is
+    /// logged and dropped, so give a subscriber that must see bursts (a one_for_all
+    /// restart of many workers) room with `Context::set_mailbox_capacity`.
     pub async fn subscribe(
         &self,
         subscriber: Recipient<LifecycleEvent>,

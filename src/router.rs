@@ -284,6 +284,15 @@ impl LocalService {
     }
 }
 
+/// How long a caller whose reply channel closed waits to learn whether the worker
+/// died. An exit is published microseconds after the panic; a worker still alive
+/// after this dropped the reply on its own (a panic inside an async handler).
+const EXIT_GRACE: Duration = Duration::from_millis(250);
+
+fn exit_grace(deadline: Instant) -> Instant {
+    deadline.min(Instant::now() + EXIT_GRACE)
+}
+
 /// A request in a worker's hands. Settles the worker's counters and credit exactly
 /// once: when the reply comes, or, if the caller stops waiting, in a detached task
 /// that waits for the worker to finish.
@@ -338,18 +347,21 @@ impl<T: Send + 'static> InFlight<T> {
                 outcome.into_result()
             }
             Ok(Err(_closed)) => {
+                // The credit goes back only once the worker's fate is known: a worker
+                // that died must not be handed the next request in line.
+                let reason = worker.exit_reason(exit_grace(deadline)).await;
                 self.finish(false);
                 let id = &worker.slot.id;
-                Err(ServiceError::handler_panicked(
-                    match worker.exit_reason(deadline).await {
-                        Some(ExitReason::Panicked(why)) => format!("worker {id} panicked: {why}"),
-                        Some(ExitReason::Killed) => {
-                            format!("worker {id} was killed while handling the request")
-                        }
-                        Some(ExitReason::Stopped) => format!("worker {id} stopped before replying"),
-                        None => format!("worker {id} dropped the request without replying"),
-                    },
-                ))
+                Err(ServiceError::handler_panicked(match reason {
+                    Some(ExitReason::Panicked(why)) => format!("worker {id} panicked: {why}"),
+                    Some(ExitReason::Killed) => {
+                        format!("worker {id} was killed while handling the request")
+                    }
+                    Some(ExitReason::Stopped) => format!("worker {id} stopped before replying"),
+                    None => format!(
+                        "worker {id} dropped the request without replying (did an async handler panic?)"
+                    ),
+                }))
             }
             Err(_elapsed) => Err(ServiceError::timeout(format!(
                 "no reply from {} within {}",
@@ -384,6 +396,12 @@ impl<T: Send + 'static> Drop for InFlight<T> {
         };
         worker.arbiter.spawn(async move {
             let handled = reply.await.is_ok();
+            if !handled {
+                let worker = settle.worker.clone();
+                if let Some(worker) = worker {
+                    worker.exit_reason(Instant::now() + EXIT_GRACE).await;
+                }
+            }
             settle.finish(handled);
         });
     }

@@ -24,9 +24,13 @@
 //! it); the restart waits an exponential backoff (`backoff.min` doubling up to
 //! `backoff.max`). More than `max_restarts` failures within `within` fail the
 //! service: its workers stop, every request gets `ServiceFailed`, and the master
-//! and the logs say so. What dies with a worker: the requests it held (their
-//! callers get `HandlerPanicked`); requests waiting at the dealer stay in line for
-//! the restarted worker or a sibling.
+//! and the logs say so. What dies with a worker: the requests in its mailbox and
+//! in its actor futures (`ResponseActFuture`); their callers get `HandlerPanicked`.
+//! Requests waiting at the dealer stay in line for the restarted worker or a
+//! sibling. A handler's detached future (`ResponseFuture`) is a task of its own
+//! that actix does not tie to the actor: it runs to its end even if the worker is
+//! killed, and if it panics its caller gets `HandlerPanicked` while the worker,
+//! whose state it could not touch, keeps running.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

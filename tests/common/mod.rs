@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use colony::{
-    App, LifecycleEvent, Meta, Node, NodeConfig, Rejection, Request, ServiceError, WorkerContext,
-    WorkerId,
+    App, ExitReason, LifecycleEvent, Meta, Node, NodeConfig, Rejection, Request, ServiceError,
+    WorkerContext, WorkerId,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,7 @@ pub fn test_app() -> App {
         .handles::<Sleep>()
         .handles::<SlowIfFirst>()
         .handles::<Panic>()
+        .handles::<AsyncPanic>()
         .handles::<WhoAmI>()
         .handles::<Add>()
         .service("guarded", Calc::new)
@@ -288,12 +289,58 @@ impl Events {
     pub fn onlines_of(&self, worker: &str) -> usize {
         self.count(|e| matches!(e, LifecycleEvent::Online { worker: w } if w.to_string() == worker))
     }
+
+    /// The exit reasons of `worker`, in order.
+    pub fn exits_of(&self, worker: &str) -> Vec<ExitReason> {
+        self.seen
+            .lock()
+            .iter()
+            .filter_map(|e| match e {
+                LifecycleEvent::Exit { worker: w, reason } if w.to_string() == worker => {
+                    Some(reason.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `(restarts, delay_ms)` of every Restart event of `worker`, in order.
+    pub fn restart_events(&self, worker: &str) -> Vec<(u64, u64)> {
+        self.seen
+            .lock()
+            .iter()
+            .filter_map(|e| match e {
+                LifecycleEvent::Restart {
+                    worker: w,
+                    restarts,
+                    delay_ms,
+                } if w.to_string() == worker => Some((*restarts, *delay_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Waits until `worker` has been online `onlines` times and runs.
+pub async fn wait_online(node: &Node, events: &Events, worker: &str, onlines: usize) {
+    wait_until(
+        &format!("{worker} is online for the {onlines}. time"),
+        Duration::from_secs(5),
+        || async {
+            events.onlines_of(worker) == onlines && worker_status(node, worker).state == "running"
+        },
+    )
+    .await;
 }
 
 struct EventSink(Events);
 
 impl Actor for EventSink {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+    }
 }
 
 impl Handler<LifecycleEvent> for EventSink {
@@ -333,4 +380,19 @@ pub fn queued(node: &Node, service: &str) -> usize {
         .find(|s| s.name == service)
         .map(|s| s.queued)
         .unwrap_or_else(|| panic!("no service {service} in status"))
+}
+
+/// Panics inside the handler's detached future (`ResponseFuture`), not in the actor.
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<(), ServiceError>")]
+pub struct AsyncPanic {}
+impl Request for AsyncPanic {
+    const SUBJECT: &'static str = "async_panic";
+}
+
+impl Handler<AsyncPanic> for Chaos {
+    type Result = ResponseFuture<Result<(), ServiceError>>;
+    fn handle(&mut self, _: AsyncPanic, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(async move { panic!("async boom") })
+    }
 }
