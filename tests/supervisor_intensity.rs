@@ -79,30 +79,11 @@ services:
 
     // The third: the worker is busy with a sleep, the panic waits behind it and
     // 10 adds wait behind the panic when the third failure fails the service.
-    let sleeper = {
-        let node = node.clone();
-        actix_rt::spawn(async move { node.request("chaos", Sleep { ms: 100 }).await })
+    let sleeper = keep_busy(&node, w, 100).await;
+    let panic = Panic {
+        message: "failure-3".into(),
     };
-    wait_until("the sleep is in flight", WAIT, || async {
-        worker_status(&node, w).in_flight == 1
-    })
-    .await;
-    let panicker = {
-        let node = node.clone();
-        actix_rt::spawn(async move {
-            node.request(
-                "chaos",
-                Panic {
-                    message: "failure-3".into(),
-                },
-            )
-            .await
-        })
-    };
-    wait_until("the panic waits at the dealer", WAIT, || async {
-        queued(&node, "chaos") == 1
-    })
-    .await;
+    let panicker = line_up(&node, panic, 1).await;
     let adds: Vec<_> = (0..10)
         .map(|i| {
             let node = node.clone();

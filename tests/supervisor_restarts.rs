@@ -83,31 +83,12 @@ async fn requests_waiting_at_the_dealer_survive_a_panic_and_go_to_the_restarted_
     wait_online(&node, &events, w, 1).await;
 
     // The single worker is busy with the sleep...
-    let sleeper = {
-        let node = node.clone();
-        actix_rt::spawn(async move { node.request("chaos", Sleep { ms: 100 }).await })
-    };
-    wait_until("the sleep is in flight", WAIT, || async {
-        worker_status(&node, w).in_flight == 1
-    })
-    .await;
+    let sleeper = keep_busy(&node, w, 100).await;
     // ...while the panic and then 20 adds line up behind it, in that order.
-    let panicker = {
-        let node = node.clone();
-        actix_rt::spawn(async move {
-            node.request(
-                "chaos",
-                Panic {
-                    message: "queued-boom".into(),
-                },
-            )
-            .await
-        })
+    let panic = Panic {
+        message: "queued-boom".into(),
     };
-    wait_until("the panic waits at the dealer", WAIT, || async {
-        queued(&node, "chaos") == 1
-    })
-    .await;
+    let panicker = line_up(&node, panic, 1).await;
     let adds: Vec<_> = (0..20)
         .map(|i| {
             let node = node.clone();

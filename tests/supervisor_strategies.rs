@@ -198,30 +198,11 @@ async fn a_temporary_worker_is_not_restarted_and_its_service_answers_with_errors
     wait_onlines(&node, &events, n, &[1]).await;
 
     // The only worker is busy; the panic and an add wait behind the sleep.
-    let sleeper = {
-        let node = node.clone();
-        actix_rt::spawn(async move { node.request("chaos", Sleep { ms: 100 }).await })
+    let sleeper = keep_busy(&node, &w, 100).await;
+    let panic = Panic {
+        message: "temp-boom".into(),
     };
-    wait_until("the sleep is in flight", WAIT, || async {
-        worker_status(&node, &w).in_flight == 1
-    })
-    .await;
-    let panicker = {
-        let node = node.clone();
-        actix_rt::spawn(async move {
-            node.request(
-                "chaos",
-                Panic {
-                    message: "temp-boom".into(),
-                },
-            )
-            .await
-        })
-    };
-    wait_until("the panic waits at the dealer", WAIT, || async {
-        queued(&node, "chaos") == 1
-    })
-    .await;
+    let panicker = line_up(&node, panic, 1).await;
     let waiter = {
         let node = node.clone();
         actix_rt::spawn(async move {

@@ -396,3 +396,40 @@ impl Handler<AsyncPanic> for Chaos {
         Box::pin(async move { panic!("async boom") })
     }
 }
+
+/// Starts a `Sleep { ms }` on `chaos` and waits until `worker` holds it.
+pub async fn keep_busy(
+    node: &Node,
+    worker: &str,
+    ms: u64,
+) -> actix_rt::task::JoinHandle<Result<String, ServiceError>> {
+    let sleeper = {
+        let node = node.clone();
+        actix_rt::spawn(async move { node.request("chaos", Sleep { ms }).await })
+    };
+    wait_until("the sleep is in flight", Duration::from_secs(5), || async {
+        worker_status(node, worker).in_flight == 1
+    })
+    .await;
+    sleeper
+}
+
+/// Requests `msg` from `chaos` in the background and waits until `waiting`
+/// requests wait at its dealer, this one included.
+pub async fn line_up<M: Request>(
+    node: &Node,
+    msg: M,
+    waiting: usize,
+) -> actix_rt::task::JoinHandle<Result<colony::ReplyOf<M>, ServiceError>> {
+    let call = {
+        let node = node.clone();
+        actix_rt::spawn(async move { node.request("chaos", msg).await })
+    };
+    wait_until(
+        "the request waits at the dealer",
+        Duration::from_secs(5),
+        || async { queued(node, "chaos") == waiting },
+    )
+    .await;
+    call
+}
