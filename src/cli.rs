@@ -88,9 +88,13 @@ pub fn main(app: impl Into<App>) -> ExitCode {
             subject,
             json,
             timeout,
-        } => client(&cli.api, cli.token, |c| {
-            request(c, &service, &subject, json.as_deref(), timeout)
-        }),
+        } => {
+            // The node answers by the request's own timeout; wait a little longer.
+            let wait = timeout.map_or(CLIENT_TIMEOUT, |t| t + Duration::from_secs(10));
+            client_with_timeout(&cli.api, cli.token, wait, |c| {
+                request(c, &service, &subject, json.as_deref(), timeout)
+            })
+        }
         Command::Kill { worker } => client(&cli.api, cli.token, |c| kill(c, &worker)),
     }
 }
@@ -206,12 +210,15 @@ impl Client {
     }
 }
 
+/// How long a client command waits for the node's answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn client(
     api: &str,
     token: Option<String>,
     run: impl FnOnce(&Client) -> Result<(), Failure>,
 ) -> ExitCode {
-    client_with_timeout(api, token, Duration::from_secs(60), run)
+    client_with_timeout(api, token, CLIENT_TIMEOUT, run)
 }
 
 fn client_with_timeout(

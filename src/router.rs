@@ -170,6 +170,7 @@ impl LocalService {
     }
 
     /// `msg` to every running worker without waiting for replies; how many got it.
+    /// A worker that cannot take it (at its bound, or just exited) is named in the log.
     pub(crate) fn broadcast<M: Request + Clone>(
         self: &Arc<Self>,
         mut msg: M,
@@ -178,8 +179,9 @@ impl LocalService {
         let send = self.prepare(&mut msg, &origin)?;
         let mut reached = 0;
         for worker in self.dealer.workers() {
-            if self.send_direct(worker, msg.clone(), send).is_ok() {
-                reached += 1;
+            match self.send_direct(worker, msg.clone(), send) {
+                Ok(_) => reached += 1,
+                Err(e) => log::warn!("broadcast {}/{}: {e}", self.name, M::SUBJECT),
             }
         }
         Ok(reached)
