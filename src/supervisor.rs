@@ -378,6 +378,13 @@ impl Handler<Drain> for Supervisor {
                 join_all(stopped.iter().map(|w| w.exit_reason(deadline))).await;
             }
             .into_actor(act)
+            .map(|_, act, _| {
+                // Their exit messages may still be in this mailbox; the drain is what
+                // the caller waits for, so the states are settled here.
+                for slot in &act.service.slots {
+                    slot.set_state(WorkerState::Stopped);
+                }
+            })
         }))
     }
 }
