@@ -350,6 +350,15 @@ impl Node {
             self.name(),
             drain
         );
+        // Stop taking work at once, in the same step that status turns `stopping`.
+        let why = format!("node {} is shutting down", self.name());
+        for service in self.inner.router.services() {
+            let error = ServiceError::service_failed(format!(
+                "service {} is not taking requests: {why}",
+                service.name
+            ));
+            service.dealer.shut(Availability::Closed(why.clone()), error);
+        }
         let deadline = Instant::now() + drain;
         let api = self.inner.api.lock().take();
         if let Some(api) = api {

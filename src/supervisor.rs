@@ -344,12 +344,9 @@ impl Handler<Drain> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Drain, _: &mut Context<Self>) -> Self::Result {
+        // The node closed the dealer already; what is left is to let the work in
+        // flight finish and stop the workers without restarting them.
         self.stopping = true;
-        let why = format!("node {} is shutting down", self.node.name());
-        self.service.dealer.shut(
-            Availability::Closed(why.clone()),
-            ServiceError::service_failed(why),
-        );
         let service = self.service.clone();
         let drained = async move {
             let idle = || {
