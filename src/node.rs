@@ -357,7 +357,9 @@ impl Node {
                 "service {} is not taking requests: {why}",
                 service.name
             ));
-            service.dealer.shut(Availability::Closed(why.clone()), error);
+            service
+                .dealer
+                .shut(Availability::Closed(why.clone()), error);
         }
         let deadline = Instant::now() + drain;
         let api = self.inner.api.lock().take();
