@@ -161,7 +161,7 @@ async fn request(
 }
 
 fn parse_timeout(query: &str) -> Result<Option<Duration>, ServiceError> {
-    let query: RequestQuery = serde_urlencoded_query(query)?;
+    let query: RequestQuery = parse_query(query)?;
     query
         .timeout
         .map(|t| {
@@ -177,7 +177,7 @@ fn parse_timeout(query: &str) -> Result<Option<Duration>, ServiceError> {
         .transpose()
 }
 
-fn serde_urlencoded_query(query: &str) -> Result<RequestQuery, ServiceError> {
+fn parse_query(query: &str) -> Result<RequestQuery, ServiceError> {
     web::Query::<RequestQuery>::from_query(query)
         .map(web::Query::into_inner)
         .map_err(|e| ServiceError::bad_request(format!("bad query string: {e}")))
