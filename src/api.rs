@@ -15,7 +15,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ServiceError;
-use crate::guard::Origin;
 use crate::message::WorkerId;
 use crate::node::Node;
 
@@ -127,7 +126,7 @@ async fn health(state: web::Data<State>) -> HttpResponse {
 
 async fn status(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     match authorize(&req, &state) {
-        Ok(()) => HttpResponse::Ok().json(state.node.cluster_status()),
+        Ok(()) => HttpResponse::Ok().json(state.node.cluster_status().await),
         Err(e) => error_response(&e),
     }
 }
@@ -150,8 +149,7 @@ async fn request(
         let (service, subject) = path.into_inner();
         state
             .node
-            .router()
-            .request_json(&service, &subject, body, timeout, Origin::Http)
+            .request_json(&service, &subject, body, timeout)
             .await
     };
     match answer.await {

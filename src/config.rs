@@ -21,6 +21,9 @@ pub struct NodeConfig {
     /// The HTTP API; absent or without `listen`, the node serves none.
     #[serde(default)]
     pub api: ApiSection,
+    /// How this node joins the cluster; absent, it runs alone.
+    #[serde(default)]
+    pub bridge: Option<BridgeSection>,
     /// The services this node runs, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -103,6 +106,54 @@ fn default_max_body() -> usize {
     1024 * 1024
 }
 
+/// `bridge:` — the link to the other nodes of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSection {
+    /// Where this node's bridge listens (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Master address(es) a worker node joins.
+    #[serde(default)]
+    pub join: Vec<SocketAddr>,
+    /// The shared cluster secret; a node refuses to run a bridge without it.
+    pub secret_file: PathBuf,
+    /// Interval of heartbeats; a peer silent for three is down.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Mutual TLS on every bridge connection.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// Largest frame accepted, in bytes (checked before any allocation).
+    #[serde(default = "default_max_frame")]
+    pub max_frame: usize,
+    /// Frames waiting to be sent to one peer; past it, calls get `Overloaded`.
+    #[serde(default = "default_send_queue")]
+    pub queue: usize,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_max_frame() -> usize {
+    crate::bridge::frame::DEFAULT_MAX_FRAME
+}
+fn default_send_queue() -> usize {
+    8192
+}
+
+/// `bridge.tls:` — PEM files for mutual TLS. Every node's certificate is signed by
+/// `ca` and names `colony` (subjectAltName DNS:colony).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+    /// The cluster's certificate authority.
+    pub ca: PathBuf,
+}
+
 /// `services.NAME:` — how many workers, how they take work, how they restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +173,9 @@ pub struct ServiceConfig {
     /// Restart policy, strategy and intensity.
     #[serde(default)]
     pub restart: RestartConfig,
+    /// Which node serves a request for this service made on this node.
+    #[serde(default)]
+    pub routing: Routing,
 }
 
 impl Default for ServiceConfig {
@@ -132,6 +186,7 @@ impl Default for ServiceConfig {
             queue: default_queue(),
             timeout: default_timeout(),
             restart: RestartConfig::default(),
+            routing: Routing::default(),
         }
     }
 }
@@ -220,6 +275,19 @@ pub enum Strategy {
     OneForAll,
     /// The one that exited and those started after it.
     RestForOne,
+}
+
+/// Which node serves a request: this one or another that runs the service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// A free local worker first, else the least-loaded other node.
+    #[default]
+    LocalFirst,
+    /// Each node in turn, this one included.
+    RoundRobin,
+    /// The node with the fewest requests in flight for its capacity.
+    LeastLoaded,
 }
 
 /// Exponential backoff bounds.
@@ -334,6 +402,17 @@ impl NodeConfig {
                     "api.token_file",
                     format!("required because api.listen {listen} is not a loopback address"),
                 );
+            }
+        }
+        if let Some(bridge) = &self.bridge {
+            if bridge.heartbeat.is_zero() {
+                return err("bridge.heartbeat", "must be longer than 0".into());
+            }
+            if bridge.max_frame < 1024 {
+                return err("bridge.max_frame", "must be at least 1024".into());
+            }
+            if bridge.queue == 0 {
+                return err("bridge.queue", "must be at least 1".into());
             }
         }
         if self.api.max_body == 0 {
@@ -457,6 +536,21 @@ impl<'de> Deserialize<'de> for Strategy {
             other => Err(serde::de::Error::unknown_variant(
                 other,
                 &["one_for_one", "one_for_all", "rest_for_one"],
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Routing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        match value.as_str() {
+            "local_first" => Ok(Routing::LocalFirst),
+            "round_robin" => Ok(Routing::RoundRobin),
+            "least_loaded" => Ok(Routing::LeastLoaded),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["local_first", "round_robin", "least_loaded"],
             )),
         }
     }

@@ -153,6 +153,12 @@ impl Dealer {
         }
     }
 
+    /// Whether a worker has a free credit now.
+    pub(crate) fn has_idle(&self) -> bool {
+        let state = self.state.lock();
+        state.idle.iter().any(|w| state.is_current(w))
+    }
+
     /// Requests waiting for a free worker, not counting callers that gave up.
     pub(crate) fn queued(&self) -> usize {
         let state = self.state.lock();

@@ -15,6 +15,8 @@ pub enum Origin {
     Local,
     /// The node's HTTP API.
     Http,
+    /// Another node of the cluster, by name.
+    Node(String),
 }
 
 /// What a guard knows about a request besides the message itself.

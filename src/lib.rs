@@ -15,6 +15,8 @@
 //!   service, which starts and restarts that service's workers.
 //! - `router` resolves a service name and carries a request through the service's
 //!   `dealer` (the load-balancing broker) into a `worker`'s mailbox and the reply back.
+//! - [`bridge`] connects nodes: authenticated, framed links that carry requests
+//!   to workers on other nodes and the cluster's member table.
 //! - [`messages`] holds the lifecycle events every actor can subscribe to.
 //! - [`error`] is the error every failed call returns, with its kinds.
 //! - [`status`] is what the status endpoint and command show.
@@ -24,6 +26,7 @@
 
 mod api;
 pub mod app;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 mod dealer;
@@ -34,6 +37,7 @@ mod master;
 pub mod message;
 pub mod messages;
 pub mod node;
+mod remote;
 mod router;
 mod service;
 pub mod status;

@@ -43,6 +43,18 @@ pub enum LifecycleEvent {
         /// The backoff before this restart.
         delay_ms: u64,
     },
+    /// A node joined the cluster (seen at the master).
+    NodeUp {
+        /// The node.
+        node: String,
+    },
+    /// A node left the cluster or became unreachable.
+    NodeDown {
+        /// The node.
+        node: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// The service exceeded its restart intensity and is down.
     ServiceFailed {
         /// The node of the service.
@@ -73,7 +85,9 @@ impl EventBus {
                 reason: ExitReason::Panicked(_) | ExitReason::Killed,
                 ..
             } => log::warn!("{}", describe(&event)),
-            LifecycleEvent::ServiceFailed { .. } => log::error!("{}", describe(&event)),
+            LifecycleEvent::ServiceFailed { .. } | LifecycleEvent::NodeDown { .. } => {
+                log::error!("{}", describe(&event))
+            }
             _ => log::info!("{}", describe(&event)),
         }
         self.subscribers
@@ -108,5 +122,7 @@ pub fn describe(event: &LifecycleEvent) -> String {
             service,
             reason,
         } => format!("service {node}/{service} failed: {reason}"),
+        LifecycleEvent::NodeUp { node } => format!("node {node}: up"),
+        LifecycleEvent::NodeDown { node, reason } => format!("node {node}: down ({reason})"),
     }
 }

@@ -15,6 +15,8 @@ use parking_lot::Mutex;
 
 use crate::api;
 use crate::app::{App, MASTER_SERVICE};
+use crate::bridge::wire::{Member, Offer};
+use crate::bridge::{Bridge, BridgeError, StatusFn};
 use crate::config::{ConfigError, NodeConfig, Role, ServiceConfig};
 use crate::dealer::{Availability, Dealer};
 use crate::error::ServiceError;
@@ -22,6 +24,7 @@ use crate::guard::Origin;
 use crate::master::{Kill, Master, Shutdown, StopActor, Subscribe};
 use crate::message::{ReplyOf, Request, WorkerId};
 use crate::messages::{EventBus, LifecycleEvent};
+use crate::remote::{self, Target};
 use crate::router::{LocalService, Router};
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
 use crate::supervisor::Supervisor;
@@ -41,6 +44,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The bridge could not start (no secret, bad TLS files, address in use).
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
     /// The API token file could not be read or is empty.
     #[error("api.token_file {path}: {problem}")]
     Token {
@@ -66,6 +72,9 @@ struct Inner {
     arbiters: Mutex<Vec<Arbiter>>,
     api: Mutex<Option<api::ApiServer>>,
     api_addr: Option<SocketAddr>,
+    bridge: std::sync::OnceLock<Arc<Bridge>>,
+    /// Round-robin position for services routed `round_robin`.
+    turn: std::sync::atomic::AtomicUsize,
     stopping: std::sync::atomic::AtomicBool,
 }
 
@@ -119,6 +128,8 @@ impl Node {
                 arbiters: Mutex::new(arbiters),
                 api: Mutex::new(None),
                 api_addr,
+                bridge: std::sync::OnceLock::new(),
+                turn: Default::default(),
                 stopping: Default::default(),
             }),
         };
@@ -160,8 +171,41 @@ impl Node {
                 Supervisor::new(service.clone(), node.clone(), arbiters, events.clone());
             supervisors.push((service.name.clone(), supervisor));
         }
-        let master = Master::new(&name, events, supervisors).start();
+        let offers: Vec<Offer> = router
+            .services()
+            .iter()
+            .map(|s| Offer {
+                name: s.name.clone(),
+                workers: s.slots.len(),
+                capacity: s.slots.len() * s.config.concurrency,
+                timeout_ms: s.config.timeout.as_millis() as u64,
+            })
+            .collect();
+        let master = Master::new(&name, events.clone(), supervisors).start();
         *node.inner.master.lock() = Some(master);
+
+        if let Some(section) = config.bridge.clone() {
+            let me = Member {
+                name: name.clone(),
+                role: config.node.role.to_string(),
+                bridge: section.listen,
+                api: api_addr,
+                services: offers,
+            };
+            let weak = Arc::downgrade(&node.inner);
+            let status: StatusFn = Arc::new(move || match weak.upgrade() {
+                Some(inner) => Node { inner }.status(),
+                None => NodeStatus::default(),
+            });
+            let bridge = match Bridge::start(me, section, router.clone(), events, status) {
+                Ok(bridge) => bridge,
+                Err(e) => {
+                    node.shutdown(Duration::ZERO).await;
+                    return Err(e.into());
+                }
+            };
+            let _ = node.inner.bridge.set(bridge);
+        }
 
         if let Some(listener) = listener {
             let server = api::serve(listener, node.clone(), token, config.api.max_body).map_err(
@@ -191,19 +235,27 @@ impl Node {
         self.inner.api_addr
     }
 
-    pub(crate) fn router(&self) -> &Router {
-        &self.inner.router
+    fn bridge(&self) -> Option<&Bridge> {
+        self.inner.bridge.get().map(Arc::as_ref)
     }
 
-    /// Request `msg` from a worker of `service` and wait for the typed reply, within
-    /// the service's configured timeout.
+    /// Where this node's bridge listens, if it has one.
+    pub fn bridge_addr(&self) -> Option<SocketAddr> {
+        self.bridge().map(Bridge::addr)
+    }
+
+    fn target(&self, service: &str) -> Result<Target, ServiceError> {
+        remote::target(&self.inner.router, self.bridge(), service, &self.inner.turn)
+    }
+
+    /// Request `msg` from a worker of `service`, on this node or another by the
+    /// service's routing, and wait for the typed reply within the service's timeout.
     pub async fn request<M: Request>(
         &self,
         service: &str,
         msg: M,
     ) -> Result<ReplyOf<M>, ServiceError> {
-        let service = self.inner.router.service(service)?;
-        service.request(msg, None, Origin::Local).await
+        self.call(service, msg, None).await
     }
 
     /// As [`request`](Self::request), with this call's own `timeout`.
@@ -213,59 +265,133 @@ impl Node {
         msg: M,
         timeout: Duration,
     ) -> Result<ReplyOf<M>, ServiceError> {
-        let service = self.inner.router.service(service)?;
-        service.request(msg, Some(timeout), Origin::Local).await
+        self.call(service, msg, Some(timeout)).await
+    }
+
+    async fn call<M: Request>(
+        &self,
+        service: &str,
+        msg: M,
+        timeout: Option<Duration>,
+    ) -> Result<ReplyOf<M>, ServiceError> {
+        match self.target(service)? {
+            Target::Local(local) => local.request(msg, timeout, Origin::Local).await,
+            Target::Remote(remote) => remote.request(&msg, timeout, None).await,
+        }
+    }
+
+    /// A JSON request, as the HTTP API makes it: routed like [`request`](Self::request).
+    pub(crate) async fn request_json(
+        &self,
+        service: &str,
+        subject: &str,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<serde_json::Value, ServiceError> {
+        match self.target(service)? {
+            Target::Local(_) => {
+                self.inner
+                    .router
+                    .request_json(service, subject, body, timeout, Origin::Http, None)
+                    .await
+            }
+            Target::Remote(remote) => remote.request_json(subject, &body, timeout).await,
+        }
     }
 
     /// Hand `msg` to a worker of `service` without waiting for its reply. Returns
-    /// once a worker has it; errors (no service, overloaded, rejected) still come back.
+    /// once a worker (or the node holding one) has it; errors (no service,
+    /// overloaded, rejected) still come back.
     pub async fn tell<M: Request>(&self, service: &str, msg: M) -> Result<(), ServiceError> {
-        let service = self.inner.router.service(service)?;
-        service.tell(msg, Origin::Local).await
+        match self.target(service)? {
+            Target::Local(local) => local.tell(msg, Origin::Local).await,
+            Target::Remote(remote) => remote.tell(&msg, None).await,
+        }
     }
 
-    /// `msg` to every worker of `service`, without waiting for replies; returns how
-    /// many workers it reached.
-    pub fn broadcast<M: Request + Clone>(
+    /// `msg` to every worker of `service` in the cluster, without waiting for
+    /// replies; returns how many workers it reached.
+    pub async fn broadcast<M: Request + Clone>(
         &self,
         service: &str,
         msg: M,
     ) -> Result<usize, ServiceError> {
-        let service = self.inner.router.service(service)?;
-        service.broadcast(msg, Origin::Local)
+        let remotes = remote::remotes(self.bridge(), service);
+        let mut reached = match self.inner.router.service(service) {
+            Ok(local) => local.broadcast(msg.clone(), Origin::Local)?,
+            Err(e) if remotes.is_empty() => return Err(e),
+            Err(_) => 0,
+        };
+        for remote in &remotes {
+            for index in 0..remote.offer.workers {
+                match remote.tell(&msg, Some(index)).await {
+                    Ok(()) => reached += 1,
+                    Err(e) => {
+                        log::warn!("broadcast to {}/{service}/{index}: {e}", remote.peer.name)
+                    }
+                }
+            }
+        }
+        Ok(reached)
     }
 
-    /// Request `msg` from the worker `worker`.
+    /// Request `msg` from the worker `worker`, on whichever node it runs.
     pub async fn request_worker<M: Request>(
         &self,
         worker: &WorkerId,
         msg: M,
     ) -> Result<ReplyOf<M>, ServiceError> {
+        if worker.node != self.inner.name {
+            let remote = remote::remote_on(self.bridge(), &worker.node, &worker.service)?;
+            return remote.request(&msg, None, Some(worker.index)).await;
+        }
         let (service, incarnation) = self.inner.router.worker(worker)?;
         service
             .request_worker(incarnation, msg, None, Origin::Local)
             .await
     }
 
-    /// Request `msg` from every worker of `service`; one result per worker.
+    /// Request `msg` from every worker of `service` in the cluster; one result per
+    /// worker.
     pub async fn request_all<M: Request + Clone>(
         &self,
         service: &str,
         msg: M,
     ) -> Result<Vec<(WorkerId, Result<ReplyOf<M>, ServiceError>)>, ServiceError> {
-        let service = self.inner.router.service(service)?;
-        Ok(service.request_all(msg, None, Origin::Local).await)
+        let remotes = remote::remotes(self.bridge(), service);
+        let mut results = match self.inner.router.service(service) {
+            Ok(local) => local.request_all(msg.clone(), None, Origin::Local).await,
+            Err(e) if remotes.is_empty() => return Err(e),
+            Err(_) => Vec::new(),
+        };
+        let msg = &msg;
+        let calls = remotes.iter().flat_map(|remote| {
+            remote.worker_ids().map(move |id| async move {
+                let reply = remote.request(msg, None, Some(id.index)).await;
+                (id, reply)
+            })
+        });
+        results.extend(futures::future::join_all(calls).await);
+        Ok(results)
     }
 
-    /// Request `msg` from the master's handlers (the app's [`App::master`] actor).
+    /// Request `msg` from the master's handlers (the app's [`App::master`] actor),
+    /// on the master node.
     pub async fn request_master<M: Request>(&self, msg: M) -> Result<ReplyOf<M>, ServiceError> {
-        let service = self.inner.router.service(MASTER_SERVICE).map_err(|_| {
-            ServiceError::no_such_service(format!(
-                "no master handlers on node {}: the app defines none (App::master) or this node is not the master",
+        if let Ok(local) = self.inner.router.service(MASTER_SERVICE) {
+            return local.request(msg, None, Origin::Local).await;
+        }
+        let master = self.bridge().and_then(Bridge::master);
+        match master {
+            Some(master) if master != self.inner.name => {
+                let remote = remote::remote_on(self.bridge(), &master, MASTER_SERVICE)?;
+                remote.request(&msg, None, None).await
+            }
+            _ => Err(ServiceError::no_such_service(format!(
+                "no master handlers reachable from node {}: the app defines none (App::master) or no master node is connected",
                 self.inner.name
-            ))
-        })?;
-        service.request(msg, None, Origin::Local).await
+            ))),
+        }
     }
 
     /// Sends every lifecycle event of this node to `subscriber`. Delivery never
@@ -327,11 +453,25 @@ impl Node {
         }
     }
 
-    /// Every node of the cluster (this one, until nodes are bridged).
-    pub fn cluster_status(&self) -> ClusterStatus {
-        ClusterStatus {
-            nodes: vec![self.status()],
+    /// Every node of the cluster: this one, each connected peer's own report, and
+    /// members that cannot be reached, shown `down`.
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let mut nodes = vec![self.status()];
+        if let Some(bridge) = self.bridge() {
+            let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
+            let peers = bridge.peers();
+            let reports = futures::future::join_all(peers.iter().map(|p| p.status(deadline))).await;
+            for (peer, report) in peers.iter().zip(reports) {
+                nodes.push(report.unwrap_or_else(|| unreachable_node(&peer.name, "unknown")));
+            }
+            for member in bridge.members() {
+                if nodes.iter().all(|n| n.name != member.name) {
+                    nodes.push(unreachable_node(&member.name, &member.role));
+                }
+            }
         }
+        nodes[1..].sort_by(|a, b| a.name.cmp(&b.name));
+        ClusterStatus { nodes }
     }
 
     /// Stops gracefully: the API stops accepting connections and finishes its
@@ -373,6 +513,9 @@ impl Node {
             let _ = master.send(Shutdown { deadline }).await;
             master.do_send(StopActor);
         }
+        if let Some(bridge) = self.bridge() {
+            bridge.stop();
+        }
         for arbiter in self.inner.arbiters.lock().drain(..) {
             arbiter.stop();
         }
@@ -385,6 +528,18 @@ impl Node {
             .lock()
             .clone()
             .ok_or_else(|| node_stopped(self.name()))
+    }
+}
+
+/// How long status waits for each peer's report.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn unreachable_node(name: &str, role: &str) -> NodeStatus {
+    NodeStatus {
+        name: name.to_string(),
+        role: role.to_string(),
+        state: "down".into(),
+        ..NodeStatus::default()
     }
 }
 

@@ -67,7 +67,8 @@ impl Router {
         all
     }
 
-    /// A JSON request to `service`/`subject`, as the HTTP API sends it.
+    /// A JSON request to this node's `service`/`subject` (or its worker `worker`),
+    /// as the HTTP API and other nodes send it.
     pub(crate) async fn request_json(
         &self,
         service: &str,
@@ -75,10 +76,20 @@ impl Router {
         body: Vec<u8>,
         timeout: Option<Duration>,
         origin: Origin,
+        worker: Option<usize>,
     ) -> Result<Value, ServiceError> {
         let service = self.service(service)?;
         let json = service.route_json(subject)?;
-        json(service, body, timeout, origin).await
+        let worker = match worker {
+            Some(index) => Some(service.dealer.worker(index).ok_or_else(|| {
+                ServiceError::no_such_service(format!(
+                    "worker {}/{}/{index} is not running",
+                    self.node, service.name
+                ))
+            })?),
+            None => None,
+        };
+        json(service, body, timeout, origin, worker).await
     }
 
     /// The running worker `id` of this node.

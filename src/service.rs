@@ -29,6 +29,7 @@ pub(crate) type JsonFn = fn(
     Vec<u8>,
     Option<Duration>,
     Origin,
+    Option<Arc<Incarnation>>,
 ) -> BoxFuture<'static, Result<Value, ServiceError>>;
 
 /// A service-wide guard: sees every request's [`Meta`], whatever its subject.
@@ -114,6 +115,7 @@ fn call_json<M: Request>(
     body: Vec<u8>,
     timeout: Option<Duration>,
     origin: Origin,
+    worker: Option<Arc<Incarnation>>,
 ) -> BoxFuture<'static, Result<Value, ServiceError>> {
     Box::pin(async move {
         let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
@@ -129,7 +131,10 @@ fn call_json<M: Request>(
                 short_type_name::<M>()
             ))
         })?;
-        let reply = service.request(msg, timeout, origin).await?;
+        let reply = match worker {
+            Some(worker) => service.request_worker(worker, msg, timeout, origin).await?,
+            None => service.request(msg, timeout, origin).await?,
+        };
         serde_json::to_value(reply)
             .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
     })

@@ -10,7 +10,7 @@ pub struct ClusterStatus {
 }
 
 /// One node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The node's name.
     pub name: String,

@@ -33,7 +33,7 @@ fn a_typo_in_a_service_key_displays_exactly_as_the_spec_example() {
     assert_eq!(err.key, "services.math.workrs");
     assert_eq!(
         err.to_string(),
-        "configs/x.yaml: services.math.workrs: unknown field, expected one of workers, concurrency, queue, timeout, restart"
+        "configs/x.yaml: services.math.workrs: unknown field, expected one of workers, concurrency, queue, timeout, restart, routing"
     );
 }
 
@@ -44,7 +44,7 @@ fn an_unknown_top_level_key_is_named() {
     assert_eq!(err.key, "servise");
     assert_eq!(
         err.to_string(),
-        "configs/x.yaml: servise: unknown field, expected one of node, api, services"
+        "configs/x.yaml: servise: unknown field, expected one of node, api, bridge, services"
     );
 }
 

@@ -68,7 +68,7 @@ async fn request_all_answers_once_per_worker() {
 async fn broadcast_and_tell_reach_workers_and_are_counted() {
     let node = start_node(CONFIG).await;
     all_running(&node).await;
-    let reached = node.broadcast("calc", Add { a: 1, b: 1 }).unwrap();
+    let reached = node.broadcast("calc", Add { a: 1, b: 1 }).await.unwrap();
     assert_eq!(reached, 3);
     node.tell("calc", Add { a: 2, b: 2 }).await.unwrap();
     wait_until("4 handled", Duration::from_secs(5), || async {

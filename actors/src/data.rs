@@ -126,18 +126,22 @@ pub struct DeleteUserReply {
 }
 
 impl Handler<DeleteUser> for Data {
-    type Result = Result<DeleteUserReply, ServiceError>;
+    type Result = ResponseFuture<Result<DeleteUserReply, ServiceError>>;
 
     fn handle(&mut self, msg: DeleteUser, _: &mut Context<Self>) -> Self::Result {
-        let id = msg
-            .user_id
-            .ok_or_else(|| ServiceError::rejected("You are not authenticated."))?;
-        self.users.retain(|u| u.id != id);
-        // messenger's shout: every stream worker hears of it, if this node runs any.
-        match self.node.broadcast("stream", UserDeleted { user_id: id }) {
-            Ok(n) => log::debug!("user {id} deleted; told {n} stream workers"),
-            Err(e) => log::debug!("user {id} deleted; no stream told: {e}"),
+        let node = self.node.clone();
+        let id = msg.user_id;
+        if let Some(id) = id {
+            self.users.retain(|u| u.id != id);
         }
-        Ok(DeleteUserReply { deleted: id })
+        Box::pin(async move {
+            let id = id.ok_or_else(|| ServiceError::rejected("You are not authenticated."))?;
+            // messenger's shout: every stream worker of the cluster hears of it.
+            match node.broadcast("stream", UserDeleted { user_id: id }).await {
+                Ok(n) => log::debug!("user {id} deleted; told {n} stream workers"),
+                Err(e) => log::debug!("user {id} deleted; no stream told: {e}"),
+            }
+            Ok(DeleteUserReply { deleted: id })
+        })
     }
 }

@@ -433,3 +433,35 @@ pub async fn line_up<M: Request>(
     .await;
     call
 }
+
+/// A cluster secret file for tests, removed when dropped.
+pub fn secret_file(secret: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(secret.as_bytes()).expect("write secret");
+    file
+}
+
+/// The `bridge:` section of a test node: port 0, the given secret, fast heartbeats.
+pub fn bridge_yaml(secret: &tempfile::NamedTempFile, join: Option<std::net::SocketAddr>) -> String {
+    let join = join
+        .map(|a| format!("[{a}]"))
+        .unwrap_or_else(|| "[]".into());
+    format!(
+        "bridge: {{ listen: 127.0.0.1:0, join: {join}, secret_file: {}, heartbeat: 100ms }}\n",
+        secret.path().display()
+    )
+}
+
+/// Waits until `node` sees `count` nodes, all of them up.
+pub async fn cluster_of(node: &Node, count: usize) {
+    wait_until(
+        &format!("{count} nodes are up"),
+        Duration::from_secs(10),
+        || async {
+            let status = node.cluster_status().await;
+            status.nodes.len() == count && status.nodes.iter().all(|n| n.state == "running")
+        },
+    )
+    .await;
+}

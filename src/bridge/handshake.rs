@@ -1,0 +1,361 @@
+//! The handshake that opens every bridge connection: versions are agreed and each
+//! side proves it holds the cluster secret, which never crosses the wire.
+//!
+//! ```text
+//! dialer                                         acceptor
+//!   Hello { version, node: D, nonce: Nd }  ───▶
+//!                                          ◀───  Hello { version, node: A, nonce: Na,
+//!                                                        proof: HMAC(s, "acceptor"|Nd|Na|A) }
+//!   (checks the acceptor's proof)
+//!   Proof { HMAC(s, "dialer"|Na|Nd|D) }    ───▶
+//!                                                (checks the dialer's proof)
+//!                                          ◀───  Welcome
+//! ```
+//!
+//! Each proof covers both fresh nonces and the prover's name, so none can be
+//! replayed on another connection or for another node. Proofs are compared in
+//! constant time (`Mac::verify_slice`). A side that finds a wrong proof sends
+//! `Refused` and closes, and both sides log why.
+
+use futures::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Framed;
+
+use super::frame::{Frame, FrameCodec, FrameError};
+use super::wire::{Control, Message, CONTROL, PROTOCOL_VERSION};
+
+/// The shared cluster secret.
+#[derive(Clone)]
+pub(crate) struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// Secrets shorter than this are refused: they could be guessed.
+pub(crate) const MIN_SECRET_LEN: usize = 16;
+
+impl Secret {
+    /// The secret in `bytes`, trimmed of surrounding whitespace.
+    pub(crate) fn new(bytes: &[u8]) -> Result<Secret, String> {
+        let trimmed = bytes.trim_ascii();
+        if trimmed.len() < MIN_SECRET_LEN {
+            return Err(format!(
+                "holds {} bytes; a cluster secret needs at least {MIN_SECRET_LEN}",
+                trimmed.len()
+            ));
+        }
+        Ok(Secret(trimmed.to_vec()))
+    }
+
+    /// Reads the secret file at `path`.
+    pub(crate) fn read(path: &std::path::Path) -> Result<Secret, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        Secret::new(&bytes)
+    }
+
+    fn proof(&self, label: &str, theirs: &[u8], mine: &[u8], name: &str) -> Hmac<Sha256> {
+        // HMAC takes keys of any length.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        for part in [label.as_bytes(), theirs, mine, name.as_bytes()] {
+            mac.update(&(part.len() as u32).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandshakeError {
+    /// The other side does not hold our cluster secret.
+    #[error("peer {peer} failed the cluster secret check (wrong secret)")]
+    WrongSecret {
+        /// The name the peer gave.
+        peer: String,
+    },
+    /// The other side refused us.
+    #[error("refused by the peer: {0}")]
+    Refused(String),
+    /// The other side speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this node {PROTOCOL_VERSION}")]
+    Version {
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// The other side sent something the handshake does not expect.
+    #[error("handshake broken: {0}")]
+    Protocol(String),
+    /// The stream failed or closed.
+    #[error("connection lost during the handshake: {0}")]
+    Frame(#[from] FrameError),
+}
+
+fn nonce() -> Result<[u8; 32], HandshakeError> {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| HandshakeError::Protocol(format!("no randomness for a nonce: {e}")))?;
+    Ok(nonce)
+}
+
+async fn send<S>(framed: &mut Framed<S, FrameCodec>, msg: &Control) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let body = serde_json::to_vec(msg).map_err(|e| HandshakeError::Protocol(e.to_string()))?;
+    framed
+        .send(Frame {
+            kind: CONTROL,
+            body: body.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn receive<S>(framed: &mut Framed<S, FrameCodec>) -> Result<Control, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = match framed.next().await {
+        Some(frame) => frame?,
+        None => return Err(HandshakeError::Protocol("connection closed".into())),
+    };
+    match Message::decode(frame) {
+        Ok(Message::Control(Control::Refused { reason })) => Err(HandshakeError::Refused(reason)),
+        Ok(Message::Control(control)) => Ok(control),
+        Ok(other) => Err(HandshakeError::Protocol(format!(
+            "expected a handshake message, got {other:?}"
+        ))),
+        Err(e) => Err(HandshakeError::Protocol(e.to_string())),
+    }
+}
+
+/// A peer's hello, decoded.
+struct PeerHello {
+    version: u16,
+    node: String,
+    nonce: Vec<u8>,
+    proof: Option<Vec<u8>>,
+}
+
+fn hello(control: Control) -> Result<PeerHello, HandshakeError> {
+    let Control::Hello {
+        version,
+        node,
+        nonce,
+        proof,
+    } = control
+    else {
+        return Err(HandshakeError::Protocol(format!(
+            "expected hello, got {control:?}"
+        )));
+    };
+    let nonce =
+        hex_decode(&nonce).ok_or_else(|| HandshakeError::Protocol("nonce is not hex".into()))?;
+    let proof = match proof {
+        Some(p) => Some(
+            hex_decode(&p).ok_or_else(|| HandshakeError::Protocol("proof is not hex".into()))?,
+        ),
+        None => None,
+    };
+    Ok(PeerHello {
+        version,
+        node,
+        nonce,
+        proof,
+    })
+}
+
+async fn refuse<S>(framed: &mut Framed<S, FrameCodec>, error: HandshakeError) -> HandshakeError
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let reason = match &error {
+        HandshakeError::WrongSecret { .. } => "wrong cluster secret".to_string(),
+        other => other.to_string(),
+    };
+    // The connection is being dropped either way; the peer may already be gone.
+    let _ = send(framed, &Control::Refused { reason }).await;
+    error
+}
+
+/// Opens a connection as the dialer; returns the acceptor's node name.
+pub(crate) async fn dial<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    me: &str,
+    secret: &Secret,
+) -> Result<String, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mine = nonce()?;
+    send(
+        framed,
+        &Control::Hello {
+            version: PROTOCOL_VERSION,
+            node: me.to_string(),
+            nonce: hex_encode(&mine),
+            proof: None,
+        },
+    )
+    .await?;
+    let PeerHello {
+        version,
+        node: peer,
+        nonce: theirs,
+        proof,
+    } = hello(receive(framed).await?)?;
+    if version != PROTOCOL_VERSION {
+        return Err(refuse(framed, HandshakeError::Version { theirs: version }).await);
+    }
+    let valid = proof.is_some_and(|p| {
+        secret
+            .proof("acceptor", &mine, &theirs, &peer)
+            .verify_slice(&p)
+            .is_ok()
+    });
+    if !valid {
+        return Err(refuse(framed, HandshakeError::WrongSecret { peer }).await);
+    }
+    let proof = secret
+        .proof("dialer", &theirs, &mine, me)
+        .finalize()
+        .into_bytes();
+    send(
+        framed,
+        &Control::Proof {
+            proof: hex_encode(&proof),
+        },
+    )
+    .await?;
+    match receive(framed).await? {
+        Control::Welcome => Ok(peer),
+        other => Err(HandshakeError::Protocol(format!(
+            "expected welcome, got {other:?}"
+        ))),
+    }
+}
+
+/// Answers a connection as the acceptor; returns the dialer's node name.
+pub(crate) async fn accept<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    me: &str,
+    secret: &Secret,
+) -> Result<String, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let PeerHello {
+        version,
+        node: peer,
+        nonce: theirs,
+        ..
+    } = hello(receive(framed).await?)?;
+    if version != PROTOCOL_VERSION {
+        return Err(refuse(framed, HandshakeError::Version { theirs: version }).await);
+    }
+    let mine = nonce()?;
+    let proof = secret
+        .proof("acceptor", &theirs, &mine, me)
+        .finalize()
+        .into_bytes();
+    send(
+        framed,
+        &Control::Hello {
+            version: PROTOCOL_VERSION,
+            node: me.to_string(),
+            nonce: hex_encode(&mine),
+            proof: Some(hex_encode(&proof)),
+        },
+    )
+    .await?;
+    let Control::Proof { proof } = receive(framed).await? else {
+        return Err(HandshakeError::Protocol(
+            "expected the dialer's proof".into(),
+        ));
+    };
+    let valid = hex_decode(&proof).is_some_and(|p| {
+        secret
+            .proof("dialer", &mine, &theirs, &peer)
+            .verify_slice(&p)
+            .is_ok()
+    });
+    if !valid {
+        return Err(refuse(framed, HandshakeError::WrongSecret { peer }).await);
+    }
+    send(framed, &Control::Welcome).await?;
+    Ok(peer)
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || text.len() > 256 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(
+        a: &[u8],
+        b: &[u8],
+    ) -> (
+        Result<String, HandshakeError>,
+        Result<String, HandshakeError>,
+    ) {
+        let (x, y) = tokio::io::duplex(4096);
+        let (sa, sb) = (Secret::new(a).unwrap(), Secret::new(b).unwrap());
+        let dialer =
+            async move { dial(&mut Framed::new(x, FrameCodec::default()), "dialer", &sa).await };
+        let acceptor = async move {
+            accept(&mut Framed::new(y, FrameCodec::default()), "acceptor", &sb).await
+        };
+        tokio::join!(dialer, acceptor)
+    }
+
+    #[actix_rt::test]
+    async fn the_same_secret_opens_the_connection_both_ways() {
+        let (d, a) = pair(b"0123456789abcdef-secret", b"0123456789abcdef-secret").await;
+        assert_eq!(d.unwrap(), "acceptor");
+        assert_eq!(a.unwrap(), "dialer");
+    }
+
+    #[actix_rt::test]
+    async fn a_wrong_secret_is_refused_by_the_side_that_checks_first() {
+        let (d, a) = pair(b"0123456789abcdef-secret", b"0123456789abcdef-other!").await;
+        // The dialer checks the acceptor's proof first and refuses it.
+        assert!(
+            matches!(d, Err(HandshakeError::WrongSecret { ref peer }) if peer == "acceptor"),
+            "{d:?}"
+        );
+        assert!(
+            matches!(a, Err(HandshakeError::Refused(ref why)) if why == "wrong cluster secret"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused_and_hex_round_trips() {
+        assert!(Secret::new(b"  short \n").is_err());
+        assert_eq!(
+            hex_decode(&hex_encode(&[0, 1, 254, 255])).unwrap(),
+            vec![0, 1, 254, 255]
+        );
+        assert!(hex_decode("abc").is_none());
+        assert!(hex_decode("zz").is_none());
+    }
+}

@@ -1,0 +1,318 @@
+//! One authenticated connection to another node: a bounded queue of encoded frames
+//! drained by a writer that batches them into few writes, a reader that serves the
+//! peer's requests and completes ours, and the heartbeat that declares the peer
+//! down after three silent intervals.
+//!
+//! When the link ends, for whatever reason, every request waiting on it fails at
+//! once with `NodeDown`: callers never wait for their own timeout on a dead node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::{timeout_at, Instant};
+use tokio_util::codec::{Framed, FramedRead};
+
+use super::frame::FrameCodec;
+use super::wire::{self, Control, Message, Offer, RequestHead, ONE_WAY};
+use super::Bridge;
+use crate::error::{ErrorKind, ServiceError};
+use crate::status::NodeStatus;
+
+/// Writes are gathered up to this many bytes before the socket is written.
+const BATCH: usize = 64 * 1024;
+
+/// A live link to node `name`.
+pub(crate) struct Peer {
+    pub(crate) name: String,
+    out: mpsc::Sender<Bytes>,
+    max_frame: usize,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, ServiceError>>>>,
+    statuses: Mutex<HashMap<u64, oneshot::Sender<NodeStatus>>>,
+    closed: AtomicBool,
+    close: Notify,
+    /// What the peer runs, and how many of our requests each service holds now.
+    pub(crate) offers: Mutex<Vec<(Offer, Arc<AtomicU64>)>>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("name", &self.name).finish()
+    }
+}
+
+impl Peer {
+    pub(crate) fn is_up(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the link; the session notices and fails what waits on it.
+    pub(crate) fn shut(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.close.notify_one();
+    }
+
+    pub(crate) fn set_offers(&self, offers: &[Offer]) {
+        let mut current = self.offers.lock();
+        let kept: Vec<_> = offers
+            .iter()
+            .map(|offer| {
+                let load = current
+                    .iter()
+                    .find(|(o, _)| o.name == offer.name)
+                    .map(|(_, load)| load.clone())
+                    .unwrap_or_default();
+                (offer.clone(), load)
+            })
+            .collect();
+        *current = kept;
+    }
+
+    /// The peer's offer of `service` and our load on it.
+    pub(crate) fn offer(&self, service: &str) -> Option<(Offer, Arc<AtomicU64>)> {
+        self.offers
+            .lock()
+            .iter()
+            .find(|(o, _)| o.name == service)
+            .cloned()
+    }
+
+    fn down_error(&self, why: &str) -> ServiceError {
+        ServiceError::new(
+            ErrorKind::NodeDown,
+            format!("node {} is down: {why}", self.name),
+        )
+    }
+
+    /// Queues an encoded frame; `Overloaded` when the send queue is full.
+    pub(crate) fn send(&self, frame: Bytes) -> Result<(), ServiceError> {
+        if !self.is_up() {
+            return Err(self.down_error("its link is closed"));
+        }
+        self.out.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ServiceError::overloaded(format!("the send queue to node {} is full", self.name))
+            }
+            mpsc::error::TrySendError::Closed(_) => self.down_error("its link is closed"),
+        })
+    }
+
+    /// Sends a request and waits for its reply's JSON until `deadline`.
+    pub(crate) async fn request(
+        &self,
+        head: RequestHead<'_>,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<Bytes, ServiceError> {
+        let one_way = head.flags & ONE_WAY != 0;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = BytesMut::with_capacity(64 + payload.len());
+        wire::encode_request(
+            &mut frame,
+            self.max_frame,
+            RequestHead { id, ..head },
+            payload,
+        )
+        .map_err(|e| {
+            ServiceError::bad_request(format!("cannot send to node {}: {e}", self.name))
+        })?;
+        if one_way {
+            self.send(frame.freeze())?;
+            return Ok(Bytes::new());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        if let Err(e) = self.send(frame.freeze()) {
+            self.pending.lock().remove(&id);
+            return Err(e);
+        }
+        match timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.down_error("its link closed")),
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                Err(ServiceError::timeout(format!(
+                    "no reply from node {} for {}/{} in time",
+                    self.name, head.service, head.subject
+                )))
+            }
+        }
+    }
+
+    /// Asks the peer for its status, waiting until `deadline`.
+    pub(crate) async fn status(&self, deadline: Instant) -> Option<NodeStatus> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.statuses.lock().insert(id, tx);
+        let mut frame = BytesMut::new();
+        Control::StatusRequest { id }
+            .encode(&mut frame, self.max_frame)
+            .ok()?;
+        if self.send(frame.freeze()).is_err() {
+            self.statuses.lock().remove(&id);
+            return None;
+        }
+        let status = timeout_at(deadline, rx).await.ok()?.ok();
+        self.statuses.lock().remove(&id);
+        status
+    }
+
+    fn complete(&self, reply: wire::ReplyFrame) {
+        if let Some(waiter) = self.pending.lock().remove(&reply.id) {
+            // The caller may have timed out meanwhile: its answer is dropped.
+            let _ = waiter.send(reply.into_result());
+        }
+    }
+
+    fn fail_pending(&self, why: &str) {
+        let waiting: Vec<_> = self.pending.lock().drain().collect();
+        for (_, waiter) in waiting {
+            let _ = waiter.send(Err(self.down_error(why)));
+        }
+        self.statuses.lock().clear();
+    }
+}
+
+/// Runs an authenticated connection to `name` until it ends; returns why it ended.
+pub(crate) async fn run<S>(
+    bridge: Arc<Bridge>,
+    framed: Framed<S, FrameCodec>,
+    name: String,
+) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = bridge.config();
+    let (tx, rx) = mpsc::channel(config.queue);
+    let peer = Arc::new(Peer {
+        name: name.clone(),
+        out: tx,
+        max_frame: config.max_frame,
+        next_id: AtomicU64::new(1),
+        pending: Mutex::default(),
+        statuses: Mutex::default(),
+        closed: AtomicBool::new(false),
+        close: Notify::new(),
+        offers: Mutex::default(),
+    });
+    let parts = framed.into_parts();
+    let codec = parts.codec.clone();
+    let (read, write) = tokio::io::split(parts.io);
+    let mut reader = FramedRead::new(read, codec);
+    *reader.read_buffer_mut() = parts.read_buf;
+
+    let writer = actix_rt::spawn(write_frames(write, rx));
+    bridge.peer_up(peer.clone());
+
+    let heartbeat = config.heartbeat;
+    let silence = heartbeat * 3;
+    let mut ticks = tokio::time::interval(heartbeat);
+    let mut last_heard = Instant::now();
+    let why = loop {
+        tokio::select! {
+            frame = reader.next() => match frame {
+                Some(Ok(frame)) => {
+                    last_heard = Instant::now();
+                    match Message::decode(frame) {
+                        Ok(message) => handle(&bridge, &peer, message),
+                        Err(e) => break format!("{e}"),
+                    }
+                }
+                Some(Err(e)) => break format!("{e}"),
+                None => break "connection closed by the peer".to_string(),
+            },
+            _ = ticks.tick() => {
+                if last_heard.elapsed() > silence {
+                    break format!("silent for {} heartbeats", 3);
+                }
+                let mut beat = BytesMut::with_capacity(5);
+                wire::encode_heartbeat(&mut beat);
+                // A full queue carries traffic the peer hears instead of a beat.
+                let _ = peer.out.try_send(beat.freeze());
+            },
+            _ = peer.close.notified() => break "closed by this node".to_string(),
+        }
+    };
+    peer.closed.store(true, Ordering::Release);
+    peer.fail_pending(&why);
+    writer.abort();
+    bridge.peer_down(&peer, &why);
+    why
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::Receiver<Bytes>) {
+    let mut batch = BytesMut::with_capacity(BATCH);
+    while let Some(frame) = rx.recv().await {
+        batch.extend_from_slice(&frame);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if write.write_all(&batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    // The queue closed: flush what TLS buffers and end the stream politely.
+    let _ = write.shutdown().await;
+}
+
+fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
+    match message {
+        Message::Heartbeat => {}
+        Message::Reply(reply) => peer.complete(reply),
+        Message::Request(request) => {
+            let bridge = bridge.clone();
+            let peer = peer.clone();
+            actix_rt::spawn(async move {
+                let one_way = request.flags & ONE_WAY != 0;
+                let id = request.id;
+                let answer = bridge.serve(request, &peer.name).await;
+                if one_way {
+                    if let Err(e) = answer {
+                        log::debug!("one-way request from {} failed: {e}", peer.name);
+                    }
+                    return;
+                }
+                let (ok, payload) = match answer {
+                    Ok(json) => (true, json),
+                    Err(e) => (false, serde_json::to_vec(&e).unwrap_or_default()),
+                };
+                let mut frame = BytesMut::with_capacity(16 + payload.len());
+                let encoded = wire::encode_reply(&mut frame, peer.max_frame, id, ok, &payload)
+                    .or_else(|e| {
+                        let error = ServiceError::bad_request(format!("reply too large: {e}"));
+                        let payload = serde_json::to_vec(&error).unwrap_or_default();
+                        wire::encode_reply(&mut frame, peer.max_frame, id, false, &payload)
+                    });
+                if encoded.is_ok() {
+                    if let Err(e) = peer.send(frame.freeze()) {
+                        log::warn!("reply to node {} lost: {e}", peer.name);
+                    }
+                }
+            });
+        }
+        Message::Control(Control::StatusRequest { id }) => {
+            let status = Box::new(bridge.local_status());
+            let mut frame = BytesMut::new();
+            let reply = Control::StatusReply { id, status };
+            if reply.encode(&mut frame, peer.max_frame).is_ok() {
+                let _ = peer.send(frame.freeze());
+            }
+        }
+        Message::Control(Control::StatusReply { id, status }) => {
+            if let Some(waiter) = peer.statuses.lock().remove(&id) {
+                let _ = waiter.send(*status);
+            }
+        }
+        Message::Control(control) => bridge.control(peer, control),
+    }
+}

@@ -1,0 +1,418 @@
+//! The messages nodes exchange, in frames (see `frame`).
+//!
+//! | kind | body |
+//! |---|---|
+//! | 1 `CONTROL` | JSON [`Control`]: handshake, membership, status (rare, self-describing) |
+//! | 2 `REQUEST` | binary [`RequestFrame`]; the message itself as JSON at the end |
+//! | 3 `REPLY` | binary [`ReplyFrame`]; the reply or the error as JSON at the end |
+//! | 4 `HEARTBEAT` | empty |
+//!
+//! Request body (all integers big-endian):
+//!
+//! ```text
+//! id u64 | timeout_ms u32 | flags u8 | worker u32 | service_len u16 | service |
+//! subject_len u16 | subject | payload (JSON, to the end of the frame)
+//! ```
+//!
+//! `flags` bit 0: one-way (no reply is sent); bit 1: `worker` names the worker
+//! index to use instead of the dealer's choice. Reply body: `id u64 | ok u8 |
+//! payload`, where the payload is the reply's JSON when `ok` is 1 and a
+//! [`ServiceError`]'s JSON when it is 0.
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::frame::{encode_with, Frame, FrameError};
+use crate::error::ServiceError;
+use crate::status::NodeStatus;
+
+/// The protocol version both ends must speak, agreed in the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Frame kinds.
+pub const CONTROL: u8 = 1;
+/// A request frame.
+pub const REQUEST: u8 = 2;
+/// A reply frame.
+pub const REPLY: u8 = 3;
+/// A heartbeat frame.
+pub const HEARTBEAT: u8 = 4;
+
+/// Handshake, membership and status messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// First message each way: who is speaking, a fresh nonce, and (from the side
+    /// that accepted the connection) its proof over the dialer's nonce.
+    Hello {
+        /// The sender's protocol version.
+        version: u16,
+        /// The sender's node name.
+        node: String,
+        /// 32 random bytes, hex.
+        nonce: String,
+        /// HMAC proof of the cluster secret, hex (accepting side only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<String>,
+    },
+    /// The dialer's proof over the acceptor's nonce.
+    Proof {
+        /// HMAC proof, hex.
+        proof: String,
+    },
+    /// The handshake succeeded.
+    Welcome,
+    /// The connection is refused, and why.
+    Refused {
+        /// The reason, for the log of the refused side.
+        reason: String,
+    },
+    /// A node announces itself to the master.
+    Join {
+        /// The joining node.
+        member: Member,
+    },
+    /// The master's member table, sent on every change.
+    Members {
+        /// Every member, the master included.
+        members: Vec<Member>,
+    },
+    /// Asks for the receiver's status.
+    StatusRequest {
+        /// Matches the reply.
+        id: u64,
+    },
+    /// The receiver's status.
+    StatusReply {
+        /// The request's id.
+        id: u64,
+        /// The node's status.
+        status: Box<NodeStatus>,
+    },
+}
+
+/// A node of the cluster as the member table knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's name.
+    pub name: String,
+    /// `master` or `worker`.
+    pub role: String,
+    /// Where its bridge listens.
+    pub bridge: SocketAddr,
+    /// Where its HTTP API listens, if it has one.
+    pub api: Option<SocketAddr>,
+    /// The services it runs.
+    pub services: Vec<Offer>,
+}
+
+/// A service a member runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The service's name.
+    pub name: String,
+    /// Its worker count on that member.
+    pub workers: usize,
+    /// Requests it takes at once: workers × concurrency.
+    pub capacity: usize,
+    /// Its request timeout there, for callers that set none.
+    pub timeout_ms: u64,
+}
+
+/// `flags` bit: no reply is sent.
+pub const ONE_WAY: u8 = 1;
+/// `flags` bit: `worker` names the worker index.
+pub const TO_WORKER: u8 = 2;
+
+/// A request carried to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFrame {
+    /// Matches the reply, unique per connection direction.
+    pub id: u64,
+    /// What is left of the caller's timeout.
+    pub timeout_ms: u32,
+    /// [`ONE_WAY`], [`TO_WORKER`].
+    pub flags: u8,
+    /// The worker index when [`TO_WORKER`] is set.
+    pub worker: u32,
+    /// The service addressed.
+    pub service: String,
+    /// The subject addressed.
+    pub subject: String,
+    /// The message as JSON.
+    pub payload: Bytes,
+}
+
+/// The answer to a [`RequestFrame`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyFrame {
+    /// The request's id.
+    pub id: u64,
+    /// Whether `payload` is a reply (true) or a [`ServiceError`] (false).
+    pub ok: bool,
+    /// JSON.
+    pub payload: Bytes,
+}
+
+/// A frame whose body does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {what} frame: {problem}")]
+pub struct WireError {
+    what: &'static str,
+    problem: String,
+}
+
+fn malformed(what: &'static str, problem: impl Into<String>) -> WireError {
+    WireError {
+        what,
+        problem: problem.into(),
+    }
+}
+
+impl Control {
+    /// Appends this message as a frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut, max: usize) -> Result<(), FrameError> {
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        encode_with(dst, CONTROL, max, |b| b.extend_from_slice(&json))
+    }
+
+    /// Parses a `CONTROL` frame's body.
+    pub fn decode(body: &[u8]) -> Result<Control, WireError> {
+        serde_json::from_slice(body).map_err(|e| malformed("control", e.to_string()))
+    }
+}
+
+impl RequestFrame {
+    /// Appends this request as a frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut, max: usize) -> Result<(), FrameError> {
+        encode_request(
+            dst,
+            max,
+            RequestHead {
+                id: self.id,
+                timeout_ms: self.timeout_ms,
+                flags: self.flags,
+                worker: self.worker,
+                service: &self.service,
+                subject: &self.subject,
+            },
+            &self.payload,
+        )
+    }
+
+    /// Parses a `REQUEST` frame's body.
+    pub fn decode(mut body: Bytes) -> Result<RequestFrame, WireError> {
+        let err = |p: &str| malformed("request", p);
+        if body.remaining() < 8 + 4 + 1 + 4 + 2 {
+            return Err(err("shorter than its fixed header"));
+        }
+        let id = body.get_u64();
+        let timeout_ms = body.get_u32();
+        let flags = body.get_u8();
+        let worker = body.get_u32();
+        let service = take_str(&mut body).ok_or_else(|| err("bad service name"))?;
+        let subject = take_str(&mut body).ok_or_else(|| err("bad subject"))?;
+        Ok(RequestFrame {
+            id,
+            timeout_ms,
+            flags,
+            worker,
+            service,
+            subject,
+            payload: body,
+        })
+    }
+}
+
+/// The fixed part of a request, borrowed, for encoding without copies.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// See [`RequestFrame::id`].
+    pub id: u64,
+    /// See [`RequestFrame::timeout_ms`].
+    pub timeout_ms: u32,
+    /// See [`RequestFrame::flags`].
+    pub flags: u8,
+    /// See [`RequestFrame::worker`].
+    pub worker: u32,
+    /// See [`RequestFrame::service`].
+    pub service: &'a str,
+    /// See [`RequestFrame::subject`].
+    pub subject: &'a str,
+}
+
+/// Appends a request frame with `payload` to `dst`.
+pub fn encode_request(
+    dst: &mut BytesMut,
+    max: usize,
+    head: RequestHead<'_>,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    if head.service.len() > u16::MAX as usize || head.subject.len() > u16::MAX as usize {
+        return Err(FrameError::TooLong {
+            len: head.service.len().max(head.subject.len()),
+            max: u16::MAX as usize,
+        });
+    }
+    encode_with(dst, REQUEST, max, |b| {
+        b.put_u64(head.id);
+        b.put_u32(head.timeout_ms);
+        b.put_u8(head.flags);
+        b.put_u32(head.worker);
+        b.put_u16(head.service.len() as u16);
+        b.extend_from_slice(head.service.as_bytes());
+        b.put_u16(head.subject.len() as u16);
+        b.extend_from_slice(head.subject.as_bytes());
+        b.extend_from_slice(payload);
+    })
+}
+
+fn take_str(body: &mut Bytes) -> Option<String> {
+    if body.remaining() < 2 {
+        return None;
+    }
+    let len = body.get_u16() as usize;
+    if body.remaining() < len {
+        return None;
+    }
+    let bytes = body.split_to(len);
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+impl ReplyFrame {
+    /// Appends this reply as a frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut, max: usize) -> Result<(), FrameError> {
+        encode_reply(dst, max, self.id, self.ok, &self.payload)
+    }
+
+    /// Parses a `REPLY` frame's body.
+    pub fn decode(mut body: Bytes) -> Result<ReplyFrame, WireError> {
+        if body.remaining() < 9 {
+            return Err(malformed("reply", "shorter than its fixed header"));
+        }
+        let id = body.get_u64();
+        let ok = match body.get_u8() {
+            0 => false,
+            1 => true,
+            other => return Err(malformed("reply", format!("status byte {other}"))),
+        };
+        Ok(ReplyFrame {
+            id,
+            ok,
+            payload: body,
+        })
+    }
+
+    /// The reply's JSON, or the error it carries.
+    pub fn into_result(self) -> Result<Bytes, ServiceError> {
+        if self.ok {
+            return Ok(self.payload);
+        }
+        Err(serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            ServiceError::bad_request(format!("a peer sent an unreadable error: {e}"))
+        }))
+    }
+}
+
+/// Appends a reply frame to `dst`.
+pub fn encode_reply(
+    dst: &mut BytesMut,
+    max: usize,
+    id: u64,
+    ok: bool,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    encode_with(dst, REPLY, max, |b| {
+        b.put_u64(id);
+        b.put_u8(u8::from(ok));
+        b.extend_from_slice(payload);
+    })
+}
+
+/// Appends a heartbeat frame to `dst`.
+pub fn encode_heartbeat(dst: &mut BytesMut) {
+    dst.put_u32(1);
+    dst.put_u8(HEARTBEAT);
+}
+
+/// A decoded frame.
+#[derive(Debug)]
+pub enum Message {
+    /// A control message.
+    Control(Control),
+    /// A request.
+    Request(RequestFrame),
+    /// A reply.
+    Reply(ReplyFrame),
+    /// A heartbeat.
+    Heartbeat,
+}
+
+impl Message {
+    /// Parses a frame.
+    pub fn decode(frame: Frame) -> Result<Message, WireError> {
+        match frame.kind {
+            CONTROL => Control::decode(&frame.body).map(Message::Control),
+            REQUEST => RequestFrame::decode(frame.body).map(Message::Request),
+            REPLY => ReplyFrame::decode(frame.body).map(Message::Reply),
+            HEARTBEAT => Ok(Message::Heartbeat),
+            other => Err(malformed("unknown", format!("kind {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::frame::FrameCodec;
+    use tokio_util::codec::Decoder;
+
+    fn one_frame(bytes: &mut BytesMut) -> Frame {
+        FrameCodec::new(1 << 20).decode(bytes).unwrap().unwrap()
+    }
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let request = RequestFrame {
+            id: 7,
+            timeout_ms: 5000,
+            flags: TO_WORKER,
+            worker: 3,
+            service: "math".into(),
+            subject: "sum".into(),
+            payload: Bytes::from_static(br#"{"a":1,"b":2}"#),
+        };
+        let mut buf = BytesMut::new();
+        request.encode(&mut buf, 1 << 20).unwrap();
+        let Message::Request(back) = Message::decode(one_frame(&mut buf)).unwrap() else {
+            panic!("not a request");
+        };
+        assert_eq!(back, request);
+
+        let reply = ReplyFrame {
+            id: 7,
+            ok: false,
+            payload: Bytes::from(serde_json::to_vec(&ServiceError::timeout("late")).unwrap()),
+        };
+        reply.encode(&mut buf, 1 << 20).unwrap();
+        let Message::Reply(back) = Message::decode(one_frame(&mut buf)).unwrap() else {
+            panic!("not a reply");
+        };
+        assert_eq!(
+            back.into_result().unwrap_err(),
+            ServiceError::timeout("late")
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        assert!(RequestFrame::decode(Bytes::from_static(&[0; 5])).is_err());
+        let mut short_name = vec![0u8; 17];
+        short_name.extend_from_slice(&[0, 9, b'x']);
+        assert!(RequestFrame::decode(Bytes::from(short_name)).is_err());
+        assert!(ReplyFrame::decode(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1, 2])).is_err());
+        assert!(Control::decode(b"{\"type\":\"nope\"}").is_err());
+    }
+}

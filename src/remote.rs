@@ -1,0 +1,237 @@
+//! Calls that may cross to another node: where a request goes (this node or a peer,
+//! by the service's `routing`), and the typed and JSON calls over the bridge. Only
+//! a request that leaves the node is serialized.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::bridge::peer::Peer;
+use crate::bridge::wire::{Offer, RequestHead, ONE_WAY, TO_WORKER};
+use crate::bridge::Bridge;
+use crate::config::Routing;
+use crate::error::ServiceError;
+use crate::message::{ReplyOf, Request, WorkerId};
+use crate::router::{LocalService, Router};
+
+/// Where a request goes.
+pub(crate) enum Target {
+    /// A worker of this node.
+    Local(Arc<LocalService>),
+    /// Another node that runs the service.
+    Remote(Remote),
+}
+
+/// A service on another node and our load on it.
+pub(crate) struct Remote {
+    pub(crate) peer: Arc<Peer>,
+    pub(crate) offer: Offer,
+    load: Arc<AtomicU64>,
+}
+
+impl Remote {
+    fn load_ratio(&self) -> f64 {
+        self.load.load(Ordering::Relaxed) as f64 / self.offer.capacity.max(1) as f64
+    }
+
+    fn saturated(&self) -> bool {
+        self.load.load(Ordering::Relaxed) >= self.offer.capacity as u64
+    }
+
+    /// The service's own timeout on that node, unless the caller set one.
+    pub(crate) fn timeout(&self, timeout: Option<Duration>) -> Duration {
+        timeout.unwrap_or(Duration::from_millis(self.offer.timeout_ms))
+    }
+
+    /// Sends `payload` (the message's JSON) and waits for the reply's JSON.
+    pub(crate) async fn call(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        timeout: Duration,
+        flags: u8,
+        worker: u32,
+    ) -> Result<Bytes, ServiceError> {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        let _settled = LoadGuard(&self.load);
+        let head = RequestHead {
+            id: 0,
+            timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+            flags,
+            worker,
+            service: &self.offer.name,
+            subject,
+        };
+        self.peer
+            .request(head, payload, Instant::now() + timeout)
+            .await
+    }
+
+    /// A typed request to this remote service.
+    pub(crate) async fn request<M: Request>(
+        &self,
+        msg: &M,
+        timeout: Option<Duration>,
+        worker: Option<usize>,
+    ) -> Result<ReplyOf<M>, ServiceError> {
+        let payload = serde_json::to_vec(msg)
+            .map_err(|e| ServiceError::bad_request(format!("message is not JSON: {e}")))?;
+        let (flags, index) = match worker {
+            Some(i) => (TO_WORKER, i as u32),
+            None => (0, 0),
+        };
+        let reply = self
+            .call(M::SUBJECT, &payload, self.timeout(timeout), flags, index)
+            .await?;
+        serde_json::from_slice(&reply).map_err(|e| {
+            ServiceError::bad_request(format!(
+                "reply from node {} does not fit the reply type: {e}",
+                self.peer.name
+            ))
+        })
+    }
+
+    /// A one-way message to this remote service (or one of its workers).
+    pub(crate) async fn tell<M: Request>(
+        &self,
+        msg: &M,
+        worker: Option<usize>,
+    ) -> Result<(), ServiceError> {
+        let payload = serde_json::to_vec(msg)
+            .map_err(|e| ServiceError::bad_request(format!("message is not JSON: {e}")))?;
+        let (flags, index) = match worker {
+            Some(i) => (ONE_WAY | TO_WORKER, i as u32),
+            None => (ONE_WAY, 0),
+        };
+        self.call(M::SUBJECT, &payload, self.timeout(None), flags, index)
+            .await
+            .map(drop)
+    }
+
+    /// A JSON request, as the HTTP API forwards it.
+    pub(crate) async fn request_json(
+        &self,
+        subject: &str,
+        body: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Value, ServiceError> {
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            body
+        };
+        let reply = self
+            .call(subject, body, self.timeout(timeout), 0, 0)
+            .await?;
+        serde_json::from_slice(&reply).map_err(|e| {
+            ServiceError::bad_request(format!(
+                "reply from node {} is not JSON: {e}",
+                self.peer.name
+            ))
+        })
+    }
+
+    /// The ids of the remote service's workers.
+    pub(crate) fn worker_ids(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        (0..self.offer.workers).map(|i| WorkerId::new(&self.peer.name, &self.offer.name, i))
+    }
+}
+
+struct LoadGuard<'a>(&'a AtomicU64);
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every other node that runs `service`, over a live link.
+pub(crate) fn remotes(bridge: Option<&Bridge>, service: &str) -> Vec<Remote> {
+    let Some(bridge) = bridge else {
+        return Vec::new();
+    };
+    bridge
+        .peers()
+        .into_iter()
+        .filter_map(|peer| {
+            let (offer, load) = peer.offer(service)?;
+            Some(Remote { peer, offer, load })
+        })
+        .collect()
+}
+
+/// The remote service `service` on node `node`.
+pub(crate) fn remote_on(
+    bridge: Option<&Bridge>,
+    node: &str,
+    service: &str,
+) -> Result<Remote, ServiceError> {
+    let peer = bridge.and_then(|b| b.peer(node)).ok_or_else(|| {
+        ServiceError::new(
+            crate::ErrorKind::NodeDown,
+            format!("node {node} is not connected to this node"),
+        )
+    })?;
+    let (offer, load) = peer.offer(service).ok_or_else(|| {
+        ServiceError::no_such_service(format!("node {node} runs no service `{service}`"))
+    })?;
+    Ok(Remote { peer, offer, load })
+}
+
+/// Picks where a request for `service` goes, by the service's routing policy: this
+/// node's own config decides; a service this node does not run goes to the least
+/// loaded node that does.
+pub(crate) fn target(
+    router: &Router,
+    bridge: Option<&Bridge>,
+    service: &str,
+    turn: &AtomicUsize,
+) -> Result<Target, ServiceError> {
+    let local = router.service(service);
+    let mut remotes = remotes(bridge, service);
+    let local = match (local, remotes.is_empty()) {
+        (Ok(local), true) => return Ok(Target::Local(local)),
+        (Err(e), true) => return Err(e),
+        (Ok(local), false) => Some(local),
+        (Err(_), false) => None,
+    };
+    remotes.sort_by(|a, b| a.load_ratio().total_cmp(&b.load_ratio()));
+    let least = remotes.swap_remove(0);
+    let Some(local) = local else {
+        return Ok(Target::Remote(least));
+    };
+    let choose_local = match local.config.routing {
+        Routing::LocalFirst => local.dealer.has_idle() || least.saturated(),
+        Routing::LeastLoaded => local_load(&local) <= least.load_ratio(),
+        Routing::RoundRobin => {
+            let nodes = remotes.len() + 2;
+            let n = turn.fetch_add(1, Ordering::Relaxed) % nodes;
+            if n == 0 {
+                true
+            } else if n == 1 {
+                false
+            } else {
+                return Ok(Target::Remote(remotes.swap_remove(n - 2)));
+            }
+        }
+    };
+    Ok(if choose_local {
+        Target::Local(local)
+    } else {
+        Target::Remote(least)
+    })
+}
+
+fn local_load(service: &LocalService) -> f64 {
+    let in_flight: u64 = service
+        .slots
+        .iter()
+        .map(|s| s.in_flight.load(Ordering::Relaxed))
+        .sum();
+    let capacity = service.slots.len() * service.config.concurrency;
+    in_flight as f64 / capacity.max(1) as f64
+}
