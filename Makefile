@@ -9,11 +9,21 @@ build:
 run: build
 	$(COLONY) node --config configs/single.yaml
 
-# One node until nodes can be bridged; it serves every example service.
-run-cluster: build
-	@echo "colony API on http://127.0.0.1:8000 — try, from another terminal:"
-	@echo "  $(COLONY) request math sum '{\"a\":1,\"b\":2}'"
-	$(COLONY) node --config configs/single.yaml
+# The master and two worker nodes on loopback; Ctrl-C stops all three.
+run-cluster: build .colony/cluster.secret
+	@echo "colony API on http://127.0.0.1:8000 (worker-a :8001, worker-b :8002) — try, from another terminal:"
+	@echo "  $(COLONY) request math sum '{\"a\":1,\"b\":2}'   and   $(COLONY) status"
+	@trap 'kill 0' INT TERM; \
+	$(COLONY) node --config configs/master.yaml & \
+	$(COLONY) node --config configs/worker-a.yaml & \
+	$(COLONY) node --config configs/worker-b.yaml & \
+	wait
+
+# The shared cluster secret, made once and never committed.
+.colony/cluster.secret:
+	@mkdir -p .colony
+	@head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
+	@chmod 600 $@
 
 test:
 	cargo fmt --all -- --check
