@@ -40,10 +40,12 @@ use tokio_util::codec::Framed;
 use crate::config::{BridgeSection, Role};
 use crate::error::ServiceError;
 use crate::guard::Origin;
+use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
 use crate::router::Router;
 use crate::status::NodeStatus;
 use frame::FrameCodec;
+use futures::future::BoxFuture;
 use handshake::Secret;
 use peer::Peer;
 use wire::{Control, Member, RequestFrame, TO_WORKER};
@@ -54,8 +56,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The status of this node, as the bridge reports it to peers.
-pub(crate) type StatusFn = Arc<dyn Fn() -> NodeStatus + Send + Sync>;
+/// What the bridge asks of its own node for peers: its status, and kills.
+pub(crate) trait LocalNode: Send + Sync {
+    /// This node's status.
+    fn status(&self) -> NodeStatus;
+    /// Kills one of this node's workers.
+    fn kill(&self, worker: WorkerId) -> BoxFuture<'static, Result<(), ServiceError>>;
+}
 
 /// A node's bridge to the rest of the cluster.
 pub(crate) struct Bridge {
@@ -65,7 +72,7 @@ pub(crate) struct Bridge {
     tls: Option<tls::Tls>,
     router: Router,
     events: EventBus,
-    status: StatusFn,
+    local: Box<dyn LocalNode>,
     arbiter: Arbiter,
     peers: RwLock<HashMap<String, Arc<Peer>>>,
     members: Mutex<BTreeMap<String, Member>>,
@@ -113,7 +120,7 @@ impl Bridge {
         config: BridgeSection,
         router: Router,
         events: EventBus,
-        status: StatusFn,
+        local: Box<dyn LocalNode>,
     ) -> Result<Arc<Bridge>, BridgeError> {
         let secret = Secret::read(&config.secret_file).map_err(|problem| BridgeError::Secret {
             path: config.secret_file.display().to_string(),
@@ -142,7 +149,7 @@ impl Bridge {
             tls,
             router,
             events,
-            status,
+            local,
             arbiter,
             peers: RwLock::default(),
             dialing: Mutex::default(),
@@ -213,7 +220,14 @@ impl Bridge {
     }
 
     pub(crate) fn local_status(&self) -> NodeStatus {
-        (self.status)()
+        self.local.status()
+    }
+
+    pub(crate) fn local_kill(
+        &self,
+        worker: WorkerId,
+    ) -> BoxFuture<'static, Result<(), ServiceError>> {
+        self.local.kill(worker)
     }
 
     /// Serves a peer's request with this node's own workers.

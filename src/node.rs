@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use crate::api;
 use crate::app::{App, MASTER_SERVICE};
 use crate::bridge::wire::{Member, Offer};
-use crate::bridge::{Bridge, BridgeError, StatusFn};
+use crate::bridge::{Bridge, BridgeError, LocalNode};
 use crate::config::{ConfigError, NodeConfig, Role, ServiceConfig};
 use crate::dealer::{Availability, Dealer};
 use crate::error::ServiceError;
@@ -192,12 +192,8 @@ impl Node {
                 api: api_addr,
                 services: offers,
             };
-            let weak = Arc::downgrade(&node.inner);
-            let status: StatusFn = Arc::new(move || match weak.upgrade() {
-                Some(inner) => Node { inner }.status(),
-                None => NodeStatus::default(),
-            });
-            let bridge = match Bridge::start(me, section, router.clone(), events, status) {
+            let local = Box::new(WeakNode(Arc::downgrade(&node.inner)));
+            let bridge = match Bridge::start(me, section, router.clone(), events, local) {
                 Ok(bridge) => bridge,
                 Err(e) => {
                     node.shutdown(Duration::ZERO).await;
@@ -408,8 +404,22 @@ impl Node {
             .map_err(|_| node_stopped(self.name()))
     }
 
-    /// Stops worker `worker` as if it crashed; its supervisor applies its policy.
+    /// Stops worker `worker`, on whichever node it runs, as if it crashed; its
+    /// supervisor applies its policy.
     pub async fn kill(&self, worker: &WorkerId) -> Result<(), ServiceError> {
+        if worker.node != self.inner.name {
+            let peer = self
+                .bridge()
+                .and_then(|b| b.peer(&worker.node))
+                .ok_or_else(|| {
+                    ServiceError::no_such_service(format!(
+                        "worker {worker} is not running: node {} is not connected",
+                        worker.node
+                    ))
+                })?;
+            let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
+            return peer.kill(&worker.to_string(), deadline).await;
+        }
         self.master()?
             .send(Kill(worker.clone()))
             .await
@@ -531,7 +541,36 @@ impl Node {
     }
 }
 
-/// How long status waits for each peer's report.
+/// The node as its bridge sees it: weak, so that the bridge does not keep it alive.
+struct WeakNode(std::sync::Weak<Inner>);
+
+impl LocalNode for WeakNode {
+    fn status(&self) -> NodeStatus {
+        match self.0.upgrade() {
+            Some(inner) => Node { inner }.status(),
+            None => NodeStatus::default(),
+        }
+    }
+
+    fn kill(
+        &self,
+        worker: WorkerId,
+    ) -> futures::future::BoxFuture<'static, Result<(), ServiceError>> {
+        let node = self.0.upgrade().map(|inner| Node { inner });
+        Box::pin(async move {
+            match node {
+                Some(node) if worker.node == node.name() => node.kill(&worker).await,
+                Some(node) => Err(ServiceError::no_such_service(format!(
+                    "worker {worker} is not on node {}",
+                    node.name()
+                ))),
+                None => Err(ServiceError::service_failed("node is shutting down")),
+            }
+        })
+    }
+}
+
+/// How long status and remote kills wait for each peer's answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn unreachable_node(name: &str, role: &str) -> NodeStatus {

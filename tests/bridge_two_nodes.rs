@@ -70,6 +70,19 @@ async fn a_joined_node_serves_and_is_served() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout);
 
+    // A kill through either node reaches the worker where it runs.
+    worker.kill(&WorkerId::new("m", "calc", 0)).await.unwrap();
+    wait_until("m/calc/0 restarted", Duration::from_secs(5), || async {
+        let w = worker_status(&master, "m/calc/0");
+        w.restarts == 1 && w.state == "running"
+    })
+    .await;
+    let err = worker
+        .kill(&WorkerId::new("m", "calc", 9))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NoSuchService);
+
     let status = master.cluster_status().await;
     let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, vec!["m", "w"]);

@@ -35,6 +35,7 @@ pub(crate) struct Peer {
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, ServiceError>>>>,
     statuses: Mutex<HashMap<u64, oneshot::Sender<NodeStatus>>>,
+    kills: Mutex<HashMap<u64, oneshot::Sender<Result<(), ServiceError>>>>,
     closed: AtomicBool,
     close: Notify,
     /// What the peer runs, and how many of our requests each service holds now.
@@ -163,6 +164,36 @@ impl Peer {
         status
     }
 
+    /// Asks the peer to kill one of its workers, waiting until `deadline`.
+    pub(crate) async fn kill(&self, worker: &str, deadline: Instant) -> Result<(), ServiceError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.kills.lock().insert(id, tx);
+        let mut frame = BytesMut::new();
+        let kill = Control::Kill {
+            id,
+            worker: worker.to_string(),
+        };
+        let sent = kill
+            .encode(&mut frame, self.max_frame)
+            .map_err(|e| ServiceError::bad_request(e.to_string()))
+            .and_then(|()| self.send(frame.freeze()));
+        if let Err(e) = sent {
+            self.kills.lock().remove(&id);
+            return Err(e);
+        }
+        let answer = timeout_at(deadline, rx).await;
+        self.kills.lock().remove(&id);
+        match answer {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.down_error("its link closed")),
+            Err(_) => Err(ServiceError::timeout(format!(
+                "node {} did not answer the kill",
+                self.name
+            ))),
+        }
+    }
+
     fn complete(&self, reply: wire::ReplyFrame) {
         if let Some(waiter) = self.pending.lock().remove(&reply.id) {
             // The caller may have timed out meanwhile: its answer is dropped.
@@ -176,6 +207,10 @@ impl Peer {
             let _ = waiter.send(Err(self.down_error(why)));
         }
         self.statuses.lock().clear();
+        let kills: Vec<_> = self.kills.lock().drain().collect();
+        for (_, waiter) in kills {
+            let _ = waiter.send(Err(self.down_error(why)));
+        }
     }
 }
 
@@ -197,6 +232,7 @@ where
         next_id: AtomicU64::new(1),
         pending: Mutex::default(),
         statuses: Mutex::default(),
+        kills: Mutex::default(),
         closed: AtomicBool::new(false),
         close: Notify::new(),
         offers: Mutex::default(),
@@ -311,6 +347,26 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
         Message::Control(Control::StatusReply { id, status }) => {
             if let Some(waiter) = peer.statuses.lock().remove(&id) {
                 let _ = waiter.send(*status);
+            }
+        }
+        Message::Control(Control::Kill { id, worker }) => {
+            let peer = peer.clone();
+            let killing = worker.parse().map(|worker| bridge.local_kill(worker));
+            actix_rt::spawn(async move {
+                let error = match killing {
+                    Ok(kill) => kill.await.err(),
+                    Err(e) => Some(e),
+                };
+                let mut frame = BytesMut::new();
+                let reply = Control::KillReply { id, error };
+                if reply.encode(&mut frame, peer.max_frame).is_ok() {
+                    let _ = peer.send(frame.freeze());
+                }
+            });
+        }
+        Message::Control(Control::KillReply { id, error }) => {
+            if let Some(waiter) = peer.kills.lock().remove(&id) {
+                let _ = waiter.send(error.map_or(Ok(()), Err));
             }
         }
         Message::Control(control) => bridge.control(peer, control),

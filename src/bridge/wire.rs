@@ -91,6 +91,21 @@ pub enum Control {
         /// The node's status.
         status: Box<NodeStatus>,
     },
+    /// Kill one of the receiver's workers, as `colony kill` does.
+    Kill {
+        /// Matches the reply.
+        id: u64,
+        /// The worker id, `NODE/SERVICE/INDEX`.
+        worker: String,
+    },
+    /// The outcome of a [`Control::Kill`].
+    KillReply {
+        /// The request's id.
+        id: u64,
+        /// Why the kill failed, if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ServiceError>,
+    },
 }
 
 /// A node of the cluster as the member table knows it.
