@@ -181,9 +181,6 @@ impl Node {
                 timeout_ms: s.config.timeout.as_millis() as u64,
             })
             .collect();
-        let master = Master::new(&name, events.clone(), supervisors).start();
-        *node.inner.master.lock() = Some(master);
-
         if let Some(section) = config.bridge.clone() {
             let me = Member {
                 name: name.clone(),
@@ -193,15 +190,21 @@ impl Node {
                 services: offers,
             };
             let local = Box::new(WeakNode(Arc::downgrade(&node.inner)));
-            let bridge = match Bridge::start(me, section, router.clone(), events, local) {
+            // Before any worker starts: a bridge that cannot start leaves nothing to undo
+            // but the idle threads.
+            let bridge = match Bridge::start(me, section, router.clone(), events.clone(), local) {
                 Ok(bridge) => bridge,
                 Err(e) => {
-                    node.shutdown(Duration::ZERO).await;
+                    for arbiter in node.inner.arbiters.lock().drain(..) {
+                        arbiter.stop();
+                    }
                     return Err(e.into());
                 }
             };
             let _ = node.inner.bridge.set(bridge);
         }
+        let master = Master::new(&name, events, supervisors).start();
+        *node.inner.master.lock() = Some(master);
 
         if let Some(listener) = listener {
             let server = api::serve(listener, node.clone(), token, config.api.max_body).map_err(
