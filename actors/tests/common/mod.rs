@@ -335,6 +335,48 @@ impl NodeProcess {
             })
             .collect()
     }
+
+    /// Starts the node like [`NodeProcess::start`] and also requires the bridge line
+    /// it logs before its API line, with a bound loopback address.
+    pub fn start_bridged(config: &Path, env: &[(&str, &str)]) -> NodeProcess {
+        let node = NodeProcess::start(config, env);
+        node.bridge_addr();
+        node
+    }
+
+    /// Where the node's bridge listens; panics with the node's stderr if it logged
+    /// no bridge, or one not on a bound loopback port.
+    pub fn bridge_addr(&self) -> &str {
+        let bridge = self.bridge.as_deref().unwrap_or_else(|| {
+            panic!(
+                "no `bridge of node NAME on ADDR` line before the API line; stderr:\n{}",
+                self.log()
+            )
+        });
+        assert!(
+            bridge.starts_with("127.0.0.1:") && !bridge.ends_with(":0"),
+            "bridge address {bridge:?}"
+        );
+        bridge
+    }
+
+    /// Whether a stderr line so far satisfies `pred`.
+    pub fn logged(&self, pred: impl Fn(&str) -> bool) -> bool {
+        self.log.lock().unwrap().iter().any(|l| pred(l))
+    }
+
+    /// Waits until a stderr line satisfies `pred`; panics with the log after 10 s.
+    pub fn wait_logged(&self, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.logged(&pred) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; stderr:\n{}",
+                self.log()
+            );
+            thread::sleep(POLL);
+        }
+    }
 }
 
 /// A cluster secret file in `dir`.
