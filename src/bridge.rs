@@ -400,22 +400,24 @@ impl Bridge {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let io: Box<dyn Io> = match &self.tls {
-            Some(tls) if dialer => Box::new(tls.connect(stream).await?),
-            Some(tls) => Box::new(tls.accept(stream).await?),
-            None => Box::new(stream),
-        };
-        let mut framed = Framed::new(io, FrameCodec::new(self.config.max_frame));
-        let shake = async {
-            if dialer {
+        // One deadline for TLS and the secret handshake together: a peer that goes
+        // silent at any step costs a task and a socket for no longer than this.
+        let opening = async {
+            let io: Box<dyn Io> = match &self.tls {
+                Some(tls) if dialer => Box::new(tls.connect(stream).await?),
+                Some(tls) => Box::new(tls.accept(stream).await?),
+                None => Box::new(stream),
+            };
+            let mut framed = Framed::new(io, FrameCodec::new(self.config.max_frame));
+            let peer = if dialer {
                 handshake::dial(&mut framed, &self.me.name, &self.secret).await
             } else {
                 handshake::accept(&mut framed, &self.me.name, &self.secret).await
-            }
+            };
+            peer.map(|peer| (framed, peer)).map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
-            Ok(Ok(peer)) => Ok((framed, peer)),
-            Ok(Err(e)) => Err(e.to_string()),
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, opening).await {
+            Ok(opened) => opened,
             Err(_) => Err(format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
         }
     }

@@ -243,7 +243,8 @@ where
     let mut reader = FramedRead::new(read, codec);
     *reader.read_buffer_mut() = parts.read_buf;
 
-    let writer = actix_rt::spawn(write_frames(write, rx));
+    let (stop_writer, writer_stop) = oneshot::channel();
+    actix_rt::spawn(write_frames(write, rx, writer_stop));
     bridge.peer_up(peer.clone());
 
     let heartbeat = config.heartbeat;
@@ -277,29 +278,51 @@ where
     };
     peer.closed.store(true, Ordering::Release);
     peer.fail_pending(&why);
-    writer.abort();
+    // The writer sends what it holds, closes the stream politely (TLS close_notify)
+    // and ends; it may already have ended on a write error.
+    let _ = stop_writer.send(());
     bridge.peer_down(&peer, &why);
     why
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut batch = BytesMut::with_capacity(BATCH);
-    while let Some(frame) = rx.recv().await {
+    loop {
+        let frame = tokio::select! {
+            frame = rx.recv() => frame,
+            _ = &mut stop => None,
+        };
+        let Some(frame) = frame else { break };
         batch.extend_from_slice(&frame);
+        // Let the tasks that are ready add their frames too, so that one write
+        // carries many replies instead of one each.
+        tokio::task::yield_now().await;
         while batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(more) => batch.extend_from_slice(&more),
                 Err(_) => break,
             }
         }
-        if write.write_all(&batch).await.is_err() {
+        // TLS may hold bytes back after write_all: flush, or they wait for the
+        // next frame.
+        let written = async {
+            write.write_all(&batch).await?;
+            write.flush().await
+        };
+        if written.await.is_err() {
             return;
         }
         batch.clear();
     }
-    // The queue closed: flush what TLS buffers and end the stream politely.
-    let _ = write.shutdown().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;
 }
+
+/// How long a closing link may take to say goodbye.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
     match message {
