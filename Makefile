@@ -32,6 +32,7 @@ test:
 
 bench:
 	cargo bench --bench request_reply
+	cargo bench --bench bridge_request_reply
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
