@@ -19,7 +19,7 @@
 //! Connections run on the bridge's own arbiter thread, apart from the workers'.
 
 pub mod frame;
-pub(crate) mod handshake;
+pub mod handshake;
 pub(crate) mod peer;
 pub(crate) mod tls;
 pub mod wire;

@@ -28,7 +28,7 @@ use super::wire::{Control, Message, CONTROL, PROTOCOL_VERSION};
 
 /// The shared cluster secret.
 #[derive(Clone)]
-pub(crate) struct Secret(Vec<u8>);
+pub struct Secret(Vec<u8>);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,11 +37,11 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Secrets shorter than this are refused: they could be guessed.
-pub(crate) const MIN_SECRET_LEN: usize = 16;
+pub const MIN_SECRET_LEN: usize = 16;
 
 impl Secret {
     /// The secret in `bytes`, trimmed of surrounding whitespace.
-    pub(crate) fn new(bytes: &[u8]) -> Result<Secret, String> {
+    pub fn new(bytes: &[u8]) -> Result<Secret, String> {
         let trimmed = bytes.trim_ascii();
         if trimmed.len() < MIN_SECRET_LEN {
             return Err(format!(
@@ -53,7 +53,7 @@ impl Secret {
     }
 
     /// Reads the secret file at `path`.
-    pub(crate) fn read(path: &std::path::Path) -> Result<Secret, String> {
+    pub fn read(path: &std::path::Path) -> Result<Secret, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
         Secret::new(&bytes)
     }
@@ -72,7 +72,7 @@ impl Secret {
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HandshakeError {
+pub enum HandshakeError {
     /// The other side does not hold our cluster secret.
     #[error("peer {peer} failed the cluster secret check (wrong secret)")]
     WrongSecret {
@@ -185,7 +185,7 @@ where
 }
 
 /// Opens a connection as the dialer; returns the acceptor's node name.
-pub(crate) async fn dial<S>(
+pub async fn dial<S>(
     framed: &mut Framed<S, FrameCodec>,
     me: &str,
     secret: &Secret,
@@ -242,7 +242,7 @@ where
 }
 
 /// Answers a connection as the acceptor; returns the dialer's node name.
-pub(crate) async fn accept<S>(
+pub async fn accept<S>(
     framed: &mut Framed<S, FrameCodec>,
     me: &str,
     secret: &Secret,
