@@ -13,25 +13,22 @@
 //!
 //! Run: `cargo bench --bench bridge_request_reply`.
 
+mod common;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use bytes::{Buf, BytesMut};
 use colony::bridge::frame::DEFAULT_MAX_FRAME;
 use colony::bridge::wire::{encode_request, RequestHead};
-use colony::{App, Node, NodeConfig, Request, ServiceError};
+use colony::{App, Node, NodeConfig, Request};
+use common::*;
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const SEQUENTIAL: usize = 20_000;
-const PIPELINED: usize = 200_000;
-const IN_FLIGHT: usize = 64;
-const ROUNDS: usize = 4;
 /// Workers of the `bench` service on node `a`.
 const WORKERS: usize = 1;
 
@@ -39,35 +36,6 @@ const WORKERS: usize = 1;
 const P50_BAR: f64 = 1.5;
 /// ...and at least this many pipelined round trips per second.
 const PIPELINED_BAR: f64 = 300_000.0;
-
-#[derive(Message, Serialize, Deserialize)]
-#[rtype(result = "Result<Pong, ServiceError>")]
-struct Ping {
-    n: u64,
-}
-
-impl Request for Ping {
-    const SUBJECT: &'static str = "ping";
-}
-
-#[derive(Serialize, Deserialize)]
-struct Pong {
-    n: u64,
-}
-
-#[derive(Default)]
-struct Echo;
-
-impl Actor for Echo {
-    type Context = Context<Self>;
-}
-
-impl Handler<Ping> for Echo {
-    type Result = Result<Pong, ServiceError>;
-    fn handle(&mut self, msg: Ping, _: &mut Context<Self>) -> Self::Result {
-        Ok(Pong { n: msg.n })
-    }
-}
 
 struct Figures {
     p50: Duration,

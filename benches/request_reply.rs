@@ -5,47 +5,15 @@
 //!
 //! Run: `make bench` (or `cargo bench --bench request_reply`).
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use colony::{App, Node, NodeConfig, Request, ServiceError};
+use colony::{App, Node, NodeConfig};
+use common::*;
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Serialize};
-
-const SEQUENTIAL: usize = 20_000;
-const PIPELINED: usize = 200_000;
-const IN_FLIGHT: usize = 64;
-const ROUNDS: usize = 4;
-
-#[derive(Message, Serialize, Deserialize)]
-#[rtype(result = "Result<Pong, ServiceError>")]
-struct Ping {
-    n: u64,
-}
-
-impl Request for Ping {
-    const SUBJECT: &'static str = "ping";
-}
-
-#[derive(Serialize, Deserialize)]
-struct Pong {
-    n: u64,
-}
-
-#[derive(Default)]
-struct Echo;
-
-impl Actor for Echo {
-    type Context = Context<Self>;
-}
-
-impl Handler<Ping> for Echo {
-    type Result = Result<Pong, ServiceError>;
-    fn handle(&mut self, msg: Ping, _: &mut Context<Self>) -> Self::Result {
-        Ok(Pong { n: msg.n })
-    }
-}
 
 /// One way of making a round trip.
 trait Target: Clone + 'static {
