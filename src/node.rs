@@ -20,15 +20,17 @@ use crate::bridge::{Bridge, BridgeError, LocalNode};
 use crate::config::{ConfigError, NodeConfig, Role, ServiceConfig};
 use crate::dealer::{Availability, Dealer};
 use crate::error::ServiceError;
-use crate::guard::Origin;
-use crate::master::{Kill, Master, Shutdown, StopActor, Subscribe};
-use crate::message::{ReplyOf, Request, WorkerId};
+
+use crate::master::{Master, Shutdown, StopActor, Subscribe};
+use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
 use crate::remote::{self, Target};
 use crate::router::{LocalService, Router};
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
 use crate::supervisor::Supervisor;
 use crate::worker::{WorkerSlot, WorkerState};
+
+mod calls;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -247,152 +249,6 @@ impl Node {
         remote::target(&self.inner.router, self.bridge(), service, &self.inner.turn)
     }
 
-    /// Request `msg` from a worker of `service`, on this node or another by the
-    /// service's routing, and wait for the typed reply within the service's timeout.
-    pub async fn request<M: Request>(
-        &self,
-        service: &str,
-        msg: M,
-    ) -> Result<ReplyOf<M>, ServiceError> {
-        self.call(service, msg, None).await
-    }
-
-    /// As [`request`](Self::request), with this call's own `timeout`.
-    pub async fn request_timeout<M: Request>(
-        &self,
-        service: &str,
-        msg: M,
-        timeout: Duration,
-    ) -> Result<ReplyOf<M>, ServiceError> {
-        self.call(service, msg, Some(timeout)).await
-    }
-
-    async fn call<M: Request>(
-        &self,
-        service: &str,
-        msg: M,
-        timeout: Option<Duration>,
-    ) -> Result<ReplyOf<M>, ServiceError> {
-        match self.target(service)? {
-            Target::Local(local) => local.request(msg, timeout, Origin::Local).await,
-            Target::Remote(remote) => remote.request(&msg, timeout, None).await,
-        }
-    }
-
-    /// A JSON request, as the HTTP API makes it: routed like [`request`](Self::request).
-    pub(crate) async fn request_json(
-        &self,
-        service: &str,
-        subject: &str,
-        body: Vec<u8>,
-        timeout: Option<Duration>,
-    ) -> Result<serde_json::Value, ServiceError> {
-        match self.target(service)? {
-            Target::Local(_) => {
-                self.inner
-                    .router
-                    .request_json(service, subject, body, timeout, Origin::Http, None)
-                    .await
-            }
-            Target::Remote(remote) => remote.request_json(subject, &body, timeout).await,
-        }
-    }
-
-    /// Hand `msg` to a worker of `service` without waiting for its reply. Returns
-    /// once a worker (or the node holding one) has it; errors (no service,
-    /// overloaded, rejected) still come back.
-    pub async fn tell<M: Request>(&self, service: &str, msg: M) -> Result<(), ServiceError> {
-        match self.target(service)? {
-            Target::Local(local) => local.tell(msg, Origin::Local).await,
-            Target::Remote(remote) => remote.tell(&msg, None).await,
-        }
-    }
-
-    /// `msg` to every worker of `service` in the cluster, without waiting for
-    /// replies; returns how many workers it reached.
-    pub async fn broadcast<M: Request + Clone>(
-        &self,
-        service: &str,
-        msg: M,
-    ) -> Result<usize, ServiceError> {
-        let remotes = remote::remotes(self.bridge(), service);
-        let mut reached = match self.inner.router.service(service) {
-            Ok(local) => local.broadcast(msg.clone(), Origin::Local)?,
-            Err(e) if remotes.is_empty() => return Err(e),
-            Err(_) => 0,
-        };
-        for remote in &remotes {
-            for index in 0..remote.offer.workers {
-                match remote.tell(&msg, Some(index)).await {
-                    Ok(()) => reached += 1,
-                    Err(e) => {
-                        log::warn!("broadcast to {}/{service}/{index}: {e}", remote.peer.name)
-                    }
-                }
-            }
-        }
-        Ok(reached)
-    }
-
-    /// Request `msg` from the worker `worker`, on whichever node it runs.
-    pub async fn request_worker<M: Request>(
-        &self,
-        worker: &WorkerId,
-        msg: M,
-    ) -> Result<ReplyOf<M>, ServiceError> {
-        if worker.node != self.inner.name {
-            let remote = remote::remote_on(self.bridge(), &worker.node, &worker.service)?;
-            return remote.request(&msg, None, Some(worker.index)).await;
-        }
-        let (service, incarnation) = self.inner.router.worker(worker)?;
-        service
-            .request_worker(incarnation, msg, None, Origin::Local)
-            .await
-    }
-
-    /// Request `msg` from every worker of `service` in the cluster; one result per
-    /// worker.
-    pub async fn request_all<M: Request + Clone>(
-        &self,
-        service: &str,
-        msg: M,
-    ) -> Result<Vec<(WorkerId, Result<ReplyOf<M>, ServiceError>)>, ServiceError> {
-        let remotes = remote::remotes(self.bridge(), service);
-        let mut results = match self.inner.router.service(service) {
-            Ok(local) => local.request_all(msg.clone(), None, Origin::Local).await,
-            Err(e) if remotes.is_empty() => return Err(e),
-            Err(_) => Vec::new(),
-        };
-        let msg = &msg;
-        let calls = remotes.iter().flat_map(|remote| {
-            remote.worker_ids().map(move |id| async move {
-                let reply = remote.request(msg, None, Some(id.index)).await;
-                (id, reply)
-            })
-        });
-        results.extend(futures::future::join_all(calls).await);
-        Ok(results)
-    }
-
-    /// Request `msg` from the master's handlers (the app's [`App::master`] actor),
-    /// on the master node.
-    pub async fn request_master<M: Request>(&self, msg: M) -> Result<ReplyOf<M>, ServiceError> {
-        if let Ok(local) = self.inner.router.service(MASTER_SERVICE) {
-            return local.request(msg, None, Origin::Local).await;
-        }
-        let master = self.bridge().and_then(Bridge::master);
-        match master {
-            Some(master) if master != self.inner.name => {
-                let remote = remote::remote_on(self.bridge(), &master, MASTER_SERVICE)?;
-                remote.request(&msg, None, None).await
-            }
-            _ => Err(ServiceError::no_such_service(format!(
-                "no master handlers reachable from node {}: the app defines none (App::master) or no master node is connected",
-                self.inner.name
-            ))),
-        }
-    }
-
     /// Sends every lifecycle event of this node to `subscriber`. Delivery never
     /// blocks the supervisor: an event that does not fit the subscriber's mailbox is
     /// logged and dropped, so give a subscriber that must see bursts (a one_for_all
@@ -405,28 +261,6 @@ impl Node {
             .send(Subscribe(subscriber))
             .await
             .map_err(|_| node_stopped(self.name()))
-    }
-
-    /// Stops worker `worker`, on whichever node it runs, as if it crashed; its
-    /// supervisor applies its policy.
-    pub async fn kill(&self, worker: &WorkerId) -> Result<(), ServiceError> {
-        if worker.node != self.inner.name {
-            let peer = self
-                .bridge()
-                .and_then(|b| b.peer(&worker.node))
-                .ok_or_else(|| {
-                    ServiceError::no_such_service(format!(
-                        "worker {worker} is not running: node {} is not connected",
-                        worker.node
-                    ))
-                })?;
-            let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-            return peer.kill(&worker.to_string(), deadline).await;
-        }
-        self.master()?
-            .send(Kill(worker.clone()))
-            .await
-            .map_err(|_| node_stopped(self.name()))?
     }
 
     /// This node's services and workers.

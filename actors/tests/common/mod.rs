@@ -202,38 +202,18 @@ impl Output {
 
 /// Runs `command` to completion within `CLIENT_DEADLINE`, capturing its output.
 pub fn run(command: &mut Command) -> Output {
-    let mut child = KillOnDrop(
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn colony"),
-    );
-    let read = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.0.stdout.take().unwrap()));
-    let stderr = read(Box::new(child.0.stderr.take().unwrap()));
+    let what = format!("{command:?}");
+    let mut running = Background::spawn(command);
     let deadline = Instant::now() + CLIENT_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
-            break status;
+    loop {
+        if let Some(output) = running.try_finish() {
+            return output;
         }
         assert!(
             Instant::now() < deadline,
-            "{command:?} did not finish within {CLIENT_DEADLINE:?}"
+            "{what} did not finish within {CLIENT_DEADLINE:?}"
         );
         thread::sleep(Duration::from_millis(5));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
     }
 }
 
@@ -278,27 +258,10 @@ pub struct Background {
 }
 
 impl Background {
-    /// Its output, if it has finished.
-    pub fn try_finish(&mut self) -> Option<Output> {
-        let status = self.child.0.try_wait().expect("try_wait")?;
-        let stdout = self.stdout.take()?.join().unwrap_or_default();
-        let stderr = self.stderr.take()?.join().unwrap_or_default();
-        Some(Output {
-            status,
-            stdout,
-            stderr,
-        })
-    }
-}
-
-impl NodeProcess {
-    /// A client command against this node, left running.
-    pub fn cli_background(&self, args: &[&str]) -> Background {
-        let mut all = vec!["--api", self.api.as_str()];
-        all.extend_from_slice(args);
+    /// Starts `command` with its output captured.
+    pub fn spawn(command: &mut Command) -> Background {
         let mut child = KillOnDrop(
-            colony_command()
-                .args(&all)
+            command
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -319,6 +282,27 @@ impl NodeProcess {
             stdout,
             stderr,
         }
+    }
+
+    /// Its output, if it has finished.
+    pub fn try_finish(&mut self) -> Option<Output> {
+        let status = self.child.0.try_wait().expect("try_wait")?;
+        let stdout = self.stdout.take()?.join().unwrap_or_default();
+        let stderr = self.stderr.take()?.join().unwrap_or_default();
+        Some(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+impl NodeProcess {
+    /// A client command against this node, left running.
+    pub fn cli_background(&self, args: &[&str]) -> Background {
+        let mut all = vec!["--api", self.api.as_str()];
+        all.extend_from_slice(args);
+        Background::spawn(colony_command().args(&all))
     }
 
     /// The nodes in this node's status, with their states.
