@@ -13,6 +13,8 @@
 //!   the long-running entry point.
 //! - `master` is the root actor of a node; it starts one `supervisor` actor per
 //!   service, which starts and restarts that service's workers.
+//! - `remote` decides, by the service's routing, whether a call stays on this node
+//!   or crosses to another that runs the service.
 //! - `router` resolves a service name and carries a request through the service's
 //!   `dealer` (the load-balancing broker) into a `worker`'s mailbox and the reply back.
 //! - [`bridge`] connects nodes: authenticated, framed links that carry requests
