@@ -140,7 +140,7 @@ impl Node {
         Ok(results)
     }
 
-    /// Request `msg` from the master's handlers (the app's [`App::master`] actor),
+    /// Request `msg` from the master's handlers (the app's [`App::master`](crate::App::master) actor),
     /// on the master node.
     pub async fn request_master<M: Request>(&self, msg: M) -> Result<ReplyOf<M>, ServiceError> {
         if let Ok(local) = self.inner.router.service(MASTER_SERVICE) {
