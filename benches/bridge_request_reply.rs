@@ -37,28 +37,6 @@ const P50_BAR: f64 = 1.5;
 /// ...and at least this many pipelined round trips per second.
 const PIPELINED_BAR: f64 = 300_000.0;
 
-struct Figures {
-    p50: Duration,
-    p99: Duration,
-    per_sec: f64,
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    (
-        samples[samples.len() / 2],
-        samples[samples.len() * 99 / 100],
-    )
-}
-
-fn best(runs: &[Figures]) -> Figures {
-    Figures {
-        p50: runs.iter().map(|f| f.p50).min().unwrap_or_default(),
-        p99: runs.iter().map(|f| f.p99).min().unwrap_or_default(),
-        per_sec: runs.iter().map(|f| f.per_sec).fold(0.0, f64::max),
-    }
-}
-
 /// The length of colony's request frame for `Ping { n }` to `bench`.
 fn colony_request_len(n: u64) -> usize {
     let payload = serde_json::to_vec(&Ping { n }).expect("ping is JSON");
@@ -263,10 +241,6 @@ async fn colony_measure(node: &Node) -> Figures {
 
 fn start_config(yaml: &str) -> NodeConfig {
     NodeConfig::parse(Path::new("bench.yaml"), yaml).expect("bench config")
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
 fn main() {

@@ -44,12 +44,6 @@ impl Target for Colony {
     }
 }
 
-struct Figures {
-    p50: Duration,
-    p99: Duration,
-    per_sec: f64,
-}
-
 async fn sequential<T: Target>(target: &T) -> (Duration, Duration) {
     let mut samples = Vec::with_capacity(SEQUENTIAL);
     for n in 0..SEQUENTIAL as u64 {
@@ -57,8 +51,7 @@ async fn sequential<T: Target>(target: &T) -> (Duration, Duration) {
         assert_eq!(target.call(n).await, n);
         samples.push(start.elapsed());
     }
-    samples.sort();
-    (samples[SEQUENTIAL / 2], samples[SEQUENTIAL * 99 / 100])
+    percentiles(samples)
 }
 
 async fn pipelined<T: Target>(target: &T) -> f64 {
@@ -87,18 +80,6 @@ async fn measure<T: Target>(target: &T) -> Figures {
     let (p50, p99) = sequential(target).await;
     let per_sec = pipelined(target).await;
     Figures { p50, p99, per_sec }
-}
-
-fn best(runs: &[Figures]) -> Figures {
-    Figures {
-        p50: runs.iter().map(|f| f.p50).min().unwrap_or_default(),
-        p99: runs.iter().map(|f| f.p99).min().unwrap_or_default(),
-        per_sec: runs.iter().map(|f| f.per_sec).fold(0.0, f64::max),
-    }
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
 fn main() {

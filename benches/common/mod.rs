@@ -1,6 +1,8 @@
 //! What both benchmarks share: the message, its echoing actor and the counts.
 #![allow(dead_code)]
 
+use std::time::Duration;
+
 use actix::prelude::*;
 use colony::{Request, ServiceError};
 use serde::{Deserialize, Serialize};
@@ -44,4 +46,34 @@ impl Handler<Ping> for Echo {
     fn handle(&mut self, msg: Ping, _: &mut Context<Self>) -> Self::Result {
         Ok(Pong { n: msg.n })
     }
+}
+
+/// One side's figures for one round.
+pub struct Figures {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub per_sec: f64,
+}
+
+/// The p50 and p99 of latency samples.
+pub fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
+}
+
+/// The best of each figure over the rounds.
+pub fn best(runs: &[Figures]) -> Figures {
+    Figures {
+        p50: runs.iter().map(|f| f.p50).min().unwrap_or_default(),
+        p99: runs.iter().map(|f| f.p99).min().unwrap_or_default(),
+        per_sec: runs.iter().map(|f| f.per_sec).fold(0.0, f64::max),
+    }
+}
+
+/// A duration in microseconds, for the table.
+pub fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }

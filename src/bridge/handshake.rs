@@ -171,6 +171,19 @@ fn hello(control: Control) -> Result<PeerHello, HandshakeError> {
     })
 }
 
+/// The peer's hello, refused (and the connection failed) if its version differs.
+async fn receive_hello<S>(framed: &mut Framed<S, FrameCodec>) -> Result<PeerHello, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hello = hello(receive(framed).await?)?;
+    if hello.version != PROTOCOL_VERSION {
+        let theirs = hello.version;
+        return Err(refuse(framed, HandshakeError::Version { theirs }).await);
+    }
+    Ok(hello)
+}
+
 async fn refuse<S>(framed: &mut Framed<S, FrameCodec>, error: HandshakeError) -> HandshakeError
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -205,14 +218,11 @@ where
     )
     .await?;
     let PeerHello {
-        version,
         node: peer,
         nonce: theirs,
         proof,
-    } = hello(receive(framed).await?)?;
-    if version != PROTOCOL_VERSION {
-        return Err(refuse(framed, HandshakeError::Version { theirs: version }).await);
-    }
+        ..
+    } = receive_hello(framed).await?;
     let valid = proof.is_some_and(|p| {
         secret
             .proof("acceptor", &mine, &theirs, &peer)
@@ -251,14 +261,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let PeerHello {
-        version,
         node: peer,
         nonce: theirs,
         ..
-    } = hello(receive(framed).await?)?;
-    if version != PROTOCOL_VERSION {
-        return Err(refuse(framed, HandshakeError::Version { theirs: version }).await);
-    }
+    } = receive_hello(framed).await?;
     let mine = nonce()?;
     let proof = secret
         .proof("acceptor", &theirs, &mine, me)
