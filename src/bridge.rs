@@ -26,7 +26,7 @@ pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,6 +203,22 @@ impl Bridge {
             .collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         peers
+    }
+
+    /// The live links to nodes that run `service`, with their offer and our load.
+    pub(crate) fn peers_offering(
+        &self,
+        service: &str,
+    ) -> Vec<(Arc<Peer>, wire::Offer, Arc<AtomicU64>)> {
+        self.peers
+            .read()
+            .values()
+            .filter(|p| p.is_up())
+            .filter_map(|p| {
+                p.offer(service)
+                    .map(|(offer, load)| (p.clone(), offer, load))
+            })
+            .collect()
     }
 
     /// The members this node knows of, itself included.
