@@ -1,5 +1,5 @@
-//! The HTTP API (SPEC §6) on actix-web: health, status, request and kill. JSON in and
-//! out; every error is `{"error":{"kind","message"}}` with the status of its kind.
+//! The HTTP API (SPEC §6) on actix-web: health, status, request, kill, publish,
+//! subscribe (a stream of JSON lines), push and queues. JSON in and out; every error is `{"error":{"kind","message"}}` with the status of its kind.
 //! Bodies are capped at `api.max_body` bytes while they are read. With a token
 //! configured, every endpoint but health needs `Authorization: Bearer TOKEN`.
 
@@ -10,9 +10,11 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::error::ServiceError;
 use crate::message::WorkerId;
@@ -60,6 +62,11 @@ pub(crate) fn serve(
             .route("/v1/status", web::get().to(status))
             .route("/v1/request/{service}/{subject}", web::post().to(request))
             .route("/v1/kill", web::post().to(kill))
+            .route("/v1/publish/{topic:.*}", web::post().to(publish))
+            .route("/v1/subscribe", web::get().to(subscribe_all))
+            .route("/v1/subscribe/{prefix:.*}", web::get().to(subscribe))
+            .route("/v1/push/{queue}", web::post().to(push))
+            .route("/v1/queues", web::get().to(queues))
             .default_service(web::to(not_found))
     })
     .workers(2)
@@ -213,6 +220,92 @@ async fn kill(req: HttpRequest, payload: web::Payload, state: web::Data<State>) 
     };
     match answer.await {
         Ok(id) => HttpResponse::Accepted().json(json!({ "killed": id })),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn publish(
+    req: HttpRequest,
+    topic: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let answer = async {
+        authorize(&req, &state)?;
+        let body = read_body(payload, state.max_body).await?;
+        state.node.publish_json(&topic, Bytes::from(body))
+    };
+    match answer.await {
+        Ok(delivered) => HttpResponse::Accepted().json(json!({ "delivered": delivered })),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// JSON lines a slow `GET /v1/subscribe` client may have outstanding; past this it
+/// misses messages, as any subscriber past its high-water mark does.
+const STREAM_BUFFER: usize = 1024;
+
+async fn subscribe_all(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    stream_lines(&req, &state, "")
+}
+
+async fn subscribe(
+    req: HttpRequest,
+    prefix: web::Path<String>,
+    state: web::Data<State>,
+) -> HttpResponse {
+    stream_lines(&req, &state, &prefix)
+}
+
+fn stream_lines(req: &HttpRequest, state: &State, prefix: &str) -> HttpResponse {
+    let subscribed =
+        authorize(req, state).and_then(|()| state.node.subscribe_lines(prefix, STREAM_BUFFER));
+    match subscribed {
+        Ok((subscription, lines)) => {
+            // The subscription lives as long as the stream: a client that hangs up
+            // unsubscribes.
+            let stream = futures::stream::unfold(
+                (lines, subscription),
+                |(mut lines, subscription)| async move {
+                    let line = lines.recv().await?;
+                    Some((Ok::<_, actix_web::Error>(line), (lines, subscription)))
+                },
+            );
+            HttpResponse::Ok()
+                .content_type("application/x-ndjson")
+                .insert_header(("cache-control", "no-cache"))
+                .streaming(stream)
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn push(
+    req: HttpRequest,
+    queue: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let answer = async {
+        authorize(&req, &state)?;
+        let body = read_body(payload, state.max_body).await?;
+        let job: Box<RawValue> = serde_json::from_slice(&body)
+            .map_err(|e| ServiceError::bad_request(format!("job is not JSON: {e}")))?;
+        state.node.push_json(&queue, job).await
+    };
+    match answer.await {
+        Ok(id) => HttpResponse::Accepted().json(json!({ "job": id })),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn queues(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let answer = async {
+        authorize(&req, &state)?;
+        state.node.queues().await
+    };
+    match answer.await {
+        Ok(queues) => HttpResponse::Ok().json(json!({ "queues": queues })),
         Err(e) => error_response(&e),
     }
 }

@@ -185,6 +185,28 @@ where
         self
     }
 
+    /// The service's workers take jobs of type `M` from the cluster's job queue
+    /// `queue` (see [`Node::push`]): each worker takes one job per unit of its
+    /// `concurrency` when it is online and free, and the job counts as done when
+    /// its handler returns `Ok`. Also registers `M` like [`handles`](Self::handles).
+    ///
+    /// # Panics
+    /// If the service already consumes `queue`.
+    pub fn consumes<M>(mut self, queue: &str) -> Self
+    where
+        A: Handler<M>,
+        M: Request,
+    {
+        self.route_mut::<M>();
+        assert!(
+            self.def.consumes.iter().all(|(q, _)| q != queue),
+            "service `{}` consumes queue `{queue}` twice",
+            self.def.name
+        );
+        self.def.consumes.push((queue.to_string(), M::SUBJECT));
+        self
+    }
+
     /// Runs `guard` on every request to the service, whatever its subject.
     pub fn guard_all(
         mut self,

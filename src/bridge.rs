@@ -40,10 +40,13 @@ use tokio_util::codec::Framed;
 use crate::config::{BridgeSection, Role};
 use crate::error::ServiceError;
 use crate::guard::Origin;
+use crate::holder::HOLDER_SERVICE;
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
+use crate::pubsub::{Announce, Delivery, PubSub, PublishMeta};
 use crate::router::Router;
 use crate::status::NodeStatus;
+use bytes::Bytes;
 use frame::FrameCodec;
 use futures::future::BoxFuture;
 use handshake::Secret;
@@ -56,12 +59,49 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// What the bridge asks of its own node for peers: its status, and kills.
+/// What the bridge asks of its own node for peers: its status, kills, and the
+/// cluster operations of the node that holds queues and locks.
 pub(crate) trait LocalNode: Send + Sync {
     /// This node's status.
     fn status(&self) -> NodeStatus;
     /// Kills one of this node's workers.
     fn kill(&self, worker: WorkerId) -> BoxFuture<'static, Result<(), ServiceError>>;
+    /// Serves a cluster operation (see `holder`) sent by node `from`.
+    fn holder(&self, op: Bytes, from: String) -> BoxFuture<'static, Result<Vec<u8>, ServiceError>>;
+    /// Node `node` went down.
+    fn node_down(&self, node: &str);
+}
+
+/// Traffic over a node's bridge since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BridgeStats {
+    /// Frames received, by kind: control, request, reply, heartbeat, publish.
+    pub frames_in: [u64; 5],
+    /// Bytes received (frame bodies and headers).
+    pub bytes_in: u64,
+    /// Bytes written to links.
+    pub bytes_out: u64,
+    /// Links opened (first connections and reconnects).
+    pub links_opened: u64,
+    /// Peers linked now.
+    pub peers_up: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    frames_in: [AtomicU64; 5],
+    bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    links_opened: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn received(&self, kind: u8, len: usize) {
+        if let Some(n) = self.frames_in.get(usize::from(kind).wrapping_sub(1)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        self.bytes_in.fetch_add(len as u64 + 5, Ordering::Relaxed);
+    }
 }
 
 /// A node's bridge to the rest of the cluster.
@@ -73,11 +113,15 @@ pub(crate) struct Bridge {
     router: Router,
     events: EventBus,
     local: Box<dyn LocalNode>,
+    pubsub: Arc<PubSub>,
+    pub(crate) counters: Counters,
     arbiter: Arbiter,
     peers: RwLock<HashMap<String, Arc<Peer>>>,
     members: Mutex<BTreeMap<String, Member>>,
     dialing: Mutex<Vec<String>>,
     stopping: AtomicBool,
+    /// Keeps the pub/sub change hook alive for as long as the bridge lives.
+    announcer: Mutex<Option<Arc<Announce>>>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -121,6 +165,7 @@ impl Bridge {
         router: Router,
         events: EventBus,
         local: Box<dyn LocalNode>,
+        pubsub: Arc<PubSub>,
     ) -> Result<Arc<Bridge>, BridgeError> {
         let secret = Secret::read(&config.secret_file).map_err(|problem| BridgeError::Secret {
             path: config.secret_file.display().to_string(),
@@ -150,10 +195,13 @@ impl Bridge {
             router,
             events,
             local,
+            pubsub,
+            counters: Counters::default(),
             arbiter,
             peers: RwLock::default(),
             dialing: Mutex::default(),
             stopping: AtomicBool::new(false),
+            announcer: Mutex::default(),
         });
         let handle = bridge.arbiter.handle();
         let accepting = bridge.clone();
@@ -163,6 +211,14 @@ impl Bridge {
                 Err(e) => log::error!("bridge listener unusable: {e}"),
             }
         });
+        let weak = Arc::downgrade(&bridge);
+        let announce: Arc<Announce> = Arc::new(move |prefixes| {
+            if let Some(bridge) = weak.upgrade() {
+                bridge.announce(prefixes);
+            }
+        });
+        bridge.pubsub.on_change(Arc::downgrade(&announce));
+        *bridge.announcer.lock() = Some(announce);
         for addr in bridge.config.join.clone() {
             handle.spawn(dial_loop(bridge.clone(), addr, None));
         }
@@ -252,6 +308,9 @@ impl Bridge {
         request: RequestFrame,
         from: &str,
     ) -> Result<Vec<u8>, ServiceError> {
+        if request.service == HOLDER_SERVICE {
+            return self.local.holder(request.payload, from.to_string()).await;
+        }
         let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)));
         let worker = (request.flags & TO_WORKER != 0).then_some(request.worker as usize);
         let reply = self
@@ -282,10 +341,115 @@ impl Bridge {
         let join = Control::Join {
             member: self.me.clone(),
         };
-        if join.encode(&mut frame, self.config.max_frame).is_ok() {
-            if let Err(e) = peer.send(frame.freeze()) {
-                log::warn!("bridge: cannot introduce this node to {}: {e}", peer.name);
+        let subscriptions = Control::Subscriptions {
+            prefixes: self.pubsub.prefixes(),
+        };
+        let encoded = join
+            .encode(&mut frame, self.config.max_frame)
+            .and_then(|()| subscriptions.encode(&mut frame, self.config.max_frame));
+        match encoded {
+            Ok(()) => {
+                if let Err(e) = peer.send(frame.freeze()) {
+                    log::warn!("bridge: cannot introduce this node to {}: {e}", peer.name);
+                }
             }
+            Err(e) => log::error!("bridge: introduction does not fit a frame: {e}"),
+        }
+        self.counters.links_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tells every peer which prefixes this node's subscribers hold now.
+    fn announce(&self, prefixes: BTreeMap<String, u32>) {
+        let mut frame = BytesMut::new();
+        if let Err(e) =
+            (Control::Subscriptions { prefixes }).encode(&mut frame, self.config.max_frame)
+        {
+            log::error!("bridge: subscription table does not fit a frame: {e}");
+            return;
+        }
+        let frame = frame.freeze();
+        for peer in self.peers() {
+            if let Err(e) = peer.send(frame.clone()) {
+                log::warn!("bridge: subscriptions not sent to {}: {e}", peer.name);
+            }
+        }
+    }
+
+    /// Sends `delivery` to every peer with a matching subscriber; returns how many
+    /// subscribers those peers hold for it.
+    pub(crate) fn publish(&self, delivery: &Delivery) -> usize {
+        let mut frame: Option<bytes::Bytes> = None;
+        let mut reached = 0;
+        for peer in self.peers.read().values().filter(|p| p.is_up()) {
+            let wanted = peer.subscribers(&delivery.topic);
+            if wanted == 0 {
+                continue;
+            }
+            if frame.is_none() {
+                let mut buf = BytesMut::new();
+                let encoded = wire::encode_publish(
+                    &mut buf,
+                    self.config.max_frame,
+                    &delivery.topic,
+                    &delivery.meta.node,
+                    delivery.meta.worker.as_deref().unwrap_or(""),
+                    delivery.json_bytes(),
+                );
+                if let Err(e) = encoded {
+                    log::warn!("pubsub: message on {} not sent: {e}", delivery.topic);
+                    return reached;
+                }
+                frame = Some(buf.freeze());
+            }
+            if let Some(frame) = &frame {
+                match peer.send(frame.clone()) {
+                    Ok(()) => reached += wanted as usize,
+                    Err(e) => log::warn!(
+                        "pubsub: message on {} not sent to node {}: {e}",
+                        delivery.topic,
+                        peer.name
+                    ),
+                }
+            }
+        }
+        reached
+    }
+
+    /// How many subscribers of other nodes want `topic`.
+    pub(crate) fn subscribers(&self, topic: &str) -> usize {
+        self.peers
+            .read()
+            .values()
+            .filter(|p| p.is_up())
+            .map(|p| p.subscribers(topic) as usize)
+            .sum()
+    }
+
+    /// A publication from another node, for this node's subscribers.
+    pub(crate) fn deliver(&self, frame: wire::PublishFrame) {
+        let worker = (!frame.worker.is_empty()).then_some(frame.worker);
+        let service = worker
+            .as_deref()
+            .and_then(|w| w.parse::<WorkerId>().ok())
+            .map(|w| w.service);
+        let meta = PublishMeta {
+            node: frame.node,
+            worker,
+            service,
+        };
+        let delivery = Arc::new(Delivery::json(frame.topic, meta, frame.payload));
+        self.pubsub.deliver(&delivery);
+    }
+
+    /// Traffic since the bridge started.
+    pub(crate) fn stats(&self) -> BridgeStats {
+        let c = &self.counters;
+        BridgeStats {
+            frames_in: std::array::from_fn(|i| c.frames_in[i].load(Ordering::Relaxed)),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            links_opened: c.links_opened.load(Ordering::Relaxed),
+            peers_up: self.peers().len() as u64,
         }
     }
 
@@ -303,6 +467,7 @@ impl Bridge {
             return;
         }
         log::warn!("bridge: node {} is down: {why}", peer.name);
+        self.local.node_down(&peer.name);
         self.events.publish(LifecycleEvent::NodeDown {
             node: peer.name.clone(),
             reason: why.to_string(),
@@ -340,6 +505,7 @@ impl Bridge {
                 }
             }
             Control::Members { members } => self.learn(members),
+            Control::Subscriptions { prefixes } => peer.set_subscriptions(prefixes),
             other => log::warn!("bridge: unexpected message from {}: {other:?}", peer.name),
         }
     }

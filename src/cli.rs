@@ -74,6 +74,29 @@ enum Command {
         /// The worker id, `NODE/SERVICE/INDEX`.
         worker: String,
     },
+    /// Publish a message to every subscriber of the cluster whose prefix matches.
+    Publish {
+        /// The topic, e.g. `user.deleted`.
+        topic: String,
+        /// The message as JSON.
+        json: String,
+    },
+    /// Print every message of the cluster whose topic starts with PREFIX, one JSON
+    /// line each, until interrupted.
+    Subscribe {
+        /// The topic prefix; empty for every message.
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Push a job onto a job queue of the cluster.
+    Push {
+        /// The queue.
+        queue: String,
+        /// The job as JSON.
+        json: String,
+    },
+    /// The cluster's job queues: counts and dead letters, as JSON.
+    Queues,
 }
 
 /// Parses the command line and runs it with `app`'s services.
@@ -96,6 +119,16 @@ pub fn main(app: impl Into<App>) -> ExitCode {
             })
         }
         Command::Kill { worker } => client(&cli.api, cli.token, |c| kill(c, &worker)),
+        Command::Publish { topic, json } => {
+            client(&cli.api, cli.token, |c| publish(c, &topic, &json))
+        }
+        Command::Subscribe { prefix } => subscribe(&cli.api, cli.token, &prefix),
+        Command::Push { queue, json } => client(&cli.api, cli.token, |c| push(c, &queue, &json)),
+        Command::Queues => client(&cli.api, cli.token, |c| {
+            let (_, value) = c.call("GET", "/v1/queues", None)?;
+            println!("{value}");
+            Ok(())
+        }),
     }
 }
 
@@ -286,4 +319,90 @@ fn kill(client: &Client, worker: &str) -> Result<(), Failure> {
     client.call("POST", "/v1/kill", Some(body.as_bytes()))?;
     println!("killed {worker}");
     Ok(())
+}
+
+fn check_json(json: &str) -> Result<(), Failure> {
+    serde_json::from_str::<Value>(json)
+        .map(drop)
+        .map_err(|e| Failure(format!("BadRequest: the message is not JSON: {e}")))
+}
+
+fn publish(client: &Client, topic: &str, json: &str) -> Result<(), Failure> {
+    check_json(json)?;
+    let path = format!("/v1/publish/{}", encode_path(topic));
+    let (_, value) = client.call("POST", &path, Some(json.as_bytes()))?;
+    println!("{value}");
+    Ok(())
+}
+
+fn push(client: &Client, queue: &str, json: &str) -> Result<(), Failure> {
+    check_json(json)?;
+    let path = format!("/v1/push/{}", encode_path(queue));
+    let (_, value) = client.call("POST", &path, Some(json.as_bytes()))?;
+    println!("{value}");
+    Ok(())
+}
+
+/// Streams `GET /v1/subscribe/PREFIX` to stdout, line by line, until the node
+/// closes the stream (it stops) or the command is interrupted.
+fn subscribe(api: &str, token: Option<String>, prefix: &str) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!(
+        "{}/v1/subscribe/{}",
+        api.trim_end_matches('/'),
+        encode_path(prefix)
+    );
+    let mut req = agent.get(&url);
+    if let Some(token) = &token {
+        req = req.header("Authorization", format!("Bearer {token}"));
+    }
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::FAILURE
+    };
+    let response = match req.call() {
+        Ok(response) => response,
+        Err(e) => return fail(format!("cannot reach the node API at {api}: {e}")),
+    };
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    if !(200..300).contains(&status) {
+        let text = body.read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or_default();
+        let kind = value["error"]["kind"].as_str().unwrap_or("Unknown");
+        let message = value["error"]["message"].as_str().unwrap_or(text.trim());
+        return fail(format!("{kind}: {message}"));
+    }
+    let stdout = std::io::stdout();
+    for line in std::io::BufReader::new(body.into_reader()).lines() {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => return fail(format!("the stream broke: {e}")),
+        };
+        let mut out = stdout.lock();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            // stdout closed (e.g. piped into `head`): done.
+            return ExitCode::SUCCESS;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Percent-encodes a topic, prefix or queue name for a URL path.
+fn encode_path(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' | b'@' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }

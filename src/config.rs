@@ -27,6 +27,10 @@ pub struct NodeConfig {
     /// The services this node runs, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Job queues this node holds (the master, or a node without a bridge), by
+    /// name; a queue not listed gets the defaults on first use.
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueConfig>,
     /// The file this config was read from, for error messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -152,6 +156,50 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// The cluster's certificate authority.
     pub ca: PathBuf,
+}
+
+/// `queues.NAME:` — how a job queue retries, and its bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Deliveries of a job before it goes to the dead letters.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Jobs waiting for a worker; a push beyond is `Overloaded`.
+    #[serde(default = "default_queue_capacity")]
+    pub capacity: usize,
+    /// How long a worker may hold a job without acknowledging it before it is
+    /// delivered again (a safety net: a worker's death, panic or node loss redelivers
+    /// at once).
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Dead letters kept; past this the oldest is dropped, with an error in the log.
+    #[serde(default = "default_dead_letters")]
+    pub dead_letters: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_attempts: default_attempts(),
+            capacity: default_queue_capacity(),
+            lease: default_lease(),
+            dead_letters: default_dead_letters(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_queue_capacity() -> usize {
+    100_000
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_dead_letters() -> usize {
+    1000
 }
 
 /// `services.NAME:` — how many workers, how they take work, how they restart.
@@ -448,6 +496,18 @@ impl NodeConfig {
                         humantime::format_duration(b.max)
                     ),
                 );
+            }
+        }
+        for (queue, cfg) in &self.queues {
+            let key = |field: &str| format!("queues.{queue}.{field}");
+            if cfg.max_attempts == 0 {
+                return err(&key("max_attempts"), "must be at least 1".into());
+            }
+            if cfg.capacity == 0 {
+                return err(&key("capacity"), "must be at least 1".into());
+            }
+            if cfg.lease.is_zero() {
+                return err(&key("lease"), "must be longer than 0".into());
             }
         }
         Ok(())

@@ -64,6 +64,18 @@ pub enum LifecycleEvent {
         /// Why, in words.
         reason: String,
     },
+    /// A job failed `max_attempts` times and went to its queue's dead letters
+    /// (seen on the node that holds the queue).
+    JobDead {
+        /// The queue.
+        queue: String,
+        /// The job's id.
+        job: u64,
+        /// How many times it was delivered.
+        attempts: u32,
+        /// Its last failure.
+        error: String,
+    },
 }
 
 /// Delivers lifecycle events to subscribed actors. Each subscriber's mailbox is
@@ -85,7 +97,9 @@ impl EventBus {
                 reason: ExitReason::Panicked(_) | ExitReason::Killed,
                 ..
             } => log::warn!("{}", describe(&event)),
-            LifecycleEvent::ServiceFailed { .. } | LifecycleEvent::NodeDown { .. } => {
+            LifecycleEvent::ServiceFailed { .. }
+            | LifecycleEvent::NodeDown { .. }
+            | LifecycleEvent::JobDead { .. } => {
                 log::error!("{}", describe(&event))
             }
             _ => log::info!("{}", describe(&event)),
@@ -124,5 +138,11 @@ pub fn describe(event: &LifecycleEvent) -> String {
         } => format!("service {node}/{service} failed: {reason}"),
         LifecycleEvent::NodeUp { node } => format!("node {node}: up"),
         LifecycleEvent::NodeDown { node, reason } => format!("node {node}: down ({reason})"),
+        LifecycleEvent::JobDead {
+            queue,
+            job,
+            attempts,
+            error,
+        } => format!("queue {queue}: job {job} is dead after {attempts} attempts: {error}"),
     }
 }

@@ -20,10 +20,11 @@ use crate::bridge::{Bridge, BridgeError, LocalNode};
 use crate::config::{ConfigError, NodeConfig, Role, ServiceConfig};
 use crate::dealer::{Availability, Dealer};
 use crate::error::ServiceError;
-
+use crate::holder::Holder;
 use crate::master::{Master, Shutdown, StopActor, Subscribe};
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
+use crate::pubsub::PubSub;
 use crate::remote::{self, Target};
 use crate::router::{LocalService, Router};
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
@@ -31,6 +32,10 @@ use crate::supervisor::Supervisor;
 use crate::worker::{WorkerSlot, WorkerState};
 
 mod calls;
+mod consumer;
+mod messaging;
+
+pub use messaging::{LockGuard, LockOptions};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,11 @@ struct Inner {
     /// Round-robin position for services routed `round_robin`.
     turn: std::sync::atomic::AtomicUsize,
     stopping: std::sync::atomic::AtomicBool,
+    pubsub: Arc<PubSub>,
+    /// The cluster's queues, locks and confirmations, when this node holds them.
+    holder: Option<Arc<Holder>>,
+    /// Numbers this node's lock claims.
+    next_claim: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -120,6 +130,10 @@ impl Node {
         let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
         let router = Router::new(&name);
         let events = EventBus::default();
+        let pubsub = Arc::new(PubSub::default());
+        // The master holds the cluster's queues and locks; a node alone holds its own.
+        let holds = config.node.role == Role::Master || config.bridge.is_none();
+        let holder = holds.then(|| Holder::start(&name, config.queues.clone(), events.clone()));
         let node = Node {
             inner: Arc::new(Inner {
                 name: name.clone(),
@@ -133,10 +147,14 @@ impl Node {
                 bridge: std::sync::OnceLock::new(),
                 turn: Default::default(),
                 stopping: Default::default(),
+                pubsub: pubsub.clone(),
+                holder,
+                next_claim: Default::default(),
             }),
         };
 
         let mut supervisors = Vec::new();
+        let mut consumers = Vec::new();
         let mut spread = 0;
         for def in app.services {
             let service_config = if def.name == MASTER_SERVICE {
@@ -165,6 +183,9 @@ impl Node {
                 slots,
             });
             router.insert(service.clone());
+            if !service.def.consumes.is_empty() {
+                consumers.push((service.clone(), spread));
+            }
             // Rotate each service's first worker so that services share the threads.
             let mut arbiters = handles.clone();
             arbiters.rotate_left(spread % handles.len());
@@ -194,7 +215,14 @@ impl Node {
             let local = Box::new(WeakNode(Arc::downgrade(&node.inner)));
             // Before any worker starts: a bridge that cannot start leaves nothing to undo
             // but the idle threads.
-            let bridge = match Bridge::start(me, section, router.clone(), events.clone(), local) {
+            let bridge = match Bridge::start(
+                me,
+                section,
+                router.clone(),
+                events.clone(),
+                local,
+                pubsub.clone(),
+            ) {
                 Ok(bridge) => bridge,
                 Err(e) => {
                     for arbiter in node.inner.arbiters.lock().drain(..) {
@@ -207,6 +235,9 @@ impl Node {
         }
         let master = Master::new(&name, events, supervisors).start();
         *node.inner.master.lock() = Some(master);
+        for (service, spread) in consumers {
+            consumer::start(&node, &service, &handles, spread);
+        }
 
         if let Some(listener) = listener {
             let server = api::serve(listener, node.clone(), token, config.api.max_body).map_err(
@@ -253,7 +284,7 @@ impl Node {
     /// blocks the supervisor: an event that does not fit the subscriber's mailbox is
     /// logged and dropped, so give a subscriber that must see bursts (a one_for_all
     /// restart of many workers) room with `Context::set_mailbox_capacity`.
-    pub async fn subscribe(
+    pub async fn subscribe_events(
         &self,
         subscriber: Recipient<LifecycleEvent>,
     ) -> Result<(), ServiceError> {
@@ -349,6 +380,8 @@ impl Node {
                 .shut(Availability::Closed(why.clone()), error);
         }
         let deadline = Instant::now() + drain;
+        // Streams of published messages end, so that the API can finish them.
+        self.inner.pubsub.close();
         let api = self.inner.api.lock().take();
         if let Some(api) = api {
             // Graceful: in-flight HTTP requests complete before the server stops.
@@ -367,6 +400,12 @@ impl Node {
             arbiter.stop();
         }
         log::info!("node {}: stopped", self.name());
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn master(&self) -> Result<Addr<Master>, ServiceError> {
@@ -404,6 +443,28 @@ impl LocalNode for WeakNode {
                 None => Err(ServiceError::service_failed("node is shutting down")),
             }
         })
+    }
+
+    fn holder(
+        &self,
+        op: bytes::Bytes,
+        from: String,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, ServiceError>> {
+        let holder = self.0.upgrade().and_then(|inner| inner.holder.clone());
+        Box::pin(async move {
+            match holder {
+                Some(holder) => holder.serve(&op, &from).await,
+                None => Err(ServiceError::no_such_service(
+                    "this node does not hold the cluster's queues and locks (the master does)",
+                )),
+            }
+        })
+    }
+
+    fn node_down(&self, node: &str) {
+        if let Some(holder) = self.0.upgrade().and_then(|inner| inner.holder.clone()) {
+            holder.node_down(node);
+        }
     }
 }
 

@@ -151,6 +151,8 @@ pub(crate) struct ServiceDef {
     pub(crate) spawner: Spawner,
     pub(crate) routes: HashMap<&'static str, Route>,
     pub(crate) guards: Vec<ServiceGuard>,
+    /// The job queues its workers take from, with the subject each job is.
+    pub(crate) consumes: Vec<(String, &'static str)>,
 }
 
 impl ServiceDef {
@@ -163,6 +165,7 @@ impl ServiceDef {
             spawner: Arc::new(move |args| worker::spawn(factory.clone(), args)),
             routes: HashMap::new(),
             guards: Vec::new(),
+            consumes: Vec::new(),
         }
     }
 }

@@ -86,3 +86,47 @@ impl Handler<Panic> for Chaos {
         );
     }
 }
+
+/// The job queue `chaos` workers take [`Work`] from.
+pub const JOBS: &str = "chaos.jobs";
+
+/// `work`, a job of queue [`JOBS`]: `{"ms":N}` takes N ms, without blocking the
+/// thread, and completes the job. With `"panic":true` the handler panics
+/// instead, and the job is delivered again until it is dead.
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<WorkReply, ServiceError>")]
+pub struct Work {
+    /// How long the job takes.
+    #[serde(default)]
+    pub ms: u64,
+    /// Panic instead of working.
+    #[serde(default)]
+    pub panic: bool,
+}
+
+impl Request for Work {
+    const SUBJECT: &'static str = "work";
+}
+
+/// The reply to [`Work`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkReply {
+    /// How long it worked.
+    pub worked: u64,
+}
+
+impl Handler<Work> for Chaos {
+    type Result = ResponseActFuture<Self, Result<WorkReply, ServiceError>>;
+
+    fn handle(&mut self, msg: Work, _: &mut Context<Self>) -> Self::Result {
+        if msg.panic {
+            panic!("chaos: this job panics");
+        }
+        // An actor future: it ends with the worker, as a job in progress does.
+        Box::pin(
+            actix_rt::time::sleep(Duration::from_millis(msg.ms))
+                .into_actor(self)
+                .map(move |(), _, _| Ok(WorkReply { worked: msg.ms })),
+        )
+    }
+}

@@ -1,12 +1,12 @@
 //! `data`: a small in-memory user table, as messenger's data service. Deleting a
-//! user needs a `userId` (the [`member_only`] guard) and tells every `stream`
-//! worker of this node about it.
+//! user needs a `userId` (the [`member_only`] guard) and publishes `user.deleted`
+//! to the cluster, where every `stream` worker hears of it.
 
 use actix::prelude::*;
 use colony::{Meta, Node, Rejection, Request, ServiceError, WorkerContext};
 use serde::{Deserialize, Serialize};
 
-use crate::stream::UserDeleted;
+use crate::stream::UserEvent;
 
 /// A user of the table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +118,9 @@ impl Authenticated for DeleteUser {
     }
 }
 
+/// The topic a deletion is published under.
+pub const DELETED: &str = "user.deleted";
+
 /// The reply to [`DeleteUser`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteUserReply {
@@ -126,22 +129,16 @@ pub struct DeleteUserReply {
 }
 
 impl Handler<DeleteUser> for Data {
-    type Result = ResponseFuture<Result<DeleteUserReply, ServiceError>>;
+    type Result = Result<DeleteUserReply, ServiceError>;
 
     fn handle(&mut self, msg: DeleteUser, _: &mut Context<Self>) -> Self::Result {
-        let node = self.node.clone();
-        let id = msg.user_id;
-        if let Some(id) = id {
-            self.users.retain(|u| u.id != id);
-        }
-        Box::pin(async move {
-            let id = id.ok_or_else(|| ServiceError::rejected("You are not authenticated."))?;
-            // messenger's shout: every stream worker of the cluster hears of it.
-            match node.broadcast("stream", UserDeleted { user_id: id }).await {
-                Ok(n) => log::debug!("user {id} deleted; told {n} stream workers"),
-                Err(e) => log::debug!("user {id} deleted; no stream told: {e}"),
-            }
-            Ok(DeleteUserReply { deleted: id })
-        })
+        let id = msg
+            .user_id
+            .ok_or_else(|| ServiceError::rejected("You are not authenticated."))?;
+        self.users.retain(|u| u.id != id);
+        // Every subscriber of `user.` in the cluster hears of it.
+        let heard = self.node.publish(DELETED, UserEvent { user_id: id })?;
+        log::debug!("user {id} deleted; {heard} subscribers told");
+        Ok(DeleteUserReply { deleted: id })
     }
 }

@@ -1,13 +1,14 @@
 //! The example colony application (SPEC §7), after messenger's example: a `data`
-//! service guarded by `member_only` that tells `stream` about deleted users, a `math`
-//! service, and `chaos` for demonstrating supervision.
+//! service guarded by `member_only` that publishes `user.deleted`, a `stream`
+//! service subscribed to `user.`, a `math` service, and `chaos` for demonstrating
+//! supervision and the job queue `chaos.jobs`.
 //!
 //! | service | subjects |
 //! |---|---|
 //! | `math` | `sum` |
 //! | `data` | `users.popular`, `users.delete` (guarded by [`data::member_only`]) |
-//! | `stream` | `recent`, `user.deleted` |
-//! | `chaos` | `echo`, `sleep`, `panic` |
+//! | `stream` | `recent`; subscribed to the topics `user.` |
+//! | `chaos` | `echo`, `sleep`, `panic`; takes `work` jobs from queue `chaos.jobs` |
 
 pub mod chaos;
 pub mod data;
@@ -25,12 +26,12 @@ pub fn app() -> App {
         .handles::<data::PopularUsers>()
         .handles::<data::DeleteUser>()
         .guard::<data::DeleteUser>(data::member_only)
-        .service("stream", stream::Stream::default)
+        .service("stream", stream::Stream::new)
         .handles::<stream::Recent>()
-        .handles::<stream::UserDeleted>()
         .service("chaos", chaos::Chaos::default)
         .handles::<chaos::Echo>()
         .handles::<chaos::Sleep>()
         .handles::<chaos::Panic>()
+        .consumes::<chaos::Work>(chaos::JOBS)
         .into()
 }

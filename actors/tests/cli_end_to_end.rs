@@ -73,7 +73,7 @@ fn request_prints_the_reply_or_the_error() {
     let recent: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         recent,
-        serde_json::json!({ "events": [{ "topic": "user.deleted", "userId": 3 }] })
+        serde_json::json!({ "events": [{ "topic": "user.deleted", "userId": 3, "node": "cli" }] })
     );
 
     // An unknown service; a message that is not JSON.

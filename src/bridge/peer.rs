@@ -40,6 +40,8 @@ pub(crate) struct Peer {
     close: Notify,
     /// What the peer runs, and how many of our requests each service holds now.
     pub(crate) offers: Mutex<Vec<(Offer, Arc<AtomicU64>)>>,
+    /// The topic prefixes the peer's subscribers hold, with their counts.
+    subscriptions: parking_lot::RwLock<std::collections::BTreeMap<String, u32>>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -75,6 +77,15 @@ impl Peer {
         *current = kept;
     }
 
+    pub(crate) fn set_subscriptions(&self, prefixes: std::collections::BTreeMap<String, u32>) {
+        *self.subscriptions.write() = prefixes;
+    }
+
+    /// How many of the peer's subscribers want `topic`.
+    pub(crate) fn subscribers(&self, topic: &str) -> u32 {
+        crate::pubsub::matching(&self.subscriptions.read(), topic)
+    }
+
     /// The peer's offer of `service` and our load on it.
     pub(crate) fn offer(&self, service: &str) -> Option<(Offer, Arc<AtomicU64>)> {
         self.offers
@@ -102,6 +113,20 @@ impl Peer {
             }
             mpsc::error::TrySendError::Closed(_) => self.down_error("its link is closed"),
         })
+    }
+
+    /// Sends a one-way request (no reply comes) at once, without waiting.
+    pub(crate) fn tell(&self, head: RequestHead<'_>, payload: &[u8]) -> Result<(), ServiceError> {
+        let mut frame = BytesMut::with_capacity(64 + payload.len());
+        let head = RequestHead {
+            id: 0,
+            flags: head.flags | ONE_WAY,
+            ..head
+        };
+        wire::encode_request(&mut frame, self.max_frame, head, payload).map_err(|e| {
+            ServiceError::bad_request(format!("cannot send to node {}: {e}", self.name))
+        })?;
+        self.send(frame.freeze())
     }
 
     /// Sends a request and waits for its reply's JSON until `deadline`.
@@ -236,6 +261,7 @@ where
         closed: AtomicBool::new(false),
         close: Notify::new(),
         offers: Mutex::default(),
+        subscriptions: Default::default(),
     });
     let parts = framed.into_parts();
     let codec = parts.codec.clone();
@@ -244,7 +270,7 @@ where
     *reader.read_buffer_mut() = parts.read_buf;
 
     let (stop_writer, writer_stop) = oneshot::channel();
-    actix_rt::spawn(write_frames(write, rx, writer_stop));
+    actix_rt::spawn(write_frames(write, rx, writer_stop, bridge.clone()));
     bridge.peer_up(peer.clone());
 
     let heartbeat = config.heartbeat;
@@ -256,6 +282,7 @@ where
             frame = reader.next() => match frame {
                 Some(Ok(frame)) => {
                     last_heard = Instant::now();
+                    bridge.counters.received(frame.kind, frame.body.len());
                     match Message::decode(frame) {
                         Ok(message) => handle(&bridge, &peer, message),
                         Err(e) => break format!("{e}"),
@@ -289,6 +316,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     mut write: W,
     mut rx: mpsc::Receiver<Bytes>,
     mut stop: oneshot::Receiver<()>,
+    bridge: Arc<Bridge>,
 ) {
     let mut batch = BytesMut::with_capacity(BATCH);
     loop {
@@ -316,6 +344,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         if written.await.is_err() {
             return;
         }
+        bridge
+            .counters
+            .bytes_out
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         batch.clear();
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;
@@ -327,6 +359,7 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
     match message {
         Message::Heartbeat => {}
+        Message::Publish(publish) => bridge.deliver(publish),
         Message::Reply(reply) => peer.complete(reply),
         Message::Request(request) => {
             let bridge = bridge.clone();

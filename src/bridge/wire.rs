@@ -6,6 +6,7 @@
 //! | 2 `REQUEST` | binary [`RequestFrame`]; the message itself as JSON at the end |
 //! | 3 `REPLY` | binary [`ReplyFrame`]; the reply or the error as JSON at the end |
 //! | 4 `HEARTBEAT` | empty |
+//! | 5 `PUBLISH` | binary [`PublishFrame`]: a pub/sub message for the receiver's subscribers |
 //!
 //! Request body (all integers big-endian):
 //!
@@ -18,6 +19,9 @@
 //! index to use instead of the dealer's choice. Reply body: `id u64 | ok u8 |
 //! payload`, where the payload is the reply's JSON when `ok` is 1 and a
 //! [`ServiceError`]'s JSON when it is 0.
+//!
+//! Publish body: `topic_len u16 | topic | node_len u16 | node | worker_len u16 |
+//! worker (empty when no worker published) | payload (JSON, to the end)`.
 
 use std::net::SocketAddr;
 
@@ -39,6 +43,8 @@ pub const REQUEST: u8 = 2;
 pub const REPLY: u8 = 3;
 /// A heartbeat frame.
 pub const HEARTBEAT: u8 = 4;
+/// A pub/sub message.
+pub const PUBLISH: u8 = 5;
 
 /// Handshake, membership and status messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +103,12 @@ pub enum Control {
         id: u64,
         /// The worker id, `NODE/SERVICE/INDEX`.
         worker: String,
+    },
+    /// The topic prefixes the sender's subscribers hold, with how many hold each;
+    /// sent on every change and whenever a link opens.
+    Subscriptions {
+        /// Prefix to subscriber count.
+        prefixes: std::collections::BTreeMap<String, u32>,
     },
     /// The outcome of a [`Control::Kill`].
     KillReply {
@@ -352,6 +364,60 @@ pub fn encode_heartbeat(dst: &mut BytesMut) {
     dst.put_u8(HEARTBEAT);
 }
 
+/// A pub/sub message carried to a node with a matching subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishFrame {
+    /// The topic.
+    pub topic: String,
+    /// The publishing node.
+    pub node: String,
+    /// The publishing worker's id, empty when no worker published.
+    pub worker: String,
+    /// The message as JSON.
+    pub payload: Bytes,
+}
+
+impl PublishFrame {
+    /// Parses a `PUBLISH` frame's body.
+    pub fn decode(mut body: Bytes) -> Result<PublishFrame, WireError> {
+        let err = |p: &str| malformed("publish", p);
+        let topic = take_str(&mut body).ok_or_else(|| err("bad topic"))?;
+        let node = take_str(&mut body).ok_or_else(|| err("bad node name"))?;
+        let worker = take_str(&mut body).ok_or_else(|| err("bad worker id"))?;
+        Ok(PublishFrame {
+            topic,
+            node,
+            worker,
+            payload: body,
+        })
+    }
+}
+
+/// Appends a publish frame to `dst`.
+pub fn encode_publish(
+    dst: &mut BytesMut,
+    max: usize,
+    topic: &str,
+    node: &str,
+    worker: &str,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    let longest = topic.len().max(node.len()).max(worker.len());
+    if longest > u16::MAX as usize {
+        return Err(FrameError::TooLong {
+            len: longest,
+            max: u16::MAX as usize,
+        });
+    }
+    encode_with(dst, PUBLISH, max, |b| {
+        for part in [topic, node, worker] {
+            b.put_u16(part.len() as u16);
+            b.extend_from_slice(part.as_bytes());
+        }
+        b.extend_from_slice(payload);
+    })
+}
+
 /// A decoded frame.
 #[derive(Debug)]
 pub enum Message {
@@ -363,6 +429,8 @@ pub enum Message {
     Reply(ReplyFrame),
     /// A heartbeat.
     Heartbeat,
+    /// A pub/sub message.
+    Publish(PublishFrame),
 }
 
 impl Message {
@@ -373,6 +441,7 @@ impl Message {
             REQUEST => RequestFrame::decode(frame.body).map(Message::Request),
             REPLY => ReplyFrame::decode(frame.body).map(Message::Reply),
             HEARTBEAT => Ok(Message::Heartbeat),
+            PUBLISH => PublishFrame::decode(frame.body).map(Message::Publish),
             other => Err(malformed("unknown", format!("kind {other}"))),
         }
     }

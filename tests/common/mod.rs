@@ -271,7 +271,7 @@ impl Events {
     pub async fn subscribe(node: &Node) -> Events {
         let events = Events::default();
         let recipient = EventSink(events.clone()).start().recipient();
-        node.subscribe(recipient).await.expect("subscribe");
+        node.subscribe_events(recipient).await.expect("subscribe");
         events
     }
 

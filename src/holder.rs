@@ -1,0 +1,161 @@
+//! What the master holds for the whole cluster: the job queues ([`jobs`](crate::jobs)),
+//! the lock table ([`locks`](crate::locks)) and the confirmation counts
+//! ([`confirm`](crate::confirm)). A node without a bridge holds its own.
+//!
+//! Other nodes reach the holder with [`Op`]s carried as requests to the reserved
+//! service [`HOLDER_SERVICE`] over their link to the master; the holder's own
+//! node calls it directly, without JSON. When a node goes down, the holder
+//! delivers its jobs again, releases its locks and drops its waiters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::QueueConfig;
+use crate::confirm::Confirmations;
+use crate::error::ServiceError;
+use crate::jobs::{Answer, JobQueues};
+use crate::locks::{Claim, Locks};
+use crate::messages::EventBus;
+
+/// The reserved service name that carries [`Op`]s to the holder.
+pub(crate) const HOLDER_SERVICE: &str = "@cluster";
+
+/// How often leases of jobs and locks are checked.
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// An operation on the holder, as other nodes send it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Op {
+    Push {
+        queue: String,
+        job: Box<RawValue>,
+    },
+    Take {
+        queue: String,
+        worker: String,
+        wait_ms: u64,
+    },
+    Ack {
+        queue: String,
+        job: u64,
+        attempt: u32,
+        answer: Answer,
+    },
+    Lock {
+        key: String,
+        req: u64,
+        owner: String,
+        wait_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_ms: Option<u64>,
+    },
+    Unlock {
+        key: String,
+        req: u64,
+    },
+    Confirm {
+        id: String,
+        sender: String,
+    },
+    Queues,
+}
+
+/// The cluster's queues, locks and confirmations, on the node that holds them.
+#[derive(Debug)]
+pub(crate) struct Holder {
+    pub(crate) jobs: JobQueues,
+    pub(crate) locks: Locks,
+    pub(crate) confirmations: Confirmations,
+}
+
+impl Holder {
+    /// A holder for node `node`, checking leases in a task on the current runtime
+    /// for as long as the holder lives.
+    pub(crate) fn start(
+        node: &str,
+        queues: std::collections::BTreeMap<String, QueueConfig>,
+        events: EventBus,
+    ) -> Arc<Holder> {
+        let holder = Arc::new(Holder {
+            jobs: JobQueues::new(node, queues, events),
+            locks: Locks::default(),
+            confirmations: Confirmations::default(),
+        });
+        let weak = Arc::downgrade(&holder);
+        actix_rt::spawn(async move {
+            let mut ticks = tokio::time::interval(SWEEP);
+            loop {
+                ticks.tick().await;
+                let Some(holder) = weak.upgrade() else { break };
+                let now = tokio::time::Instant::now();
+                holder.jobs.expire(now);
+                holder.locks.expire(now);
+            }
+        });
+        holder
+    }
+
+    /// Node `node` is gone.
+    pub(crate) fn node_down(&self, node: &str) {
+        self.jobs.node_down(node);
+        self.locks.node_down(node);
+    }
+
+    /// Serves an [`Op`] from node `from`; the reply is JSON.
+    pub(crate) async fn serve(&self, op: &[u8], from: &str) -> Result<Vec<u8>, ServiceError> {
+        let op: Op = serde_json::from_slice(op)
+            .map_err(|e| ServiceError::bad_request(format!("malformed cluster operation: {e}")))?;
+        let reply = match op {
+            Op::Push { queue, job } => serde_json::to_vec(&self.jobs.push(&queue, job)?),
+            Op::Take {
+                queue,
+                worker,
+                wait_ms,
+            } => {
+                let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+                serde_json::to_vec(&self.jobs.take(&queue, from, &worker, wait).await?)
+            }
+            Op::Ack {
+                queue,
+                job,
+                attempt,
+                answer,
+            } => {
+                self.jobs.ack(&queue, job, attempt, answer);
+                Ok(b"null".to_vec())
+            }
+            Op::Lock {
+                key,
+                req,
+                owner,
+                wait_ms,
+                lease_ms,
+            } => {
+                let claim = Claim {
+                    node: from.to_string(),
+                    req,
+                    owner,
+                    lease: lease_ms.map(Duration::from_millis),
+                };
+                let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+                serde_json::to_vec(&self.locks.acquire(&key, claim, wait).await?)
+            }
+            Op::Unlock { key, req } => {
+                self.locks.release(&key, from, req);
+                Ok(b"null".to_vec())
+            }
+            Op::Confirm { id, sender } => {
+                serde_json::to_vec(&self.confirmations.confirm(&id, &sender))
+            }
+            Op::Queues => serde_json::to_vec(&self.jobs.status()),
+        };
+        reply.map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
+    }
+}
+
+/// The longest wait a remote take or lock may ask for.
+const MAX_WAIT_MS: u64 = 10 * 60 * 1000;

@@ -1,0 +1,104 @@
+//! The workers' side of job queues: for each worker of a consuming service, one
+//! loop per unit of its concurrency takes a job from the queue's holder when the
+//! worker is online, hands it to that worker and answers the holder with the
+//! outcome. Taking is how a worker says it is ready (ZeroMQ's LRU `READY`), so no
+//! worker is given jobs before it can run them.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use actix_rt::ArbiterHandle;
+
+use super::{Inner, Node};
+use crate::guard::Origin;
+use crate::jobs::Answer;
+use crate::router::LocalService;
+
+/// How long one take waits at the holder for a job.
+const TAKE_WAIT: Duration = Duration::from_secs(5);
+/// How often a loop looks whether its worker is back online.
+const READY_POLL: Duration = Duration::from_millis(20);
+/// Backoff after a failed take (master unreachable), doubling.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Starts the take loops of `service` on its workers' threads.
+pub(super) fn start(
+    node: &Node,
+    service: &Arc<LocalService>,
+    threads: &[ArbiterHandle],
+    spread: usize,
+) {
+    for (queue, subject) in &service.def.consumes {
+        for index in 0..service.slots.len() {
+            let thread = &threads[(spread + index) % threads.len()];
+            for _ in 0..service.config.concurrency {
+                thread.spawn(take_loop(
+                    Arc::downgrade(&node.inner),
+                    service.clone(),
+                    index,
+                    queue.clone(),
+                    subject,
+                ));
+            }
+        }
+    }
+}
+
+async fn take_loop(
+    node: Weak<Inner>,
+    service: Arc<LocalService>,
+    index: usize,
+    queue: String,
+    subject: &'static str,
+) {
+    let worker = service.slots[index].id.to_string();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
+            return;
+        };
+        if node.is_stopping() {
+            return;
+        }
+        if service.dealer.worker(index).is_none() {
+            drop(node);
+            tokio::time::sleep(READY_POLL).await;
+            continue;
+        }
+        let given = match node.take(&queue, &worker, TAKE_WAIT).await {
+            Ok(Some(given)) => given,
+            Ok(None) => continue,
+            Err(e) => {
+                log::debug!("queue {queue}: {worker} cannot take jobs: {e}");
+                drop(node);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        let result = node
+            .inner
+            .router
+            .request_json(
+                &service.name,
+                subject,
+                given.job.get().as_bytes().to_vec(),
+                None,
+                Origin::Local,
+                Some(index),
+            )
+            .await;
+        let answer = Answer {
+            counts: !node.is_stopping(),
+            error: result.err(),
+        };
+        if let Err(e) = node.ack(&queue, given.id, given.attempt, answer).await {
+            log::warn!(
+                "queue {queue}: the answer for job {} did not reach the master ({e}); it will be delivered again",
+                given.id
+            );
+        }
+    }
+}

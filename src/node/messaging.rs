@@ -1,0 +1,459 @@
+//! The cluster messaging calls of a node: publish and subscribe, job queues,
+//! locks and confirmations. Queues, locks and confirmations are kept by the
+//! master (see `holder`); this node calls it directly when it is the master, or
+//! over its link to the master otherwise.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Recipient;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::Node;
+use crate::bridge::peer::Peer;
+use crate::bridge::wire::RequestHead;
+use crate::bridge::BridgeStats;
+use crate::error::{ErrorKind, ServiceError};
+use crate::holder::{Holder, Op, HOLDER_SERVICE};
+use crate::jobs::{Answer, Given, QueueStatus};
+use crate::locks::Claim;
+use crate::message::WorkerId;
+use crate::pubsub::{channel, check_topic, Delivery, PublishMeta, Published, Sink, Subscription};
+
+/// Extra time a call to the master gets beyond the wait it asks for.
+const MARGIN: Duration = Duration::from_secs(5);
+/// How long a call to the master that does not wait may take.
+const HOLDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How [`Node::lock_with`] waits and holds.
+#[derive(Debug, Clone, Copy)]
+pub struct LockOptions {
+    /// How long to wait for the lock before `Timeout`. Default: 30 s.
+    pub wait: Duration,
+    /// Release the lock this long after it is granted, even if the guard still
+    /// lives (its fencing token then is stale). Default: none.
+    pub lease: Option<Duration>,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            wait: Duration::from_secs(30),
+            lease: None,
+        }
+    }
+}
+
+/// A cluster-wide lock, held until this guard drops.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard {
+    node: Node,
+    key: String,
+    req: u64,
+    token: u64,
+}
+
+impl LockGuard {
+    /// The lock's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fencing token of this grant: larger than every token granted before.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.node.unlock(&self.key, self.req);
+    }
+}
+
+/// Withdraws a lock claim if the wait for it ends without a guard (the caller
+/// gave up, timed out or was dropped with its worker).
+struct Claiming {
+    node: Node,
+    key: String,
+    req: u64,
+    armed: bool,
+}
+
+impl Drop for Claiming {
+    fn drop(&mut self) {
+        if self.armed {
+            self.node.unlock(&self.key, self.req);
+        }
+    }
+}
+
+/// Where the cluster's queues, locks and confirmations are, seen from a node.
+enum HolderAt {
+    Here(Arc<Holder>),
+    Peer(Arc<Peer>),
+}
+
+/// Who is calling: the worker whose handler runs now, else the node.
+fn caller(node: &str) -> String {
+    crate::worker::current_worker()
+        .map(|w| w.to_string())
+        .unwrap_or_else(|| node.to_string())
+}
+
+impl Node {
+    /// Publishes `msg` under `topic` to every subscriber of the cluster whose
+    /// prefix it matches; returns how many subscribers it was handed to. The
+    /// message carries who published it (this node, and the worker whose handler
+    /// calls this). Never waits: a subscriber past its high-water mark misses it.
+    pub fn publish<T>(&self, topic: &str, msg: T) -> Result<usize, ServiceError>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        check_topic(topic, "topic")?;
+        let meta = PublishMeta::here(&self.inner.name);
+        Ok(self.deliver(Arc::new(Delivery::local(topic, meta, msg))))
+    }
+
+    /// Publishes a JSON message, as `POST /v1/publish` does.
+    pub(crate) fn publish_json(&self, topic: &str, json: Bytes) -> Result<usize, ServiceError> {
+        check_topic(topic, "topic")?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&json)
+            .map_err(|e| ServiceError::bad_request(format!("message is not JSON: {e}")))?;
+        let meta = PublishMeta {
+            node: self.inner.name.clone(),
+            worker: None,
+            service: None,
+        };
+        Ok(self.deliver(Arc::new(Delivery::json(topic.to_string(), meta, json))))
+    }
+
+    fn deliver(&self, delivery: Arc<Delivery>) -> usize {
+        let here = self.inner.pubsub.deliver(&delivery);
+        let there = self.bridge().map_or(0, |b| b.publish(&delivery));
+        here + there
+    }
+
+    /// Delivers every message of the cluster whose topic starts with `prefix` to
+    /// `recipient` (an actor implementing `Handler<`[`Published`]`>`), until the
+    /// returned [`Subscription`] drops. Keep it in the actor's state.
+    pub fn subscribe(
+        &self,
+        prefix: &str,
+        recipient: Recipient<Published>,
+    ) -> Result<Subscription, ServiceError> {
+        check_topic(prefix, "prefix")?;
+        Ok(self.inner.pubsub.add(prefix, Sink::Actor(recipient)))
+    }
+
+    /// Joins worker `worker` to clustr-node's three channels: public, its
+    /// service's group and its own private channel (see [`channel`]).
+    pub fn join_channels(
+        &self,
+        worker: &WorkerId,
+        recipient: Recipient<Published>,
+    ) -> Result<Vec<Subscription>, ServiceError> {
+        channel::of_worker(worker)
+            .iter()
+            .map(|topic| self.subscribe(topic, recipient.clone()))
+            .collect()
+    }
+
+    /// A subscription whose messages arrive as JSON lines on a bounded channel.
+    pub(crate) fn subscribe_lines(
+        &self,
+        prefix: &str,
+        capacity: usize,
+    ) -> Result<(Subscription, mpsc::Receiver<Bytes>), ServiceError> {
+        check_topic(prefix, "prefix")?;
+        let (tx, rx) = mpsc::channel(capacity);
+        Ok((self.inner.pubsub.add(prefix, Sink::Lines(tx)), rx))
+    }
+
+    /// How many subscribers in the cluster a message on `topic` would reach now,
+    /// as far as this node knows.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        let here = crate::pubsub::matching(&self.inner.pubsub.prefixes(), topic) as usize;
+        here + self.bridge().map_or(0, |b| b.subscribers(topic))
+    }
+
+    /// Published messages this node dropped because a subscriber was past its
+    /// high-water mark.
+    pub fn publish_dropped(&self) -> u64 {
+        self.inner.pubsub.dropped()
+    }
+
+    /// Traffic over this node's bridge, if it has one.
+    pub fn bridge_stats(&self) -> Option<BridgeStats> {
+        self.bridge().map(|b| b.stats())
+    }
+
+    fn holder_at(&self) -> Result<HolderAt, ServiceError> {
+        if let Some(holder) = &self.inner.holder {
+            return Ok(HolderAt::Here(holder.clone()));
+        }
+        let bridge = self.bridge().ok_or_else(|| {
+            ServiceError::no_such_service("this node holds no queues and has no bridge")
+        })?;
+        let master = bridge.master().ok_or_else(|| {
+            ServiceError::new(
+                ErrorKind::NodeDown,
+                format!(
+                    "node {} knows no master, which holds the cluster's queues and locks",
+                    self.inner.name
+                ),
+            )
+        })?;
+        bridge.peer(&master).map(HolderAt::Peer).ok_or_else(|| {
+            ServiceError::new(
+                ErrorKind::NodeDown,
+                format!(
+                    "the master {master} is not connected to node {}",
+                    self.inner.name
+                ),
+            )
+        })
+    }
+
+    async fn call_holder<R: DeserializeOwned>(
+        peer: &Peer,
+        op: &Op,
+        timeout: Duration,
+    ) -> Result<R, ServiceError> {
+        let payload = serde_json::to_vec(op)
+            .map_err(|e| ServiceError::bad_request(format!("operation is not JSON: {e}")))?;
+        let head = head(timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let reply = peer.request(head, &payload, deadline).await?;
+        serde_json::from_slice(&reply).map_err(|e| {
+            ServiceError::bad_request(format!(
+                "unreadable answer from the master {}: {e}",
+                peer.name
+            ))
+        })
+    }
+
+    /// Pushes `job` onto the cluster's job queue `queue` and returns its id once
+    /// the queue holds it; a worker of a service that
+    /// [consumes](crate::ServiceBuilder::consumes) the queue will run it at least
+    /// once. `Overloaded` when the queue is at its capacity.
+    pub async fn push<M: Serialize>(&self, queue: &str, job: &M) -> Result<u64, ServiceError> {
+        let json = serde_json::value::to_raw_value(job)
+            .map_err(|e| ServiceError::bad_request(format!("job is not JSON: {e}")))?;
+        self.push_json(queue, json).await
+    }
+
+    /// Pushes a JSON job, as `POST /v1/push` does.
+    pub(crate) async fn push_json(
+        &self,
+        queue: &str,
+        job: Box<RawValue>,
+    ) -> Result<u64, ServiceError> {
+        match self.holder_at()? {
+            HolderAt::Here(holder) => holder.jobs.push(queue, job),
+            HolderAt::Peer(peer) => {
+                let op = Op::Push {
+                    queue: queue.to_string(),
+                    job,
+                };
+                Self::call_holder(&peer, &op, HOLDER_TIMEOUT).await
+            }
+        }
+    }
+
+    /// Every job queue of the cluster, with its counts and dead letters.
+    pub async fn queues(&self) -> Result<Vec<QueueStatus>, ServiceError> {
+        match self.holder_at()? {
+            HolderAt::Here(holder) => Ok(holder.jobs.status()),
+            HolderAt::Peer(peer) => Self::call_holder(&peer, &Op::Queues, HOLDER_TIMEOUT).await,
+        }
+    }
+
+    /// Waits up to `wait` for a job of `queue` for `worker`.
+    pub(crate) async fn take(
+        &self,
+        queue: &str,
+        worker: &str,
+        wait: Duration,
+    ) -> Result<Option<Given>, ServiceError> {
+        match self.holder_at()? {
+            HolderAt::Here(holder) => holder.jobs.take(queue, self.name(), worker, wait).await,
+            HolderAt::Peer(peer) => {
+                let op = Op::Take {
+                    queue: queue.to_string(),
+                    worker: worker.to_string(),
+                    wait_ms: wait.as_millis() as u64,
+                };
+                Self::call_holder(&peer, &op, wait + MARGIN).await
+            }
+        }
+    }
+
+    /// Ends a delivery of job `id`.
+    pub(crate) async fn ack(
+        &self,
+        queue: &str,
+        id: u64,
+        attempt: u32,
+        answer: Answer,
+    ) -> Result<(), ServiceError> {
+        match self.holder_at()? {
+            HolderAt::Here(holder) => {
+                holder.jobs.ack(queue, id, attempt, answer);
+                Ok(())
+            }
+            HolderAt::Peer(peer) => {
+                let op = Op::Ack {
+                    queue: queue.to_string(),
+                    job: id,
+                    attempt,
+                    answer,
+                };
+                Self::call_holder::<()>(&peer, &op, HOLDER_TIMEOUT).await
+            }
+        }
+    }
+
+    /// Takes the cluster-wide lock `key`, waiting up to 30 s, with no lease.
+    pub fn lock(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<LockGuard, ServiceError>> + 'static {
+        self.lock_with(key, LockOptions::default())
+    }
+
+    /// Takes the cluster-wide lock `key`. Waiters are served first come, first
+    /// served; the guard carries a fencing token and releases the lock when it
+    /// drops. A caller that stops waiting leaves the line.
+    pub fn lock_with(
+        &self,
+        key: &str,
+        options: LockOptions,
+    ) -> impl Future<Output = Result<LockGuard, ServiceError>> + 'static {
+        let node = self.clone();
+        let key = key.to_string();
+        // Who asks is known now, inside the handler, not when the future runs.
+        let owner = caller(self.name());
+        async move {
+            let req = node.inner.next_claim.fetch_add(1, Ordering::Relaxed);
+            let mut claiming = Claiming {
+                node: node.clone(),
+                key: key.clone(),
+                req,
+                armed: true,
+            };
+            let token = match node.holder_at()? {
+                HolderAt::Here(holder) => {
+                    let claim = Claim {
+                        node: node.name().to_string(),
+                        req,
+                        owner,
+                        lease: options.lease,
+                    };
+                    holder.locks.acquire(&key, claim, options.wait).await?
+                }
+                HolderAt::Peer(peer) => {
+                    let op = Op::Lock {
+                        key: key.clone(),
+                        req,
+                        owner,
+                        wait_ms: options.wait.as_millis() as u64,
+                        lease_ms: options.lease.map(|l| l.as_millis() as u64),
+                    };
+                    Self::call_holder(&peer, &op, options.wait + MARGIN).await?
+                }
+            };
+            claiming.armed = false;
+            Ok(LockGuard {
+                node,
+                key,
+                req,
+                token,
+            })
+        }
+    }
+
+    /// Withdraws claim `req` on `key`: releases the lock or leaves its line.
+    fn unlock(&self, key: &str, req: u64) {
+        match self.holder_at() {
+            Ok(HolderAt::Here(holder)) => holder.locks.release(key, self.name(), req),
+            Ok(HolderAt::Peer(peer)) => {
+                let op = Op::Unlock {
+                    key: key.to_string(),
+                    req,
+                };
+                let sent = serde_json::to_vec(&op)
+                    .map_err(|e| ServiceError::bad_request(e.to_string()))
+                    .and_then(|payload| peer.tell(head(HOLDER_TIMEOUT), &payload));
+                if let Err(e) = sent {
+                    log::warn!("lock {key}: release not sent to the master ({e}); it is released when this node's link drops");
+                }
+            }
+            // No master reachable: it released this node's claims when the link dropped.
+            Err(_) => {}
+        }
+    }
+
+    /// Confirms `id` to the master as the calling worker (or this node, outside
+    /// a worker); returns how many distinct senders have confirmed it. Repeats
+    /// from one sender count once.
+    pub fn confirm(&self, id: &str) -> impl Future<Output = Result<usize, ServiceError>> + 'static {
+        let node = self.clone();
+        let id = id.to_string();
+        let sender = caller(self.name());
+        async move {
+            match node.holder_at()? {
+                HolderAt::Here(holder) => Ok(holder.confirmations.confirm(&id, &sender)),
+                HolderAt::Peer(peer) => {
+                    let op = Op::Confirm { id, sender };
+                    Self::call_holder(&peer, &op, HOLDER_TIMEOUT).await
+                }
+            }
+        }
+    }
+
+    /// On the master: resolves once `n` distinct senders have confirmed `id` (at
+    /// once if they already have), with their count. Each call fires once. Wrap it
+    /// in a timeout to bound the wait.
+    pub fn on_confirmation(
+        &self,
+        n: usize,
+        id: &str,
+    ) -> impl Future<Output = Result<usize, ServiceError>> + 'static {
+        let waiting = match &self.inner.holder {
+            Some(holder) => Ok(holder.confirmations.wait(n, id)),
+            None => Err(ServiceError::no_such_service(format!(
+                "confirmations are counted on the master; node {} is not it",
+                self.inner.name
+            ))),
+        };
+        let name = self.inner.name.clone();
+        async move { waiting?.await.map_err(|_| super::node_stopped(&name)) }
+    }
+}
+
+fn head(timeout: Duration) -> RequestHead<'static> {
+    RequestHead {
+        id: 0,
+        timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+        flags: 0,
+        worker: 0,
+        service: HOLDER_SERVICE,
+        subject: "op",
+    }
+}
