@@ -33,6 +33,7 @@ test:
 bench:
 	cargo bench --bench request_reply
 	cargo bench --bench bridge_request_reply
+	cargo bench --bench messaging
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -28,7 +28,7 @@ const SWEEP: Duration = Duration::from_millis(100);
 
 /// An operation on the holder, as other nodes send it.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Op {
     Push {
         queue: String,

@@ -136,6 +136,7 @@ pub(crate) struct JobQueues {
     queues: Mutex<HashMap<String, Queue>>,
     events: EventBus,
     next_id: AtomicU64,
+    next_taker: AtomicU64,
 }
 
 impl std::fmt::Debug for JobQueues {
@@ -158,6 +159,7 @@ impl JobQueues {
             queues: Mutex::default(),
             events,
             next_id: AtomicU64::new(1),
+            next_taker: AtomicU64::new(1),
         }
     }
 
@@ -206,7 +208,7 @@ impl JobQueues {
         wait: Duration,
     ) -> Result<Option<Given>, ServiceError> {
         check_name(name)?;
-        let taker = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let taker = self.next_taker.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = oneshot::channel();
         let now = self.with_queue(name, |queue| {
             let taker = Taker {

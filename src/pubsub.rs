@@ -313,12 +313,16 @@ impl PubSub {
             match self.offer(entry, delivery) {
                 Offered::Taken => delivered += 1,
                 Offered::Full => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "pubsub: a subscriber of `{}` is {HIGH_WATER} messages behind; message on {} dropped",
-                        entry.prefix,
-                        delivery.topic
-                    );
+                    // One line per thousand drops, not a flood.
+                    let before = self.dropped.fetch_add(1, Ordering::Relaxed);
+                    if before % 1000 == 0 {
+                        log::warn!(
+                            "pubsub: a subscriber of `{}` is {HIGH_WATER} messages behind; message on {} dropped ({} dropped so far)",
+                            entry.prefix,
+                            delivery.topic,
+                            before + 1
+                        );
+                    }
                 }
                 Offered::Gone => gone.push(entry.id),
             }
@@ -336,15 +340,18 @@ impl PubSub {
                     entry.pending.fetch_sub(1, Ordering::AcqRel);
                     return Offered::Full;
                 }
-                let message = Published {
+                if !recipient.connected() {
+                    entry.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Offered::Gone;
+                }
+                // The high-water mark above bounds what waits in the actor's
+                // mailbox, whatever the mailbox's own capacity (actix's default
+                // of 16 would drop bursts).
+                recipient.do_send(Published {
                     delivery: delivery.clone(),
                     _ticket: Ticket(entry.pending.clone()),
-                };
-                match recipient.try_send(message) {
-                    Ok(()) => Offered::Taken,
-                    Err(SendError::Full(_)) => Offered::Full,
-                    Err(SendError::Closed(_)) => Offered::Gone,
-                }
+                });
+                Offered::Taken
             }
             Sink::Lines(tx) => match tx.try_send(delivery.json_line()) {
                 Ok(()) => Offered::Taken,
