@@ -92,7 +92,8 @@ pub struct QueueStatus {
     pub pushed: u64,
     /// Jobs completed (acknowledged by a worker).
     pub completed: u64,
-    /// Deliveries that failed and were retried or buried.
+    /// Deliveries that failed and were retried or buried (not counting jobs handed
+    /// back unrun because their worker's node was stopping or its worker exited).
     pub failures: u64,
     /// Jobs that failed `max_attempts` times, oldest first.
     pub dead: Vec<DeadLetter>,
@@ -417,8 +418,9 @@ impl Queue {
     /// A delivery failed: the job goes back in line, first, or is returned to be
     /// buried when it has used its attempts.
     fn failed(&mut self, mut job: Job, error: ServiceError, counts: bool) -> Option<DeadLetter> {
-        self.failures += 1;
-        if !counts {
+        if counts {
+            self.failures += 1;
+        } else {
             job.attempts = job.attempts.saturating_sub(1);
         }
         if job.attempts >= self.config.max_attempts {

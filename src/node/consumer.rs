@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix_rt::ArbiterHandle;
 
 use super::{Inner, Node};
+use crate::error::ServiceError;
 use crate::guard::Origin;
 use crate::jobs::Answer;
 use crate::router::LocalService;
@@ -61,7 +62,9 @@ async fn take_loop(
         if node.is_stopping() {
             return;
         }
-        if service.dealer.worker(index).is_none() {
+        // A worker that has exited but is not yet removed from the dealer is not
+        // online: taking a job for it would spend one of the job's attempts.
+        if !running(&service, index) {
             drop(node);
             tokio::time::sleep(READY_POLL).await;
             continue;
@@ -78,6 +81,23 @@ async fn take_loop(
             }
         };
         backoff = BACKOFF_MIN;
+        if !running(&service, index) {
+            // The worker exited while this loop waited for a job: the job never
+            // reached it, so the delivery does not count against its attempts.
+            let answer = Answer {
+                counts: false,
+                error: Some(ServiceError::no_such_service(format!(
+                    "worker {worker} exited before the job reached it"
+                ))),
+            };
+            if let Err(e) = node.ack(&queue, given.id, given.attempt, answer).await {
+                log::warn!(
+                    "queue {queue}: the return of job {} did not reach the master ({e}); it will be delivered again",
+                    given.id
+                );
+            }
+            continue;
+        }
         let result = node
             .inner
             .router
@@ -101,4 +121,9 @@ async fn take_loop(
             );
         }
     }
+}
+
+/// Whether worker `index` of `service` runs now.
+fn running(service: &LocalService, index: usize) -> bool {
+    service.dealer.worker(index).is_some_and(|w| w.is_alive())
 }
