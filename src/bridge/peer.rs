@@ -58,6 +58,9 @@ impl Peer {
     /// Ends the link; the session notices and fails what waits on it.
     pub(crate) fn shut(&self) {
         self.closed.store(true, Ordering::Release);
+        // At once, not only in the link's task: when the bridge stops, its thread
+        // may stop before that task runs again.
+        self.fail_pending("closed by this node");
         self.close.notify_one();
     }
 
