@@ -337,24 +337,26 @@ impl Bridge {
             old.shut();
         }
         log::info!("bridge: linked with node {}", peer.name);
-        let mut frame = BytesMut::new();
-        let join = Control::Join {
-            member: self.me.clone(),
-        };
-        let subscriptions = Control::Subscriptions {
-            prefixes: self.pubsub.prefixes(),
-        };
-        let encoded = join
-            .encode(&mut frame, self.config.max_frame)
-            .and_then(|()| subscriptions.encode(&mut frame, self.config.max_frame));
-        match encoded {
-            Ok(()) => {
-                if let Err(e) = peer.send(frame.freeze()) {
-                    log::warn!("bridge: cannot introduce this node to {}: {e}", peer.name);
+        // The table is taken and queued in turn with announcements (see
+        // `PubSub::with_prefixes`): the peer already gets those made from now on.
+        self.pubsub.with_prefixes(|prefixes| {
+            let mut frame = BytesMut::new();
+            let join = Control::Join {
+                member: self.me.clone(),
+            };
+            let subscriptions = Control::Subscriptions { prefixes };
+            let encoded = join
+                .encode(&mut frame, self.config.max_frame)
+                .and_then(|()| subscriptions.encode(&mut frame, self.config.max_frame));
+            match encoded {
+                Ok(()) => {
+                    if let Err(e) = peer.send(frame.freeze()) {
+                        log::warn!("bridge: cannot introduce this node to {}: {e}", peer.name);
+                    }
                 }
+                Err(e) => log::error!("bridge: introduction does not fit a frame: {e}"),
             }
-            Err(e) => log::error!("bridge: introduction does not fit a frame: {e}"),
-        }
+        });
         self.counters.links_opened.fetch_add(1, Ordering::Relaxed);
     }
 

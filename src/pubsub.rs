@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -236,6 +236,9 @@ pub(crate) struct PubSub {
     next_id: AtomicU64,
     dropped: AtomicU64,
     announce: OnceLock<Weak<Announce>>,
+    /// Held from computing a prefix table until it is queued to the peers, so
+    /// that tables reach each peer in the order they were computed.
+    announcing: Mutex<()>,
 }
 
 impl std::fmt::Debug for PubSub {
@@ -295,9 +298,18 @@ impl PubSub {
         table
     }
 
+    /// Calls `send` with the prefix table, in turn with every other announcement
+    /// of it: a table computed later is also queued later, so that no peer keeps
+    /// an older table than the last one (a subscription added while another thread
+    /// announces, or while a link opens, would otherwise be lost to that peer).
+    pub(crate) fn with_prefixes<R>(&self, send: impl FnOnce(BTreeMap<String, u32>) -> R) -> R {
+        let _in_turn = self.announcing.lock();
+        send(self.prefixes())
+    }
+
     fn changed(&self) {
         if let Some(announce) = self.announce.get().and_then(Weak::upgrade) {
-            announce(self.prefixes());
+            self.with_prefixes(|prefixes| announce(prefixes));
         }
     }
 
