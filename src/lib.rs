@@ -19,6 +19,9 @@
 //!   `dealer` (the load-balancing broker) into a `worker`'s mailbox and the reply back.
 //! - [`bridge`] connects nodes: authenticated, framed links that carry requests
 //!   to workers on other nodes and the cluster's member table.
+//! - [`pubsub`] is publish/subscribe across the cluster (prefix filtering at the
+//!   publisher, clustr-node's channels); [`jobs`] (job queues), `locks` and `confirm`
+//!   are kept by the master in `holder`, which other nodes reach over the bridge.
 //! - [`messages`] holds the lifecycle events every actor can subscribe to.
 //! - [`error`] is the error every failed call returns, with its kinds.
 //! - [`status`] is what the status endpoint and command show.
