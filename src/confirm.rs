@@ -61,7 +61,12 @@ impl Confirmations {
 
     /// Resolves once `n` distinct senders have confirmed `id` (at once if they
     /// already have), with their count.
-    pub(crate) fn wait(&self, n: usize, id: &str) -> oneshot::Receiver<usize> {
+    /// `Overloaded` when [`KEEP`] waits on `id` are pending already.
+    pub(crate) fn wait(
+        &self,
+        n: usize,
+        id: &str,
+    ) -> Result<oneshot::Receiver<usize>, crate::error::ServiceError> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.state.lock();
         let entry = state.entry(id);
@@ -70,9 +75,14 @@ impl Confirmations {
             let _ = tx.send(count);
         } else {
             entry.waiters.retain(|(_, tx)| !tx.is_closed());
+            if entry.waiters.len() >= KEEP {
+                return Err(crate::error::ServiceError::overloaded(format!(
+                    "{KEEP} waits on confirmation id {id} are pending already"
+                )));
+            }
             entry.waiters.push((n, tx));
         }
-        rx
+        Ok(rx)
     }
 }
 

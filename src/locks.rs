@@ -24,6 +24,9 @@ use tokio::time::Instant;
 
 use crate::error::ServiceError;
 
+/// Waiters one lock may have; more get `Overloaded`.
+const MAX_WAITERS: usize = 10_000;
+
 /// Who asks for a lock: a node and its request number there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Claim {
@@ -92,6 +95,11 @@ impl Locks {
         {
             let mut table = self.table.lock();
             let lock = table.entry(key.to_string()).or_default();
+            if lock.waiters.len() >= MAX_WAITERS {
+                return Err(ServiceError::overloaded(format!(
+                    "lock {key} already has {MAX_WAITERS} waiters"
+                )));
+            }
             lock.waiters.push_back(Waiter { claim, tx });
             if lock.holder.is_none() {
                 self.grant_next(key, lock);

@@ -436,7 +436,7 @@ impl Node {
         id: &str,
     ) -> impl Future<Output = Result<usize, ServiceError>> + 'static {
         let waiting = match &self.inner.holder {
-            Some(holder) => Ok(holder.confirmations.wait(n, id)),
+            Some(holder) => holder.confirmations.wait(n, id),
             None => Err(ServiceError::no_such_service(format!(
                 "confirmations are counted on the master; node {} is not it",
                 self.inner.name
