@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use colony::{channel, App, Node, NodeConfig, Published, Subscription, WorkerContext, WorkerId};
-use common::{bridge_yaml, cluster_of, secret_file, wait_until};
+use common::{bridged_nodes, secret_file, wait_until};
 use parking_lot::Mutex;
 
 const SECRET: &str = "a-cluster-secret-for-tests-only";
@@ -94,8 +94,8 @@ fn app(log: &Log) -> App {
         .into()
 }
 
-async fn start(log: &Log, yaml: &str) -> Node {
-    let config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+async fn start(log: &Log, yaml: String) -> Node {
+    let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("test config parses");
     Node::start(app(log), config).await.expect("node starts")
 }
 
@@ -125,25 +125,8 @@ async fn channels_reach_exactly_their_members() {
     let secret = secret_file(SECRET);
     let log = Log::default();
     let services = "services: { svc: { workers: 2 }, svc2: { workers: 1 } }\n";
-    let m = start(
-        &log,
-        &format!(
-            "node: {{ name: m, role: master, threads: 2 }}\n{}{services}",
-            bridge_yaml(&secret, None)
-        ),
-    )
-    .await;
-    let mut nodes = vec![m.clone()];
-    for name in &NODES[1..] {
-        let yaml = format!(
-            "node: {{ name: {name}, role: worker, threads: 2 }}\n{}{services}",
-            bridge_yaml(&secret, m.bridge_addr())
-        );
-        nodes.push(start(&log, &yaml).await);
-    }
-    for node in &nodes {
-        cluster_of(node, 3).await;
-    }
+    let nodes = bridged_nodes(&secret, &NODES, services, |yaml| start(&log, yaml)).await;
+    let m = nodes[0].clone();
     let _observer = Observer::create(|ctx| Observer {
         log: log.clone(),
         _public: Some(

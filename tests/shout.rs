@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use colony::{App, Node, NodeConfig, Request, ServiceError, WorkerContext, WorkerId};
-use common::{all_running, bridge_yaml, cluster_of, secret_file, wait_until};
+use common::{all_running, bridged_nodes, secret_file, wait_until};
 use serde::{Deserialize, Serialize};
 
 const SECRET: &str = "a-cluster-secret-for-tests-only";
@@ -74,7 +74,7 @@ impl Handler<HowMany> for Listener {
     }
 }
 
-async fn start(heard: &Heard, yaml: &str) -> Node {
+async fn start(heard: &Heard, yaml: String) -> Node {
     let heard = heard.clone();
     let app: App = App::new()
         .service("listen", move |ctx: WorkerContext| Listener {
@@ -85,7 +85,7 @@ async fn start(heard: &Heard, yaml: &str) -> Node {
         .handles::<Shout>()
         .handles::<HowMany>()
         .into();
-    let config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("test config parses");
     Node::start(app, config).await.expect("node starts")
 }
 
@@ -123,25 +123,8 @@ async fn a_shout_reaches_every_worker_once() {
     let secret = secret_file(SECRET);
     let heard = Heard::default();
     let services = format!("services: {{ listen: {{ workers: {PER_NODE} }} }}\n");
-    let m = start(
-        &heard,
-        &format!(
-            "node: {{ name: m, role: master, threads: 2 }}\n{}{services}",
-            bridge_yaml(&secret, None)
-        ),
-    )
-    .await;
-    let mut nodes = vec![m.clone()];
-    for name in &NODES[1..] {
-        let yaml = format!(
-            "node: {{ name: {name}, role: worker, threads: 2 }}\n{}{services}",
-            bridge_yaml(&secret, m.bridge_addr())
-        );
-        nodes.push(start(&heard, &yaml).await);
-    }
-    for node in &nodes {
-        cluster_of(node, 3).await;
-    }
+    let nodes = bridged_nodes(&secret, &NODES, &services, |yaml| start(&heard, yaml)).await;
+    let m = nodes[0].clone();
     // A broadcast skips a worker that is not running yet (and a remote one
     // silently: it counts as reached), so every worker must be up first.
     for node in &nodes {
