@@ -1,5 +1,6 @@
-//! The HTTP API (SPEC §6) on actix-web: health, status, request, kill, publish,
-//! subscribe (a stream of JSON lines), push and queues. JSON in and out; every error is `{"error":{"kind","message"}}` with the status of its kind.
+//! The HTTP API (SPEC §6) on actix-web: health, status, request, kill (a worker
+//! or a node), reload, metrics (Prometheus text), publish, subscribe (a stream of
+//! JSON lines), push and queues. JSON in and out; every error is `{"error":{"kind","message"}}` with the status of its kind.
 //! Bodies are capped at `api.max_body` bytes while they are read. With a token
 //! configured, every endpoint but health needs `Authorization: Bearer TOKEN`.
 
@@ -62,6 +63,8 @@ pub(crate) fn serve(
             .route("/v1/status", web::get().to(status))
             .route("/v1/request/{service}/{subject}", web::post().to(request))
             .route("/v1/kill", web::post().to(kill))
+            .route("/v1/reload", web::post().to(reload))
+            .route("/metrics", web::get().to(metrics))
             .route("/v1/publish/{topic:.*}", web::post().to(publish))
             .route("/v1/subscribe", web::get().to(subscribe_all))
             .route("/v1/subscribe/{prefix:.*}", web::get().to(subscribe))
@@ -193,33 +196,69 @@ fn parse_query(query: &str) -> Result<RequestQuery, ServiceError> {
 struct KillBody {
     worker: Option<String>,
     node: Option<String>,
-    #[allow(dead_code)]
     code: Option<i32>,
 }
+
+const KILL_FORMS: &str = "kill takes {\"worker\":\"ID\"} or {\"node\":\"NAME\",\"code\":N}";
 
 async fn kill(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     let answer = async {
         authorize(&req, &state)?;
         let body = read_body(payload, state.max_body).await?;
-        let body: KillBody = serde_json::from_slice(&body).map_err(|e| {
-            ServiceError::bad_request(format!("kill takes {{\"worker\":\"ID\"}}: {e}"))
-        })?;
-        match (body.worker, body.node) {
-            (Some(worker), None) => {
+        let body: KillBody = serde_json::from_slice(&body)
+            .map_err(|e| ServiceError::bad_request(format!("{KILL_FORMS}: {e}")))?;
+        match (body.worker, body.node, body.code) {
+            (Some(worker), None, None) => {
                 let id: WorkerId = worker.parse()?;
                 state.node.kill(&id).await?;
-                Ok(id)
+                Ok(json!({ "killed": id }))
             }
-            (None, Some(node)) => Err(ServiceError::bad_request(format!(
-                "node {node} cannot be killed through this API; kill one of its workers with {{\"worker\":\"ID\"}}"
-            ))),
-            _ => Err(ServiceError::bad_request(
-                "kill takes {\"worker\":\"ID\"}",
-            )),
+            (None, Some(node), code) => {
+                let code = code.unwrap_or(1);
+                state.node.kill_node(&node, code).await?;
+                Ok(json!({ "killed": node, "code": code }))
+            }
+            _ => Err(ServiceError::bad_request(KILL_FORMS)),
         }
     };
     match answer.await {
-        Ok(id) => HttpResponse::Accepted().json(json!({ "killed": id })),
+        Ok(killed) => HttpResponse::Accepted().json(killed),
+        Err(e) => error_response(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadBody {
+    node: Option<String>,
+}
+
+async fn reload(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
+    let answer = async {
+        authorize(&req, &state)?;
+        let body = read_body(payload, state.max_body).await?;
+        let body: ReloadBody = if body.iter().all(u8::is_ascii_whitespace) {
+            ReloadBody { node: None }
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                ServiceError::bad_request(format!(
+                    "reload takes {{}} (every spawned node) or {{\"node\":\"NAME\"}}: {e}"
+                ))
+            })?
+        };
+        state.node.reload(body.node.as_deref()).await
+    };
+    match answer.await {
+        Ok(reloaded) => HttpResponse::Ok().json(json!({ "reloaded": reloaded })),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    match authorize(&req, &state) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(state.node.metrics().await),
         Err(e) => error_response(&e),
     }
 }

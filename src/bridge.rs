@@ -70,6 +70,8 @@ pub(crate) trait LocalNode: Send + Sync {
     fn holder(&self, op: Bytes, from: String) -> BoxFuture<'static, Result<Vec<u8>, ServiceError>>;
     /// Node `node` went down.
     fn node_down(&self, node: &str);
+    /// Exits this node's process with `code` shortly, as if it crashed.
+    fn exit(&self, code: i32) -> Result<(), ServiceError>;
 }
 
 /// Traffic over a node's bridge since it started.
@@ -83,6 +85,8 @@ pub struct BridgeStats {
     pub bytes_out: u64,
     /// Links opened (first connections and reconnects).
     pub links_opened: u64,
+    /// Links opened to a node this node had been linked with before.
+    pub reconnects: u64,
     /// Peers linked now.
     pub peers_up: u64,
 }
@@ -93,6 +97,9 @@ pub(crate) struct Counters {
     bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     links_opened: AtomicU64,
+    reconnects: AtomicU64,
+    /// Every node this node has linked with.
+    linked: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Counters {
@@ -269,7 +276,7 @@ impl Bridge {
         self.peers
             .read()
             .values()
-            .filter(|p| p.is_up())
+            .filter(|p| p.is_up() && !p.leaving.load(Ordering::Acquire))
             .filter_map(|p| {
                 p.offer(service)
                     .map(|(offer, load)| (p.clone(), offer, load))
@@ -300,6 +307,18 @@ impl Bridge {
         worker: WorkerId,
     ) -> BoxFuture<'static, Result<(), ServiceError>> {
         self.local.kill(worker)
+    }
+
+    pub(crate) fn local_exit(&self, code: i32) -> Result<(), ServiceError> {
+        self.local.exit(code)
+    }
+
+    /// Tells every peer that this node is leaving and waits (until `deadline`) for
+    /// each to answer: from then on no new request comes, while those already sent
+    /// are served.
+    pub(crate) async fn leave(&self, deadline: tokio::time::Instant) {
+        let peers = self.peers();
+        futures::future::join_all(peers.iter().map(|p| p.leave(deadline))).await;
     }
 
     /// Serves a peer's request with this node's own workers.
@@ -358,6 +377,9 @@ impl Bridge {
             }
         });
         self.counters.links_opened.fetch_add(1, Ordering::Relaxed);
+        if !self.counters.linked.lock().insert(peer.name.clone()) {
+            self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Tells every peer which prefixes this node's subscribers hold now.
@@ -451,6 +473,7 @@ impl Bridge {
             bytes_in: c.bytes_in.load(Ordering::Relaxed),
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
             links_opened: c.links_opened.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
             peers_up: self.peers().len() as u64,
         }
     }

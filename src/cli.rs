@@ -69,10 +69,20 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
-    /// Stop a worker as if it crashed; its supervisor applies its restart policy.
+    /// Stop a worker, or a whole node's process, as if it crashed; its supervisor
+    /// (or the node that spawned it) applies its restart policy.
     Kill {
-        /// The worker id, `NODE/SERVICE/INDEX`.
-        worker: String,
+        /// A worker id, `NODE/SERVICE/INDEX`, or a node name.
+        target: String,
+        /// The exit code of a killed node.
+        #[arg(long, default_value_t = 1)]
+        code: i32,
+    },
+    /// Restart the spawned nodes one at a time (or only NODE) with no failed
+    /// requests: each drains, starts again and is online before the next.
+    Reload {
+        /// One spawned node; all of them when omitted.
+        node: Option<String>,
     },
     /// Publish a message to every subscriber of the cluster whose prefix matches.
     Publish {
@@ -118,7 +128,12 @@ pub fn main(app: impl Into<App>) -> ExitCode {
                 request(c, &service, &subject, json.as_deref(), timeout)
             })
         }
-        Command::Kill { worker } => client(&cli.api, cli.token, |c| kill(c, &worker)),
+        Command::Kill { target, code } => client(&cli.api, cli.token, |c| kill(c, &target, code)),
+        Command::Reload { node } => {
+            client_with_timeout(&cli.api, cli.token, RELOAD_TIMEOUT, |c| {
+                reload(c, node.as_deref())
+            })
+        }
         Command::Publish { topic, json } => {
             client(&cli.api, cli.token, |c| publish(c, &topic, &json))
         }
@@ -176,7 +191,16 @@ async fn shutdown_signal() {
 fn check_config(app: &App, files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
-        let checked = NodeConfig::load(file).and_then(|c| c.check_services(file, app));
+        let checked = NodeConfig::load(file).and_then(|c| {
+            c.check_services(file, app)?;
+            // The nodes it spawns are checked with it.
+            for (entry, child) in c.spawn.iter().zip(c.spawned()?) {
+                if entry.command.is_none() {
+                    child.check_services(&entry.config, app)?;
+                }
+            }
+            Ok(())
+        });
         match checked {
             Ok(()) => println!("ok: {}", file.display()),
             Err(e) => {
@@ -314,10 +338,29 @@ fn request(
     Ok(())
 }
 
-fn kill(client: &Client, worker: &str) -> Result<(), Failure> {
-    let body = serde_json::json!({ "worker": worker }).to_string();
-    client.call("POST", "/v1/kill", Some(body.as_bytes()))?;
-    println!("killed {worker}");
+fn kill(client: &Client, target: &str, code: i32) -> Result<(), Failure> {
+    let body = if target.contains('/') {
+        serde_json::json!({ "worker": target })
+    } else {
+        serde_json::json!({ "node": target, "code": code })
+    };
+    client.call("POST", "/v1/kill", Some(body.to_string().as_bytes()))?;
+    println!("killed {target}");
+    Ok(())
+}
+
+/// How long `colony reload` waits: each node drains (up to its own deadline)
+/// and starts again, one after the other.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn reload(client: &Client, node: Option<&str>) -> Result<(), Failure> {
+    let body = serde_json::json!({ "node": node }).to_string();
+    let (_, value) = client.call("POST", "/v1/reload", Some(body.as_bytes()))?;
+    let reloaded: Vec<&str> = value["reloaded"]
+        .as_array()
+        .map(|nodes| nodes.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!("reloaded {}", reloaded.join(", "));
     Ok(())
 }
 

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     /// name; a queue not listed gets the defaults on first use.
     #[serde(default)]
     pub queues: BTreeMap<String, QueueConfig>,
+    /// Child node processes this node starts, keeps running and reloads.
+    #[serde(default)]
+    pub spawn: Vec<SpawnConfig>,
     /// The file this config was read from, for error messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -156,6 +159,37 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// The cluster's certificate authority.
     pub ca: PathBuf,
+}
+
+/// `spawn[N]:` — a child node process: its config, where it may run, and how
+/// often it may crash before it is left `errored` (pm2's `max_restarts` and
+/// `min_uptime`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnConfig {
+    /// The child's node config, relative to the working directory.
+    pub config: PathBuf,
+    /// The CPU the child is pinned to (its affinity), counted from 0.
+    #[serde(default)]
+    pub cpu: Option<usize>,
+    /// The program to run instead of this binary; it is given
+    /// `node --config CONFIG` as `colony` is.
+    #[serde(default)]
+    pub command: Option<PathBuf>,
+    /// Restarts in a row, each after less than `min_uptime`, before the child is
+    /// `errored` and no longer restarted (until a reload).
+    #[serde(default = "default_spawn_restarts")]
+    pub max_restarts: u32,
+    /// A child that ran at least this long did not crash-loop.
+    #[serde(default = "default_min_uptime", with = "humantime_serde")]
+    pub min_uptime: Duration,
+}
+
+fn default_spawn_restarts() -> u32 {
+    10
+}
+fn default_min_uptime() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// `queues.NAME:` — how a job queue retries, and its bounds.
@@ -510,7 +544,52 @@ impl NodeConfig {
                 return err(&key("lease"), "must be longer than 0".into());
             }
         }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (i, child) in self.spawn.iter().enumerate() {
+            let key = |field: &str| format!("spawn[{i}].{field}");
+            if let Some(cpu) = child.cpu {
+                if cpu >= cpus {
+                    return err(
+                        &key("cpu"),
+                        format!("CPU {cpu} does not exist here (CPUs 0 to {})", cpus - 1),
+                    );
+                }
+            }
+            if child.max_restarts == 0 {
+                return err(&key("max_restarts"), "must be at least 1".into());
+            }
+        }
         Ok(())
+    }
+
+    /// Reads the configs of the nodes this node spawns, checks that their names are
+    /// unique (and not this node's), and returns them in `spawn` order.
+    pub fn spawned(&self) -> Result<Vec<NodeConfig>, ConfigError> {
+        let file = self
+            .source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<config>"));
+        let mut names = vec![self.node.name.clone()];
+        let mut configs = Vec::new();
+        for (i, child) in self.spawn.iter().enumerate() {
+            let config = NodeConfig::load(&child.config).map_err(|e| {
+                ConfigError::new(&file, format!("spawn[{i}].config"), e.to_string())
+            })?;
+            if names.contains(&config.node.name) {
+                return Err(ConfigError::new(
+                    &file,
+                    format!("spawn[{i}].config"),
+                    format!(
+                        "{}: node name {} is already taken in this cluster",
+                        child.config.display(),
+                        config.node.name
+                    ),
+                ));
+            }
+            names.push(config.node.name.clone());
+            configs.push(config);
+        }
+        Ok(configs)
     }
 
     /// Checks that the app provides every service the config lists.

@@ -143,6 +143,11 @@ impl Dealer {
         state.workers.iter().flatten().cloned().collect()
     }
 
+    /// Stops taking new requests; those waiting are still served.
+    pub(crate) fn close(&self, availability: Availability) {
+        self.state.lock().availability = availability;
+    }
+
     /// Stops taking requests: waiting and future ones get `error`.
     pub(crate) fn shut(&self, availability: Availability, error: ServiceError) {
         let mut state = self.state.lock();
@@ -163,6 +168,11 @@ impl Dealer {
     pub(crate) fn queued(&self) -> usize {
         let state = self.state.lock();
         state.waiting.iter().filter(|w| !w.is_closed()).count()
+    }
+
+    /// Whether the service takes new requests.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.state.lock().availability, Availability::Open)
     }
 
     pub(crate) fn availability(&self) -> Availability {

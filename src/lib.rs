@@ -24,7 +24,10 @@
 //!   are kept by the master in `holder`, which other nodes reach over the bridge.
 //! - [`messages`] holds the lifecycle events every actor can subscribe to.
 //! - [`error`] is the error every failed call returns, with its kinds.
-//! - [`status`] is what the status endpoint and command show.
+//! - `spawn` starts the node processes of a config's `spawn:` list and keeps them
+//!   running (pm2's backoff and crash-loop guard, rolling reloads).
+//! - [`status`] is what the status endpoint and command show; `metrics` is the
+//!   Prometheus text of `GET /metrics`.
 //! - `api` serves the HTTP API; [`cli`] is the `colony` command line; [`logging`]
 //!   formats log lines with node and worker.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -45,11 +48,13 @@ pub mod logging;
 mod master;
 pub mod message;
 pub mod messages;
+mod metrics;
 pub mod node;
 pub mod pubsub;
 mod remote;
 mod router;
 mod service;
+mod spawn;
 pub mod status;
 mod supervisor;
 mod worker;

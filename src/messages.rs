@@ -64,6 +64,53 @@ pub enum LifecycleEvent {
         /// Why, in words.
         reason: String,
     },
+    /// A spawned node's process started (seen at the node that spawned it).
+    NodeFork {
+        /// The node.
+        node: String,
+        /// Its process id.
+        pid: u32,
+    },
+    /// A spawned node bound its API and bridge.
+    NodeListening {
+        /// The node.
+        node: String,
+        /// Its process id.
+        pid: u32,
+        /// Where its HTTP API listens, if it has one.
+        api: Option<std::net::SocketAddr>,
+        /// Where its bridge listens, if it has one.
+        bridge: Option<std::net::SocketAddr>,
+    },
+    /// A spawned node joined the cluster and its workers run.
+    NodeOnline {
+        /// The node.
+        node: String,
+        /// Its process id.
+        pid: u32,
+    },
+    /// A spawned node's process ended.
+    NodeExit {
+        /// The node.
+        node: String,
+        /// Its process id.
+        pid: u32,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
+        /// The backoff before it is started again; `None` when it is not restarted
+        /// (the node is stopping, reloading or errored).
+        restart_in_ms: Option<u64>,
+    },
+    /// A spawned node crashed `max_restarts` times in a row within `min_uptime`: it
+    /// is left `errored` until a reload.
+    NodeErrored {
+        /// The node.
+        node: String,
+        /// How often it was restarted.
+        restarts: u64,
+    },
     /// A job failed `max_attempts` times and went to its queue's dead letters
     /// (seen on the node that holds the queue).
     JobDead {
@@ -97,8 +144,10 @@ impl EventBus {
                 reason: ExitReason::Panicked(_) | ExitReason::Killed,
                 ..
             } => log::warn!("{}", describe(&event)),
+            LifecycleEvent::NodeExit { .. } => log::warn!("{}", describe(&event)),
             LifecycleEvent::ServiceFailed { .. }
             | LifecycleEvent::NodeDown { .. }
+            | LifecycleEvent::NodeErrored { .. }
             | LifecycleEvent::JobDead { .. } => {
                 log::error!("{}", describe(&event))
             }
@@ -138,6 +187,35 @@ pub fn describe(event: &LifecycleEvent) -> String {
         } => format!("service {node}/{service} failed: {reason}"),
         LifecycleEvent::NodeUp { node } => format!("node {node}: up"),
         LifecycleEvent::NodeDown { node, reason } => format!("node {node}: down ({reason})"),
+        LifecycleEvent::NodeFork { node, pid } => format!("node {node}: fork (pid {pid})"),
+        LifecycleEvent::NodeListening {
+            node, api, bridge, ..
+        } => format!(
+            "node {node}: listening (api {}, bridge {})",
+            api.map_or("none".into(), |a| a.to_string()),
+            bridge.map_or("none".into(), |a| a.to_string())
+        ),
+        LifecycleEvent::NodeOnline { node, pid } => format!("node {node}: online (pid {pid})"),
+        LifecycleEvent::NodeExit {
+            node,
+            pid,
+            code,
+            signal,
+            restart_in_ms,
+        } => {
+            let how = match (code, signal) {
+                (Some(code), _) => format!("code {code}"),
+                (None, Some(signal)) => format!("signal {signal}"),
+                (None, None) => "unknown status".into(),
+            };
+            match restart_in_ms {
+                Some(ms) => format!("node {node}: exit (pid {pid}, {how}); restart in {ms}ms"),
+                None => format!("node {node}: exit (pid {pid}, {how})"),
+            }
+        }
+        LifecycleEvent::NodeErrored { node, restarts } => format!(
+            "node {node}: errored after {restarts} restarts; not restarted until a reload"
+        ),
         LifecycleEvent::JobDead {
             queue,
             job,

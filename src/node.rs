@@ -27,6 +27,7 @@ use crate::messages::{EventBus, LifecycleEvent};
 use crate::pubsub::PubSub;
 use crate::remote::{self, Target};
 use crate::router::{LocalService, Router};
+use crate::spawn::{self, Spawner};
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
 use crate::supervisor::Supervisor;
 use crate::worker::{WorkerSlot, WorkerState};
@@ -34,6 +35,7 @@ use crate::worker::{WorkerSlot, WorkerState};
 mod calls;
 mod consumer;
 mod messaging;
+mod metrics;
 
 pub use messaging::{LockGuard, LockOptions};
 
@@ -88,6 +90,12 @@ struct Inner {
     holder: Option<Arc<Holder>>,
     /// Numbers this node's lock claims.
     next_claim: std::sync::atomic::AtomicU64,
+    /// The child node processes this node spawned.
+    spawner: std::sync::OnceLock<Spawner>,
+    /// How often this node's parent restarted it.
+    restarts: u64,
+    /// Calls from this node that failed on the way to another node.
+    call_failures: crate::metrics::CallFailures,
 }
 
 impl std::fmt::Debug for Node {
@@ -109,6 +117,15 @@ impl Node {
             .clone()
             .unwrap_or_else(|| PathBuf::from("<config>"));
         config.check_services(&source, &app)?;
+        // Children's configs are read before anything starts: a broken one is this
+        // node's config error.
+        let spawned = config.spawned()?;
+        for child in config.spawn.iter().zip(&spawned) {
+            if child.0.command.is_none() {
+                let file = child.1.source.clone().unwrap_or_else(|| child.0.config.clone());
+                child.1.check_services(&file, &app)?;
+            }
+        }
         let name = config.node.name.clone();
 
         let listener = match config.api.listen {
@@ -150,6 +167,9 @@ impl Node {
                 pubsub: pubsub.clone(),
                 holder,
                 next_claim: Default::default(),
+                spawner: std::sync::OnceLock::new(),
+                restarts: spawn::restarts_from_env(),
+                call_failures: Default::default(),
             }),
         };
 
@@ -181,6 +201,7 @@ impl Node {
                 config: service_config,
                 def: Arc::new(def),
                 slots,
+                metrics: Default::default(),
             });
             router.insert(service.clone());
             if !service.def.consumes.is_empty() {
@@ -233,7 +254,7 @@ impl Node {
             };
             let _ = node.inner.bridge.set(bridge);
         }
-        let master = Master::new(&name, events, supervisors).start();
+        let master = Master::new(&name, events.clone(), supervisors).start();
         *node.inner.master.lock() = Some(master);
         for (service, spread) in consumers {
             consumer::start(&node, &service, &handles, spread);
@@ -248,6 +269,20 @@ impl Node {
             )?;
             log::info!("node {name}: HTTP API on http://{}", server.addr);
             *node.inner.api.lock() = Some(server);
+        }
+        if !spawned.is_empty() {
+            let weak = Arc::downgrade(&node.inner);
+            let probe: spawn::Probe = Arc::new(move |child: String| {
+                let node = weak.upgrade().map(|inner| Node { inner });
+                Box::pin(async move {
+                    match node {
+                        Some(node) => node.serves(&child).await,
+                        None => false,
+                    }
+                })
+            });
+            let spawner = Spawner::start(&config, spawned, events, probe);
+            let _ = node.inner.spawner.set(spawner);
         }
         Ok(node)
     }
@@ -327,6 +362,8 @@ impl Node {
             pid: std::process::id(),
             state: if stopping { "stopping" } else { "running" }.into(),
             uptime_ms: self.inner.started.elapsed().as_millis() as u64,
+            restarts: self.inner.restarts,
+            cpus: spawn::affinity(),
             services,
         }
     }
@@ -348,8 +385,54 @@ impl Node {
                 }
             }
         }
+        if let Some(spawner) = self.inner.spawner.get() {
+            // What the spawner knows of its children is the truth about their
+            // processes; a child's own report adds its services.
+            for child in spawner.statuses() {
+                match nodes.iter_mut().find(|n| n.name == child.name) {
+                    Some(node) if node.state == "running" && child.state == "online" => {
+                        node.restarts = child.restarts;
+                    }
+                    Some(node) => {
+                        node.restarts = child.restarts;
+                        node.state = child.state;
+                        node.pid = child.pid;
+                    }
+                    None => nodes.push(child),
+                }
+            }
+        }
         nodes[1..].sort_by(|a, b| a.name.cmp(&b.name));
         ClusterStatus { nodes }
+    }
+
+    /// Whether node `name` is linked to this one and every worker it runs is
+    /// running: a spawned node is online and serving.
+    async fn serves(&self, name: &str) -> bool {
+        let Some(peer) = self.bridge().and_then(|b| b.peer(name)) else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
+        peer.status(deadline).await.is_some_and(|status| {
+            status.state == "running"
+                && status
+                    .services
+                    .iter()
+                    .all(|s| s.workers.iter().all(|w| w.state == "running"))
+        })
+    }
+
+    /// Restarts `node`, or every node this node spawned, one at a time with no
+    /// failed requests: each is drained, then started again and
+    /// online before the next. Returns the nodes reloaded.
+    pub async fn reload(&self, node: Option<&str>) -> Result<Vec<String>, ServiceError> {
+        match self.inner.spawner.get() {
+            Some(spawner) => spawner.reload(node).await,
+            None => Err(ServiceError::bad_request(format!(
+                "node {} spawns no nodes (its config has no `spawn:` list); reload through the node that spawns them",
+                self.name()
+            ))),
+        }
     }
 
     /// Stops gracefully: the API stops accepting connections and finishes its
@@ -368,18 +451,23 @@ impl Node {
             self.name(),
             drain
         );
-        // Stop taking work at once, in the same step that status turns `stopping`.
-        let why = format!("node {} is shutting down", self.name());
-        for service in self.inner.router.services() {
-            let error = ServiceError::service_failed(format!(
-                "service {} is not taking requests: {why}",
-                service.name
-            ));
-            service
-                .dealer
-                .shut(Availability::Closed(why.clone()), error);
+        // Children first: they may still need this node while they drain.
+        if let Some(spawner) = self.inner.spawner.get() {
+            spawner.stop().await;
         }
         let deadline = Instant::now() + drain;
+        // No new requests from other nodes: each answers once it will send none.
+        // What they sent before is served.
+        if let Some(bridge) = self.bridge() {
+            bridge
+                .leave(tokio::time::Instant::now() + LEAVE_TIMEOUT.min(drain))
+                .await;
+        }
+        // Stop taking new work; requests already queued are still served.
+        let why = format!("node {} is shutting down", self.name());
+        for service in self.inner.router.services() {
+            service.dealer.close(Availability::Closed(why.clone()));
+        }
         // Streams of published messages end, so that the API can finish them.
         self.inner.pubsub.close();
         let api = self.inner.api.lock().take();
@@ -392,6 +480,16 @@ impl Node {
             // A master already gone has nothing left to drain.
             let _ = master.send(Shutdown { deadline }).await;
             master.do_send(StopActor);
+        }
+        // Whatever still waits past the drain gets an answer, not a hang.
+        for service in self.inner.router.services() {
+            let error = ServiceError::service_failed(format!(
+                "service {} stopped before serving this request: {why}",
+                service.name
+            ));
+            service
+                .dealer
+                .shut(Availability::Gone(why.clone()), error);
         }
         if let Some(bridge) = self.bridge() {
             bridge.stop();
@@ -461,12 +559,25 @@ impl LocalNode for WeakNode {
         })
     }
 
+    fn exit(&self, code: i32) -> Result<(), ServiceError> {
+        match self.0.upgrade() {
+            Some(inner) => {
+                Node { inner }.exit_soon(code);
+                Ok(())
+            }
+            None => Err(ServiceError::service_failed("node is shutting down")),
+        }
+    }
+
     fn node_down(&self, node: &str) {
         if let Some(holder) = self.0.upgrade().and_then(|inner| inner.holder.clone()) {
             holder.node_down(node);
         }
     }
 }
+
+/// How long a stopping node waits for its peers to stop sending it requests.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long status and remote kills wait for each peer's answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -516,6 +627,7 @@ pub async fn run(
     drain: Duration,
 ) -> Result<(), StartError> {
     let node = Node::start(app, config).await?;
+    spawn::notify_listening(node.api_addr(), node.bridge_addr());
     shutdown.await;
     node.shutdown(drain).await;
     Ok(())

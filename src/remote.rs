@@ -198,6 +198,8 @@ pub(crate) fn target(
     let local = match (local, remotes.is_empty()) {
         (Ok(local), true) => return Ok(Target::Local(local)),
         (Err(e), true) => return Err(e),
+        // A node that is stopping sends new requests to the others.
+        (Ok(local), false) if !local.dealer.is_open() => None,
         (Ok(local), false) => Some(local),
         (Err(_), false) => None,
     };

@@ -79,6 +79,23 @@ impl Router {
         worker: Option<usize>,
     ) -> Result<Value, ServiceError> {
         let service = self.service(service)?;
+        let started = Instant::now();
+        let served = self
+            .serve_json(&service, subject, body, timeout, origin, worker)
+            .await;
+        service.metrics.record(&served, started.elapsed());
+        served
+    }
+
+    async fn serve_json(
+        &self,
+        service: &Arc<LocalService>,
+        subject: &str,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+        origin: Origin,
+        worker: Option<usize>,
+    ) -> Result<Value, ServiceError> {
         let json = service.route_json(subject)?;
         let worker = match worker {
             Some(index) => Some(service.dealer.worker(index).ok_or_else(|| {
@@ -89,7 +106,7 @@ impl Router {
             })?),
             None => None,
         };
-        json(service, body, timeout, origin, worker).await
+        json(service.clone(), body, timeout, origin, worker).await
     }
 
     /// The running worker `id` of this node.
@@ -120,6 +137,8 @@ pub(crate) struct LocalService {
     pub(crate) config: ServiceConfig,
     pub(crate) dealer: Dealer,
     pub(crate) slots: Vec<Arc<WorkerSlot>>,
+    /// Requests served, errors by kind and latency, for `GET /metrics`.
+    pub(crate) metrics: crate::metrics::ServiceMetrics,
 }
 
 impl LocalService {
@@ -130,11 +149,17 @@ impl LocalService {
         timeout: Option<Duration>,
         origin: Origin,
     ) -> Result<ReplyOf<M>, ServiceError> {
+        let started = Instant::now();
         let timeout = timeout.unwrap_or(self.config.timeout);
-        let deadline = Instant::now() + timeout;
-        let send = self.prepare(&mut msg, &origin)?;
-        let flight = self.dispatch(msg, send, deadline, timeout).await?;
-        flight.reply(deadline, timeout).await
+        let deadline = started + timeout;
+        let served = async {
+            let send = self.prepare(&mut msg, &origin)?;
+            let flight = self.dispatch(msg, send, deadline, timeout).await?;
+            flight.reply(deadline, timeout).await
+        }
+        .await;
+        self.metrics.record(&served, started.elapsed());
+        served
     }
 
     /// Hand `msg` to the next free worker; its reply is discarded.

@@ -23,6 +23,12 @@ pub struct NodeStatus {
     /// Time since the node started.
     #[serde(default)]
     pub uptime_ms: u64,
+    /// How often the node that spawned this one restarted it.
+    #[serde(default)]
+    pub restarts: u64,
+    /// The CPUs the node's process may run on (its affinity).
+    #[serde(default)]
+    pub cpus: Vec<usize>,
     /// The services the node runs.
     pub services: Vec<ServiceStatus>,
 }

@@ -350,10 +350,11 @@ impl Handler<Drain> for Supervisor {
         let service = self.service.clone();
         let drained = async move {
             let idle = || {
-                service
-                    .slots
-                    .iter()
-                    .all(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0)
+                service.dealer.queued() == 0
+                    && service
+                        .slots
+                        .iter()
+                        .all(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0)
             };
             while !idle() && Instant::now() < msg.deadline {
                 actix_rt::time::sleep(Duration::from_millis(5)).await;

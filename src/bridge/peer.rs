@@ -36,6 +36,9 @@ pub(crate) struct Peer {
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, ServiceError>>>>,
     statuses: Mutex<HashMap<u64, oneshot::Sender<NodeStatus>>>,
     kills: Mutex<HashMap<u64, oneshot::Sender<Result<(), ServiceError>>>>,
+    leaves: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// The peer is draining: no new requests go to it.
+    pub(crate) leaving: AtomicBool,
     closed: AtomicBool,
     close: Notify,
     /// What the peer runs, and how many of our requests each service holds now.
@@ -194,14 +197,45 @@ impl Peer {
 
     /// Asks the peer to kill one of its workers, waiting until `deadline`.
     pub(crate) async fn kill(&self, worker: &str, deadline: Instant) -> Result<(), ServiceError> {
+        let worker = worker.to_string();
+        self.kill_with(move |id| Control::Kill { id, worker }, deadline)
+            .await
+    }
+
+    /// Asks the peer's process to exit with `code`, waiting until `deadline` for it
+    /// to say it will.
+    pub(crate) async fn kill_node(&self, code: i32, deadline: Instant) -> Result<(), ServiceError> {
+        self.kill_with(move |id| Control::KillNode { id, code }, deadline)
+            .await
+    }
+
+    /// Tells the peer that this node is leaving, and waits until `deadline` for its
+    /// answer: after it, no new request from the peer comes.
+    pub(crate) async fn leave(&self, deadline: Instant) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.leaves.lock().insert(id, tx);
+        let mut frame = BytesMut::new();
+        let sent = Control::Leaving { id }
+            .encode(&mut frame, self.max_frame)
+            .is_ok()
+            && self.send(frame.freeze()).is_ok();
+        if sent && timeout_at(deadline, rx).await.is_err() {
+            log::warn!("node {} did not answer that this node is leaving", self.name);
+        }
+        self.leaves.lock().remove(&id);
+    }
+
+    async fn kill_with(
+        &self,
+        control: impl FnOnce(u64) -> Control,
+        deadline: Instant,
+    ) -> Result<(), ServiceError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.kills.lock().insert(id, tx);
         let mut frame = BytesMut::new();
-        let kill = Control::Kill {
-            id,
-            worker: worker.to_string(),
-        };
+        let kill = control(id);
         let sent = kill
             .encode(&mut frame, self.max_frame)
             .map_err(|e| ServiceError::bad_request(e.to_string()))
@@ -235,6 +269,7 @@ impl Peer {
             let _ = waiter.send(Err(self.down_error(why)));
         }
         self.statuses.lock().clear();
+        self.leaves.lock().clear();
         let kills: Vec<_> = self.kills.lock().drain().collect();
         for (_, waiter) in kills {
             let _ = waiter.send(Err(self.down_error(why)));
@@ -261,6 +296,8 @@ where
         pending: Mutex::default(),
         statuses: Mutex::default(),
         kills: Mutex::default(),
+        leaves: Mutex::default(),
+        leaving: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         close: Notify::new(),
         offers: Mutex::default(),
@@ -422,6 +459,33 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
                     let _ = peer.send(frame.freeze());
                 }
             });
+        }
+        Message::Control(Control::KillNode { id, code }) => {
+            let answer = bridge.local_exit(code);
+            let mut frame = BytesMut::new();
+            let reply = Control::KillReply {
+                id,
+                error: answer.err(),
+            };
+            if reply.encode(&mut frame, peer.max_frame).is_ok() {
+                let _ = peer.send(frame.freeze());
+            }
+        }
+        Message::Control(Control::Leaving { id }) => {
+            log::info!("bridge: node {} is leaving; no new requests go to it", peer.name);
+            peer.leaving.store(true, Ordering::Release);
+            let mut frame = BytesMut::new();
+            if (Control::LeavingAck { id })
+                .encode(&mut frame, peer.max_frame)
+                .is_ok()
+            {
+                let _ = peer.send(frame.freeze());
+            }
+        }
+        Message::Control(Control::LeavingAck { id }) => {
+            if let Some(waiter) = peer.leaves.lock().remove(&id) {
+                let _ = waiter.send(());
+            }
         }
         Message::Control(Control::KillReply { id, error }) => {
             if let Some(waiter) = peer.kills.lock().remove(&id) {

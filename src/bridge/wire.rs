@@ -110,7 +110,27 @@ pub enum Control {
         /// Prefix to subscriber count.
         prefixes: std::collections::BTreeMap<String, u32>,
     },
-    /// The outcome of a [`Control::Kill`].
+    /// The sender is draining: send it no new requests, then answer
+    /// [`Control::LeavingAck`]. Requests sent before the answer still reach it, and
+    /// it serves them.
+    Leaving {
+        /// Matches the answer.
+        id: u64,
+    },
+    /// Every request sent before this one to the leaving node is on its way.
+    LeavingAck {
+        /// The [`Control::Leaving`]'s id.
+        id: u64,
+    },
+    /// Exit the receiver's process with `code`, as if it crashed (`colony kill`
+    /// with a node name); answered by a [`Control::KillReply`] first.
+    KillNode {
+        /// Matches the reply.
+        id: u64,
+        /// The exit code.
+        code: i32,
+    },
+    /// The outcome of a [`Control::Kill`] or [`Control::KillNode`].
     KillReply {
         /// The request's id.
         id: u64,

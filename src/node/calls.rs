@@ -39,9 +39,15 @@ impl Node {
         msg: M,
         timeout: Option<Duration>,
     ) -> Result<ReplyOf<M>, ServiceError> {
-        match self.target(service)? {
+        let target = self.target(service);
+        self.inner.call_failures.record(service, &target);
+        match target? {
             Target::Local(local) => local.request(msg, timeout, Origin::Local).await,
-            Target::Remote(remote) => remote.request(&msg, timeout, None).await,
+            Target::Remote(remote) => {
+                let answer = remote.request(&msg, timeout, None).await;
+                self.inner.call_failures.record(service, &answer);
+                answer
+            }
         }
     }
 
@@ -53,14 +59,20 @@ impl Node {
         body: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<serde_json::Value, ServiceError> {
-        match self.target(service)? {
+        let target = self.target(service);
+        self.inner.call_failures.record(service, &target);
+        match target? {
             Target::Local(_) => {
                 self.inner
                     .router
                     .request_json(service, subject, body, timeout, Origin::Http, None)
                     .await
             }
-            Target::Remote(remote) => remote.request_json(subject, &body, timeout).await,
+            Target::Remote(remote) => {
+                let answer = remote.request_json(subject, &body, timeout).await;
+                self.inner.call_failures.record(service, &answer);
+                answer
+            }
         }
     }
 
@@ -180,4 +192,31 @@ impl Node {
             .await
             .map_err(|_| node_stopped(self.name()))?
     }
+
+    /// Ends node `node`'s process with exit `code`, as if it crashed: the node
+    /// that spawned it restarts it by its policy. `node` may be this node.
+    pub async fn kill_node(&self, node: &str, code: i32) -> Result<(), ServiceError> {
+        if node == self.name() {
+            self.exit_soon(code);
+            return Ok(());
+        }
+        let peer = self.bridge().and_then(|b| b.peer(node)).ok_or_else(|| {
+            ServiceError::no_such_service(format!("node {node} is not connected to this node"))
+        })?;
+        let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
+        peer.kill_node(code, deadline).await
+    }
+
+    /// Exits the process with `code` in a moment (after the answer that says so
+    /// has gone out), without draining: a kill is a crash.
+    pub(crate) fn exit_soon(&self, code: i32) {
+        log::error!("node {}: killed; exiting with code {code}", self.name());
+        std::thread::spawn(move || {
+            std::thread::sleep(EXIT_DELAY);
+            std::process::exit(code);
+        });
+    }
 }
+
+/// How long a killed node waits to let its answer out before it exits.
+const EXIT_DELAY: Duration = Duration::from_millis(100);

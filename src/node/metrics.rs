@@ -1,0 +1,156 @@
+//! The node's `GET /metrics`: its services, the calls it made, its bridge, the
+//! queues it holds and the nodes it spawned, in Prometheus text.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::Node;
+use crate::metrics::Text;
+
+impl Node {
+    /// This node's metrics in Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        let services = self.inner.router.services();
+        let mut t = Text::new(self.name());
+
+        t.family(
+            "colony_requests_total",
+            "counter",
+            "Requests served by this node's workers, by service.",
+        );
+        for s in &services {
+            t.requests(&s.name, &s.metrics);
+        }
+        t.family(
+            "colony_request_errors_total",
+            "counter",
+            "Requests served here that failed, by service and error kind.",
+        );
+        for s in &services {
+            t.errors(&s.name, &s.metrics);
+        }
+        t.family(
+            "colony_request_duration_seconds",
+            "histogram",
+            "Time from a request's arrival at the service to its answer.",
+        );
+        for s in &services {
+            t.histogram(&s.name, &s.metrics);
+        }
+        t.family(
+            "colony_call_failures_total",
+            "counter",
+            "Calls from this node that failed on the way to a worker (no node, node down, remote timeout).",
+        );
+        t.call_failures(&self.inner.call_failures);
+
+        t.family(
+            "colony_service_queued",
+            "gauge",
+            "Requests waiting for a free worker.",
+        );
+        for s in &services {
+            t.sample(
+                "colony_service_queued",
+                &[("service", &s.name)],
+                s.dealer.queued() as f64,
+            );
+        }
+        t.family(
+            "colony_in_flight",
+            "gauge",
+            "Requests the service's workers hold now.",
+        );
+        for s in &services {
+            let n: u64 = s.slots.iter().map(|w| w.in_flight.load(Relaxed)).sum();
+            t.sample("colony_in_flight", &[("service", &s.name)], n as f64);
+        }
+        t.family(
+            "colony_worker_restarts_total",
+            "counter",
+            "Worker restarts by the service's supervisor.",
+        );
+        for s in &services {
+            let n: u64 = s.slots.iter().map(|w| w.restarts.load(Relaxed)).sum();
+            t.sample("colony_worker_restarts_total", &[("service", &s.name)], n as f64);
+        }
+
+        if let Some(holder) = &self.inner.holder {
+            t.family(
+                "colony_job_queue_depth",
+                "gauge",
+                "Jobs in a queue this node holds, by state.",
+            );
+            for q in holder.jobs.status() {
+                for (state, n) in [
+                    ("queued", q.queued),
+                    ("leased", q.leased),
+                    ("dead", q.dead.len()),
+                ] {
+                    t.sample(
+                        "colony_job_queue_depth",
+                        &[("queue", &q.name), ("state", state)],
+                        n as f64,
+                    );
+                }
+            }
+        }
+        t.family(
+            "colony_publish_dropped_total",
+            "counter",
+            "Published messages dropped at a subscriber's high-water mark.",
+        );
+        t.sample("colony_publish_dropped_total", &[], self.publish_dropped() as f64);
+
+        if let Some(stats) = self.bridge_stats() {
+            t.family(
+                "colony_bridge_bytes_total",
+                "counter",
+                "Bytes over this node's bridge links.",
+            );
+            t.sample(
+                "colony_bridge_bytes_total",
+                &[("direction", "in")],
+                stats.bytes_in as f64,
+            );
+            t.sample(
+                "colony_bridge_bytes_total",
+                &[("direction", "out")],
+                stats.bytes_out as f64,
+            );
+            t.family(
+                "colony_bridge_reconnects_total",
+                "counter",
+                "Links opened to a node this node had been linked with before.",
+            );
+            t.sample("colony_bridge_reconnects_total", &[], stats.reconnects as f64);
+            t.family("colony_bridge_peers_up", "gauge", "Nodes linked now.");
+            t.sample("colony_bridge_peers_up", &[], stats.peers_up as f64);
+        }
+
+        if let Some(spawner) = self.inner.spawner.get() {
+            let children = spawner.statuses();
+            t.family(
+                "colony_node_restarts_total",
+                "counter",
+                "Restarts of a node this node spawned.",
+            );
+            for child in &children {
+                t.sample(
+                    "colony_node_restarts_total",
+                    &[("child", &child.name)],
+                    child.restarts as f64,
+                );
+            }
+            t.family(
+                "colony_node_online",
+                "gauge",
+                "1 if a node this node spawned is online, else 0.",
+            );
+            for child in &children {
+                let online = f64::from(u8::from(child.state == "online"));
+                t.sample("colony_node_online", &[("child", &child.name)], online);
+            }
+        }
+        t.finish()
+    }
+}

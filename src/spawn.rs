@@ -1,0 +1,706 @@
+//! Child node processes (SPEC §4 `spawn`): the node that lists them starts each
+//! one, pinned to its CPU when asked, and keeps it running with pm2's discipline.
+//!
+//! - Events as Node's cluster module: `fork` (the process started), `listening`
+//!   (its API and bridge are bound; the child says so on the pipe it finds at
+//!   `$COLONY_NOTIFY_FD`), `online` (it joined the cluster and its workers run),
+//!   `exit` (code or signal).
+//! - A child that exits is started again after a backoff that starts at 100 ms and
+//!   grows ×1.5 up to 15 s; 30 s of uptime resets it. `max_restarts` exits in a
+//!   row, each within `min_uptime` of the start, leave it `errored`: it is not
+//!   started again until a reload.
+//! - A reload restarts children one at a time: the new config is checked first (a
+//!   broken one leaves the old process serving), then the old process drains (it
+//!   leaves the cluster, so no new request reaches it, and finishes what it holds),
+//!   and the replacement starts and must be online, with every worker running,
+//!   before the next child is touched. A node name is one process at a time, so the
+//!   replacement cannot overlap the old one; the other nodes carry the load between.
+//! - Children die with the node that spawned them: SIGTERM and a drain on a
+//!   graceful stop, and the kernel's parent-death signal (SIGTERM) if that node is
+//!   killed outright.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{NodeConfig, SpawnConfig};
+use crate::error::ServiceError;
+use crate::messages::{EventBus, LifecycleEvent};
+use crate::status::NodeStatus;
+
+/// The environment variable that names the child's notify pipe.
+pub(crate) const NOTIFY_FD: &str = "COLONY_NOTIFY_FD";
+/// The environment variable that tells a child how often it was restarted.
+pub(crate) const RESTARTS: &str = "COLONY_RESTARTS";
+
+/// The first restart's backoff.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest backoff.
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// Uptime after which a child's backoff starts again from the minimum.
+const BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// How long a child may take to drain and exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long a reloaded child may take to be online and serving.
+const ONLINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the new config's check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a starting child is asked whether it serves.
+const PROBE_EVERY: Duration = Duration::from_millis(25);
+
+/// Whether node `name` has joined this node's cluster with every worker running.
+pub(crate) type Probe = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// The children of one node.
+pub(crate) struct Spawner {
+    children: Vec<Arc<Child>>,
+    stopping: Arc<AtomicBool>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// Where a child is in its life, as status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Started, not yet listening.
+    Starting,
+    /// Its API and bridge are bound.
+    Listening,
+    /// Joined the cluster, every worker running.
+    Online,
+    /// Draining after SIGTERM.
+    Stopping,
+    /// Exited; waiting out its backoff.
+    Restarting,
+    /// Crash-looped; not restarted until a reload.
+    Errored,
+    /// Stopped for good.
+    Stopped,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Listening => "listening",
+            Phase::Online => "online",
+            Phase::Stopping => "stopping",
+            Phase::Restarting => "restarting",
+            Phase::Errored => "errored",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+struct Child {
+    name: String,
+    entry: SpawnConfig,
+    /// The child joins a cluster; without a bridge, listening is online.
+    bridged: bool,
+    state: Mutex<ChildState>,
+    commands: mpsc::Sender<Command>,
+}
+
+#[derive(Debug, Clone)]
+struct ChildState {
+    phase: Phase,
+    pid: Option<u32>,
+    restarts: u64,
+    since: Instant,
+}
+
+enum Command {
+    Reload(oneshot::Sender<Result<(), ServiceError>>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// What the task that watches one process learnt.
+enum Outcome {
+    Exited(ExitStatus),
+    Stopped(oneshot::Sender<()>),
+    Reloading(oneshot::Sender<Result<(), ServiceError>>),
+}
+
+/// What a child writes on its notify pipe once it listens.
+#[derive(Deserialize)]
+struct Listening {
+    api: Option<std::net::SocketAddr>,
+    bridge: Option<std::net::SocketAddr>,
+}
+
+impl Spawner {
+    /// Starts every child of `config` (whose configs are `spawned`, in order).
+    /// Call inside the actix system whose main thread lives as long as the node:
+    /// the children's parent-death signal is tied to it.
+    pub(crate) fn start(
+        config: &NodeConfig,
+        spawned: Vec<NodeConfig>,
+        events: EventBus,
+        probe: Probe,
+    ) -> Spawner {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony"));
+        let children = config
+            .spawn
+            .iter()
+            .zip(spawned)
+            .map(|(entry, child_config)| {
+                let (commands, receiver) = mpsc::channel(4);
+                let child = Arc::new(Child {
+                    name: child_config.node.name.clone(),
+                    entry: entry.clone(),
+                    bridged: child_config.bridge.is_some_and(|b| !b.join.is_empty()),
+                    state: Mutex::new(ChildState {
+                        phase: Phase::Starting,
+                        pid: None,
+                        restarts: 0,
+                        since: Instant::now(),
+                    }),
+                    commands,
+                });
+                let watcher = Watcher {
+                    child: child.clone(),
+                    program: entry.command.clone().unwrap_or_else(|| program.clone()),
+                    events: events.clone(),
+                    probe: probe.clone(),
+                    stopping: stopping.clone(),
+                    commands: receiver,
+                };
+                actix_rt::spawn(watcher.run());
+                child
+            })
+            .collect();
+        Spawner {
+            children,
+            stopping,
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The names of the children, in `spawn` order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.children.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Each child as status shows it: what the spawner knows (pid, state,
+    /// restarts, pinned CPU); the child's own report adds its services.
+    pub(crate) fn statuses(&self) -> Vec<NodeStatus> {
+        self.children
+            .iter()
+            .map(|child| {
+                let state = child.state.lock().clone();
+                NodeStatus {
+                    name: child.name.clone(),
+                    role: "worker".into(),
+                    pid: state.pid.unwrap_or(0),
+                    state: state.phase.as_str().into(),
+                    uptime_ms: match state.phase {
+                        Phase::Listening | Phase::Online => state.since.elapsed().as_millis() as u64,
+                        _ => 0,
+                    },
+                    restarts: state.restarts,
+                    cpus: child.entry.cpu.map(|c| vec![c]).unwrap_or_default(),
+                    services: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// Restarts `node`, or every child one after the other, each drained first
+    /// and online again before the next. Returns the nodes reloaded.
+    pub(crate) async fn reload(&self, node: Option<&str>) -> Result<Vec<String>, ServiceError> {
+        let targets: Vec<Arc<Child>> = match node {
+            None => self.children.clone(),
+            Some(name) => match self.children.iter().find(|c| c.name == name) {
+                Some(child) => vec![child.clone()],
+                None => {
+                    return Err(ServiceError::bad_request(format!(
+                        "node {name} is not spawned by this node; it spawns {}",
+                        listing(&self.names())
+                    )))
+                }
+            },
+        };
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut done = Vec::new();
+        for child in targets {
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(ServiceError::service_failed("the node is shutting down"));
+            }
+            let (reply, answer) = oneshot::channel();
+            let gone = || ServiceError::service_failed(format!("node {} is stopped", child.name));
+            child
+                .commands
+                .send(Command::Reload(reply))
+                .await
+                .map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())??;
+            done.push(child.name.clone());
+        }
+        Ok(done)
+    }
+
+    /// Stops every child: SIGTERM, a drain of up to 15 s, then SIGKILL. Returns
+    /// once every child has exited. No child is restarted after this.
+    pub(crate) async fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let waits = self.children.iter().map(|child| async move {
+            let (done, stopped) = oneshot::channel();
+            if child.commands.send(Command::Stop(done)).await.is_ok() {
+                let _ = stopped.await;
+            }
+        });
+        futures::future::join_all(waits).await;
+    }
+}
+
+fn listing(names: &[String]) -> String {
+    if names.is_empty() {
+        "no nodes".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The task that keeps one child running.
+struct Watcher {
+    child: Arc<Child>,
+    program: PathBuf,
+    events: EventBus,
+    probe: Probe,
+    stopping: Arc<AtomicBool>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut unstable = 0u32;
+        let mut reload: Option<oneshot::Sender<Result<(), ServiceError>>> = None;
+        loop {
+            let started = Instant::now();
+            let outcome = match self.launch() {
+                Ok((process, notify)) => self.watch(process, notify, &mut reload).await,
+                Err(e) => {
+                    log::error!(
+                        "node {}: cannot start {}: {e}",
+                        self.child.name,
+                        self.program.display()
+                    );
+                    if let Some(reply) = reload.take() {
+                        let _ = reply.send(Err(ServiceError::service_failed(format!(
+                            "node {} cannot start: {e}",
+                            self.child.name
+                        ))));
+                    }
+                    Outcome::Exited(ExitStatus::from_raw(127 << 8))
+                }
+            };
+            let status = match outcome {
+                Outcome::Stopped(done) => {
+                    self.set_phase(Phase::Stopped, None);
+                    let _ = done.send(());
+                    return;
+                }
+                Outcome::Reloading(reply) => {
+                    reload = Some(reply);
+                    backoff = BACKOFF_MIN;
+                    unstable = 0;
+                    self.child.state.lock().restarts += 1;
+                    continue;
+                }
+                Outcome::Exited(status) => status,
+            };
+            let pid = self.child.state.lock().pid.unwrap_or(0);
+            if self.stopping.load(Ordering::Acquire) {
+                self.exit_event(pid, status, None);
+                self.set_phase(Phase::Stopped, None);
+                self.wait_for_stop().await;
+                return;
+            }
+            let up = started.elapsed();
+            if up >= BACKOFF_RESET {
+                backoff = BACKOFF_MIN;
+            }
+            unstable = if up < self.child.entry.min_uptime {
+                unstable + 1
+            } else {
+                0
+            };
+            if unstable >= self.child.entry.max_restarts {
+                self.exit_event(pid, status, None);
+                self.set_phase(Phase::Errored, None);
+                let restarts = self.child.state.lock().restarts;
+                self.events.publish(LifecycleEvent::NodeErrored {
+                    node: self.child.name.clone(),
+                    restarts,
+                });
+                // Nothing but a reload or a stop wakes an errored child.
+                match self.commands.recv().await {
+                    Some(Command::Reload(reply)) => {
+                        reload = Some(reply);
+                        backoff = BACKOFF_MIN;
+                        unstable = 0;
+                        self.child.state.lock().restarts += 1;
+                        continue;
+                    }
+                    Some(Command::Stop(done)) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                }
+            }
+            let delay = backoff;
+            backoff = (backoff.mul_f64(1.5)).min(BACKOFF_MAX);
+            self.exit_event(pid, status, Some(delay));
+            self.set_phase(Phase::Restarting, None);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                command = self.commands.recv() => match command {
+                    Some(Command::Reload(reply)) => {
+                        reload = Some(reply);
+                        backoff = BACKOFF_MIN;
+                        unstable = 0;
+                    }
+                    Some(Command::Stop(done)) => {
+                        self.set_phase(Phase::Stopped, None);
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+            }
+            self.child.state.lock().restarts += 1;
+        }
+    }
+
+    /// Answers the stop that follows a node's own shutdown.
+    async fn wait_for_stop(&mut self) {
+        while let Some(command) = self.commands.recv().await {
+            match command {
+                Command::Stop(done) => {
+                    let _ = done.send(());
+                    return;
+                }
+                Command::Reload(reply) => {
+                    let _ = reply.send(Err(ServiceError::service_failed(
+                        "the node is shutting down",
+                    )));
+                }
+            }
+        }
+    }
+
+    fn set_phase(&self, phase: Phase, pid: Option<u32>) {
+        let mut state = self.child.state.lock();
+        state.phase = phase;
+        state.since = Instant::now();
+        if pid.is_some() {
+            state.pid = pid;
+        }
+    }
+
+    fn exit_event(&self, pid: u32, status: ExitStatus, restart_in: Option<Duration>) {
+        self.events.publish(LifecycleEvent::NodeExit {
+            node: self.child.name.clone(),
+            pid,
+            code: status.code(),
+            signal: status.signal(),
+            restart_in_ms: restart_in.map(|d| d.as_millis() as u64),
+        });
+    }
+
+    /// Starts the process: `PROGRAM node --config CONFIG`, its notify pipe on fd 3,
+    /// pinned to its CPU, with SIGTERM as its parent-death signal.
+    fn launch(&self) -> std::io::Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver)> {
+        let (reader, writer) = std::io::pipe()?;
+        let restarts = self.child.state.lock().restarts;
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .arg("node")
+            .arg("--config")
+            .arg(&self.child.entry.config)
+            .env(NOTIFY_FD, "3")
+            .env(RESTARTS, restarts.to_string())
+            .stdin(Stdio::null());
+        let fd = writer.as_raw_fd();
+        let cpu = self.child.entry.cpu;
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (dup2, fcntl, prctl, getppid,
+        // sched_setaffinity) on stack data; it allocates nothing.
+        unsafe {
+            command.pre_exec(move || child_setup(fd, cpu, parent));
+        }
+        self.set_phase(Phase::Starting, None);
+        let process = command.spawn()?;
+        // The child holds the write end now; ours must close for EOF to come.
+        drop(writer);
+        let notify = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
+        let pid = process.id().unwrap_or(0);
+        self.set_phase(Phase::Starting, Some(pid));
+        self.events.publish(LifecycleEvent::NodeFork {
+            node: self.child.name.clone(),
+            pid,
+        });
+        Ok((process, notify))
+    }
+
+    /// Watches one process until it exits, or a stop or a reload ends it.
+    async fn watch(
+        &mut self,
+        mut process: tokio::process::Child,
+        notify: tokio::net::unix::pipe::Receiver,
+        reload: &mut Option<oneshot::Sender<Result<(), ServiceError>>>,
+    ) -> Outcome {
+        let name = self.child.name.clone();
+        let pid = process.id().unwrap_or(0);
+        let mut lines = tokio::io::BufReader::new(notify).lines();
+        let mut notifying = true;
+        let mut listening = false;
+        let mut online = false;
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        let online_by = Instant::now() + ONLINE_TIMEOUT;
+        loop {
+            tokio::select! {
+                status = process.wait() => {
+                    let status = status.unwrap_or_else(|e| {
+                        log::error!("node {name}: cannot wait for pid {pid}: {e}");
+                        ExitStatus::from_raw(1 << 8)
+                    });
+                    if let Some(reply) = reload.take() {
+                        let _ = reply.send(Err(ServiceError::service_failed(format!(
+                            "node {name} exited ({}) before it was online",
+                            describe(status)
+                        ))));
+                    }
+                    return Outcome::Exited(status);
+                }
+                line = lines.next_line(), if notifying => match line {
+                    Ok(Some(line)) => match serde_json::from_str::<Listening>(&line) {
+                        Ok(at) if !listening => {
+                            listening = true;
+                            self.set_phase(Phase::Listening, None);
+                            self.events.publish(LifecycleEvent::NodeListening {
+                                node: name.clone(), pid, api: at.api, bridge: at.bridge,
+                            });
+                            if !self.child.bridged {
+                                online = true;
+                                self.went_online(pid, reload);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => log::warn!("node {name}: unreadable notice `{line}`: {e}"),
+                    },
+                    _ => notifying = false,
+                },
+                _ = probe.tick(), if !online => {
+                    if (self.probe)(name.clone()).await {
+                        online = true;
+                        self.went_online(pid, reload);
+                    } else if Instant::now() > online_by {
+                        if let Some(reply) = reload.take() {
+                            let _ = reply.send(Err(ServiceError::timeout(format!(
+                                "node {name} was not online within {}s",
+                                ONLINE_TIMEOUT.as_secs()
+                            ))));
+                        }
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(Command::Stop(done)) => {
+                        self.terminate(&mut process, pid).await;
+                        return Outcome::Stopped(done);
+                    }
+                    Some(Command::Reload(reply)) => {
+                        if let Err(e) = self.check_config().await {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                        self.terminate(&mut process, pid).await;
+                        return Outcome::Reloading(reply);
+                    }
+                    None => {
+                        self.terminate(&mut process, pid).await;
+                        return Outcome::Exited(ExitStatus::from_raw(0));
+                    }
+                },
+            }
+        }
+    }
+
+    fn went_online(&self, pid: u32, reload: &mut Option<oneshot::Sender<Result<(), ServiceError>>>) {
+        self.set_phase(Phase::Online, None);
+        self.events.publish(LifecycleEvent::NodeOnline {
+            node: self.child.name.clone(),
+            pid,
+        });
+        if let Some(reply) = reload.take() {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// SIGTERM, then up to [`STOP_GRACE`] for the child to drain, then SIGKILL.
+    async fn terminate(&self, process: &mut tokio::process::Child, pid: u32) {
+        self.set_phase(Phase::Stopping, None);
+        if let Ok(pid) = i32::try_from(pid) {
+            // SAFETY: kill(2) with a pid this node spawned and has not reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let status = match tokio::time::timeout(STOP_GRACE, process.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                log::error!(
+                    "node {}: did not stop within {}s of SIGTERM; killing it",
+                    self.child.name,
+                    STOP_GRACE.as_secs()
+                );
+                let _ = process.start_kill();
+                process.wait().await
+            }
+        };
+        match status {
+            Ok(status) => self.exit_event(pid, status, None),
+            Err(e) => log::error!("node {}: cannot wait for pid {pid}: {e}", self.child.name),
+        }
+    }
+
+    /// Runs `colony check-config` on the child's config, so that a reload with a
+    /// broken config leaves the running process alone.
+    async fn check_config(&self) -> Result<(), ServiceError> {
+        if self.child.entry.command.is_some() {
+            // Another program may not know `check-config`; its own start decides.
+            return Ok(());
+        }
+        let checked = tokio::process::Command::new(&self.program)
+            .arg("check-config")
+            .arg(&self.child.entry.config)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(CHECK_TIMEOUT, checked).await {
+            Ok(Ok(output)) if output.status.success() => Ok(()),
+            Ok(Ok(output)) => Err(ServiceError::bad_request(format!(
+                "node {} not reloaded; its config does not check: {}",
+                self.child.name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))),
+            Ok(Err(e)) => Err(ServiceError::service_failed(format!(
+                "node {} not reloaded; cannot check its config: {e}",
+                self.child.name
+            ))),
+            Err(_) => Err(ServiceError::timeout(format!(
+                "node {} not reloaded; checking its config took over {}s",
+                self.child.name,
+                CHECK_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// In the forked child, before exec: the notify pipe onto fd 3, the parent-death
+/// signal, and the CPU affinity.
+fn child_setup(fd: i32, cpu: Option<usize>, parent: u32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on integers and a stack-allocated cpu_set_t.
+    unsafe {
+        if fd == 3 {
+            // dup2 onto itself keeps close-on-exec; clear it instead.
+            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, 3) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The parent may have died before the signal was armed.
+        if libc::getppid() as u32 != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        if let Some(cpu) = cpu {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on.
+pub(crate) fn affinity() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a stack-allocated cpu_set_t of the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) < 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// In a spawned child: tells the parent where this node listens, on the pipe at
+/// `$COLONY_NOTIFY_FD`, and closes it. Does nothing in a node started by hand.
+pub(crate) fn notify_listening(
+    api: Option<std::net::SocketAddr>,
+    bridge: Option<std::net::SocketAddr>,
+) {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let Some(fd) = std::env::var(NOTIFY_FD)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // Only once, and only an fd that is open.
+    static NOTIFIED: AtomicBool = AtomicBool::new(false);
+    if NOTIFIED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: fcntl(F_GETFD) only asks whether the fd is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        log::warn!("{NOTIFY_FD}={fd} is not an open file descriptor");
+        return;
+    }
+    // SAFETY: the fd is open, was handed to this process for this, and nothing
+    // else in the process uses it; the File closes it.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    let line = serde_json::json!({ "api": api, "bridge": bridge });
+    if let Err(e) = writeln!(pipe, "{line}") {
+        log::warn!("cannot tell the parent node where this node listens: {e}");
+    }
+}
+
+/// The restarts the parent counted before starting this process.
+pub(crate) fn restarts_from_env() -> u64 {
+    std::env::var(RESTARTS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
