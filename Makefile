@@ -9,15 +9,12 @@ build:
 run: build
 	$(COLONY) node --config configs/single.yaml
 
-# The master and two worker nodes on loopback; Ctrl-C stops all three.
+# The master, which spawns worker-a and worker-b from its `spawn:` list and keeps
+# them running; Ctrl-C drains and stops all three.
 run-cluster: build .colony/cluster.secret
 	@echo "colony API on http://127.0.0.1:8000 (worker-a :8001, worker-b :8002) — try, from another terminal:"
 	@echo "  $(COLONY) request math sum '{\"a\":1,\"b\":2}'   and   $(COLONY) status"
-	@trap 'kill 0' INT TERM; \
-	$(COLONY) node --config configs/master.yaml & \
-	$(COLONY) node --config configs/worker-a.yaml & \
-	$(COLONY) node --config configs/worker-b.yaml & \
-	wait
+	$(COLONY) node --config configs/master.yaml
 
 # The shared cluster secret, made once and never committed.
 .colony/cluster.secret:

@@ -129,11 +129,9 @@ pub fn main(app: impl Into<App>) -> ExitCode {
             })
         }
         Command::Kill { target, code } => client(&cli.api, cli.token, |c| kill(c, &target, code)),
-        Command::Reload { node } => {
-            client_with_timeout(&cli.api, cli.token, RELOAD_TIMEOUT, |c| {
-                reload(c, node.as_deref())
-            })
-        }
+        Command::Reload { node } => client_with_timeout(&cli.api, cli.token, RELOAD_TIMEOUT, |c| {
+            reload(c, node.as_deref())
+        }),
         Command::Publish { topic, json } => {
             client(&cli.api, cli.token, |c| publish(c, &topic, &json))
         }

@@ -213,9 +213,9 @@ pub fn describe(event: &LifecycleEvent) -> String {
                 None => format!("node {node}: exit (pid {pid}, {how})"),
             }
         }
-        LifecycleEvent::NodeErrored { node, restarts } => format!(
-            "node {node}: errored after {restarts} restarts; not restarted until a reload"
-        ),
+        LifecycleEvent::NodeErrored { node, restarts } => {
+            format!("node {node}: errored after {restarts} restarts; not restarted until a reload")
+        }
         LifecycleEvent::JobDead {
             queue,
             job,

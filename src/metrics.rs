@@ -39,8 +39,7 @@ impl ServiceMetrics {
         if let Some(i) = BUCKETS.iter().position(|&bound| secs <= bound) {
             self.buckets[i].fetch_add(1, Relaxed);
         }
-        self.sum_micros
-            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
     }
 }
 
@@ -139,7 +138,11 @@ impl Text {
             &[("service", service)],
             m.sum_micros.load(Relaxed) as f64 / 1e6,
         );
-        self.sample(&format!("{name}_count"), &[("service", service)], count as f64);
+        self.sample(
+            &format!("{name}_count"),
+            &[("service", service)],
+            count as f64,
+        );
     }
 
     /// The calls that failed on the way, after their family line.

@@ -112,6 +112,13 @@ impl Node {
     /// requests made before a worker is online wait for it at the dealer.
     pub async fn start(app: impl Into<App>, config: NodeConfig) -> Result<Node, StartError> {
         let app: App = app.into();
+        let mut config = config;
+        // A spawned worker with a bridge but nowhere to join joins its parent.
+        if let (Some(bridge), Role::Worker) = (&mut config.bridge, config.node.role) {
+            if bridge.join.is_empty() {
+                bridge.join.extend(spawn::parent_bridge());
+            }
+        }
         let source = config
             .source
             .clone()
@@ -122,7 +129,11 @@ impl Node {
         let spawned = config.spawned()?;
         for child in config.spawn.iter().zip(&spawned) {
             if child.0.command.is_none() {
-                let file = child.1.source.clone().unwrap_or_else(|| child.0.config.clone());
+                let file = child
+                    .1
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| child.0.config.clone());
                 child.1.check_services(&file, &app)?;
             }
         }
@@ -281,7 +292,7 @@ impl Node {
                     }
                 })
             });
-            let spawner = Spawner::start(&config, spawned, events, probe);
+            let spawner = Spawner::start(&config, spawned, events, probe, node.bridge_addr());
             let _ = node.inner.spawner.set(spawner);
         }
         Ok(node)
@@ -487,9 +498,7 @@ impl Node {
                 "service {} stopped before serving this request: {why}",
                 service.name
             ));
-            service
-                .dealer
-                .shut(Availability::Gone(why.clone()), error);
+            service.dealer.shut(Availability::Gone(why.clone()), error);
         }
         if let Some(bridge) = self.bridge() {
             bridge.stop();

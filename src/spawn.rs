@@ -43,6 +43,9 @@ use crate::status::NodeStatus;
 pub(crate) const NOTIFY_FD: &str = "COLONY_NOTIFY_FD";
 /// The environment variable that tells a child how often it was restarted.
 pub(crate) const RESTARTS: &str = "COLONY_RESTARTS";
+/// The environment variable with the spawning node's bridge address: a spawned
+/// worker whose config has a bridge but no `join` joins it.
+pub(crate) const PARENT_BRIDGE: &str = "COLONY_PARENT_BRIDGE";
 
 /// The first restart's backoff.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -105,7 +108,7 @@ impl Phase {
 struct Child {
     name: String,
     entry: SpawnConfig,
-    /// The child joins a cluster; without a bridge, listening is online.
+    /// The child has a bridge; without one, listening is online.
     bridged: bool,
     state: Mutex<ChildState>,
     commands: mpsc::Sender<Command>,
@@ -147,6 +150,7 @@ impl Spawner {
         spawned: Vec<NodeConfig>,
         events: EventBus,
         probe: Probe,
+        bridge: Option<std::net::SocketAddr>,
     ) -> Spawner {
         let stopping = Arc::new(AtomicBool::new(false));
         let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony"));
@@ -159,7 +163,7 @@ impl Spawner {
                 let child = Arc::new(Child {
                     name: child_config.node.name.clone(),
                     entry: entry.clone(),
-                    bridged: child_config.bridge.is_some_and(|b| !b.join.is_empty()),
+                    bridged: child_config.bridge.is_some(),
                     state: Mutex::new(ChildState {
                         phase: Phase::Starting,
                         pid: None,
@@ -173,6 +177,7 @@ impl Spawner {
                     program: entry.command.clone().unwrap_or_else(|| program.clone()),
                     events: events.clone(),
                     probe: probe.clone(),
+                    bridge,
                     stopping: stopping.clone(),
                     commands: receiver,
                 };
@@ -205,7 +210,9 @@ impl Spawner {
                     pid: state.pid.unwrap_or(0),
                     state: state.phase.as_str().into(),
                     uptime_ms: match state.phase {
-                        Phase::Listening | Phase::Online => state.since.elapsed().as_millis() as u64,
+                        Phase::Listening | Phase::Online => {
+                            state.since.elapsed().as_millis() as u64
+                        }
                         _ => 0,
                     },
                     restarts: state.restarts,
@@ -278,6 +285,7 @@ struct Watcher {
     program: PathBuf,
     events: EventBus,
     probe: Probe,
+    bridge: Option<std::net::SocketAddr>,
     stopping: Arc<AtomicBool>,
     commands: mpsc::Receiver<Command>,
 }
@@ -434,6 +442,10 @@ impl Watcher {
             .env(NOTIFY_FD, "3")
             .env(RESTARTS, restarts.to_string())
             .stdin(Stdio::null());
+        match self.bridge {
+            Some(addr) => command.env(PARENT_BRIDGE, addr.to_string()),
+            None => command.env_remove(PARENT_BRIDGE),
+        };
         let fd = writer.as_raw_fd();
         let cpu = self.child.entry.cpu;
         let parent = std::process::id();
@@ -540,7 +552,11 @@ impl Watcher {
         }
     }
 
-    fn went_online(&self, pid: u32, reload: &mut Option<oneshot::Sender<Result<(), ServiceError>>>) {
+    fn went_online(
+        &self,
+        pid: u32,
+        reload: &mut Option<oneshot::Sender<Result<(), ServiceError>>>,
+    ) {
         self.set_phase(Phase::Online, None);
         self.events.publish(LifecycleEvent::NodeOnline {
             node: self.child.name.clone(),
@@ -695,6 +711,11 @@ pub(crate) fn notify_listening(
     if let Err(e) = writeln!(pipe, "{line}") {
         log::warn!("cannot tell the parent node where this node listens: {e}");
     }
+}
+
+/// The bridge address of the node that spawned this process, if one did.
+pub(crate) fn parent_bridge() -> Option<std::net::SocketAddr> {
+    std::env::var(PARENT_BRIDGE).ok()?.parse().ok()
 }
 
 /// The restarts the parent counted before starting this process.

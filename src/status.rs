@@ -18,7 +18,9 @@ pub struct NodeStatus {
     pub role: String,
     /// The node's process id.
     pub pid: u32,
-    /// `running` or `stopping`.
+    /// `running` or `stopping`; a spawned node as its parent sees it may also be
+    /// `starting`, `listening`, `restarting`, `errored`, `stopped`, and an
+    /// unreachable member is `down`.
     pub state: String,
     /// Time since the node started.
     #[serde(default)]
@@ -65,9 +67,12 @@ pub struct WorkerStatus {
 }
 
 impl ClusterStatus {
-    /// The status as a readable table, one row per worker.
+    /// The status as pm2-style tables: one row per node (role, pid, CPU affinity,
+    /// state, restarts, uptime), then one row per worker.
     pub fn table(&self) -> String {
-        let mut rows = vec![[
+        let mut nodes =
+            vec![["NODE", "ROLE", "PID", "CPU", "STATE", "RESTARTS", "UPTIME"].map(String::from)];
+        let mut workers = vec![[
             "WORKER",
             "STATE",
             "PID",
@@ -80,14 +85,15 @@ impl ClusterStatus {
         .map(String::from)];
         let mut notes = Vec::new();
         for node in &self.nodes {
-            notes.push(format!(
-                "node {} ({}, pid {}, {}, up {})",
-                node.name,
-                node.role,
-                node.pid,
-                node.state,
-                uptime(node.uptime_ms)
-            ));
+            nodes.push([
+                node.name.clone(),
+                node.role.clone(),
+                node.pid.to_string(),
+                cpus(&node.cpus),
+                node.state.clone(),
+                node.restarts.to_string(),
+                uptime(node.uptime_ms),
+            ]);
             for service in &node.services {
                 if service.state != "running" {
                     notes.push(format!(
@@ -96,7 +102,7 @@ impl ClusterStatus {
                     ));
                 }
                 for worker in &service.workers {
-                    rows.push([
+                    workers.push([
                         worker.id.clone(),
                         worker.state.clone(),
                         node.pid.to_string(),
@@ -109,22 +115,55 @@ impl ClusterStatus {
                 }
             }
         }
-        let widths: Vec<usize> = (0..8)
-            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-            .collect();
-        let mut out = notes.join("\n");
+        let mut out = render(&nodes);
         out.push('\n');
-        for row in rows {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            out.push_str(cells.join("  ").trim_end());
+        out.push_str(&render(&workers));
+        for note in notes {
+            out.push_str(&note);
             out.push('\n');
         }
         out
     }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn render<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A CPU set as ranges, `0-3,6`; `-` when unknown.
+fn cpus(set: &[usize]) -> String {
+    if set.is_empty() {
+        return "-".into();
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < set.len() {
+        let mut j = i;
+        while j + 1 < set.len() && set[j + 1] == set[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            set[i].to_string()
+        } else {
+            format!("{}-{}", set[i], set[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 fn uptime(ms: u64) -> String {

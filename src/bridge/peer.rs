@@ -221,7 +221,10 @@ impl Peer {
             .is_ok()
             && self.send(frame.freeze()).is_ok();
         if sent && timeout_at(deadline, rx).await.is_err() {
-            log::warn!("node {} did not answer that this node is leaving", self.name);
+            log::warn!(
+                "node {} did not answer that this node is leaving",
+                self.name
+            );
         }
         self.leaves.lock().remove(&id);
     }
@@ -472,7 +475,10 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
             }
         }
         Message::Control(Control::Leaving { id }) => {
-            log::info!("bridge: node {} is leaving; no new requests go to it", peer.name);
+            log::info!(
+                "bridge: node {} is leaving; no new requests go to it",
+                peer.name
+            );
             peer.leaving.store(true, Ordering::Release);
             let mut frame = BytesMut::new();
             if (Control::LeavingAck { id })

@@ -71,7 +71,11 @@ impl Node {
         );
         for s in &services {
             let n: u64 = s.slots.iter().map(|w| w.restarts.load(Relaxed)).sum();
-            t.sample("colony_worker_restarts_total", &[("service", &s.name)], n as f64);
+            t.sample(
+                "colony_worker_restarts_total",
+                &[("service", &s.name)],
+                n as f64,
+            );
         }
 
         if let Some(holder) = &self.inner.holder {
@@ -99,7 +103,11 @@ impl Node {
             "counter",
             "Published messages dropped at a subscriber's high-water mark.",
         );
-        t.sample("colony_publish_dropped_total", &[], self.publish_dropped() as f64);
+        t.sample(
+            "colony_publish_dropped_total",
+            &[],
+            self.publish_dropped() as f64,
+        );
 
         if let Some(stats) = self.bridge_stats() {
             t.family(
@@ -122,7 +130,11 @@ impl Node {
                 "counter",
                 "Links opened to a node this node had been linked with before.",
             );
-            t.sample("colony_bridge_reconnects_total", &[], stats.reconnects as f64);
+            t.sample(
+                "colony_bridge_reconnects_total",
+                &[],
+                stats.reconnects as f64,
+            );
             t.family("colony_bridge_peers_up", "gauge", "Nodes linked now.");
             t.sample("colony_bridge_peers_up", &[], stats.peers_up as f64);
         }
