@@ -31,6 +31,7 @@ bench:
 	cargo bench --bench request_reply
 	cargo bench --bench bridge_request_reply
 	cargo bench --bench messaging
+	cargo bench -p actors --bench operations
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

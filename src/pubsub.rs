@@ -327,7 +327,7 @@ impl PubSub {
                 Offered::Full => {
                     // One line per thousand drops, not a flood.
                     let before = self.dropped.fetch_add(1, Ordering::Relaxed);
-                    if before % 1000 == 0 {
+                    if before.is_multiple_of(1000) {
                         log::warn!(
                             "pubsub: a subscriber of `{}` is {HIGH_WATER} messages behind; message on {} dropped ({} dropped so far)",
                             entry.prefix,

@@ -149,15 +149,23 @@ impl LocalService {
         timeout: Option<Duration>,
         origin: Origin,
     ) -> Result<ReplyOf<M>, ServiceError> {
-        let started = Instant::now();
         let timeout = timeout.unwrap_or(self.config.timeout);
-        let deadline = started + timeout;
-        let served = async {
-            let send = self.prepare(&mut msg, &origin)?;
-            let flight = self.dispatch(msg, send, deadline, timeout).await?;
-            flight.reply(deadline, timeout).await
-        }
-        .await;
+        let deadline = Instant::now() + timeout;
+        let send = self.prepare(&mut msg, &origin)?;
+        let flight = self.dispatch(msg, send, deadline, timeout).await?;
+        flight.reply(deadline, timeout).await
+    }
+
+    /// [`request`](Self::request), counted in the service's metrics: the entry of
+    /// a typed request made on this node (JSON requests are counted by the router).
+    pub(crate) async fn serve<M: Request>(
+        self: &Arc<Self>,
+        msg: M,
+        timeout: Option<Duration>,
+        origin: Origin,
+    ) -> Result<ReplyOf<M>, ServiceError> {
+        let started = Instant::now();
+        let served = self.request(msg, timeout, origin).await;
         self.metrics.record(&served, started.elapsed());
         served
     }

@@ -417,6 +417,10 @@ impl Watcher {
         if pid.is_some() {
             state.pid = pid;
         }
+        // No process, no pid (as pm2 shows it).
+        if matches!(phase, Phase::Restarting | Phase::Errored | Phase::Stopped) {
+            state.pid = None;
+        }
     }
 
     fn exit_event(&self, pid: u32, status: ExitStatus, restart_in: Option<Duration>) {

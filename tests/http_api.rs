@@ -124,15 +124,30 @@ async fn health_and_status_have_the_documented_shape() {
     let nodes = body["nodes"].as_array().expect("nodes is a list");
     assert_eq!(nodes.len(), 1, "{body}");
     let n = &nodes[0];
-    // SPEC §6 keys; the node also reports its uptime_ms.
+    // SPEC §6 keys; the node also reports its uptime_ms, restarts (by the node that
+    // spawned it) and cpus (its affinity).
     assert_eq!(
         keys(n),
-        set(&["name", "role", "pid", "state", "services", "uptime_ms"]),
+        set(&[
+            "name",
+            "role",
+            "pid",
+            "state",
+            "services",
+            "uptime_ms",
+            "restarts",
+            "cpus"
+        ]),
         "{n}"
     );
     assert_eq!(n["name"], "web");
     assert_eq!(n["role"], "master");
     assert_eq!(n["pid"], std::process::id());
+    assert_eq!(n["restarts"], 0);
+    assert!(
+        !n["cpus"].as_array().expect("cpus is a list").is_empty(),
+        "{n}"
+    );
     assert_eq!(n["state"], "running");
     assert!(n["uptime_ms"].is_u64(), "{n}");
 

@@ -82,7 +82,7 @@ impl Handler<Job> for Consumer {
         if job.poison {
             panic!("job {} is poison (delivery {attempt})", job.n);
         }
-        if job.n % 3 == 0 && attempt == 1 {
+        if job.n.is_multiple_of(3) && attempt == 1 {
             panic!("job {} panics on its first delivery", job.n);
         }
         let seen = self.seen.clone();

@@ -42,7 +42,7 @@ impl Node {
         let target = self.target(service);
         self.inner.call_failures.record(service, &target);
         match target? {
-            Target::Local(local) => local.request(msg, timeout, Origin::Local).await,
+            Target::Local(local) => local.serve(msg, timeout, Origin::Local).await,
             Target::Remote(remote) => {
                 let answer = remote.request(&msg, timeout, None).await;
                 self.inner.call_failures.record(service, &answer);

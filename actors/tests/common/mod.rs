@@ -387,3 +387,111 @@ pub fn cluster_config(
         secret.display()
     )
 }
+
+/// A master config on port-0 addresses that spawns `children` (each
+/// `(name, extra YAML keys of its spawn entry, its services)`); the children's
+/// configs have a bridge and no `join`, so they join the master that spawned them.
+/// Returns the master's config path.
+pub fn spawning_cluster(
+    dir: &Path,
+    master_services: &str,
+    children: &[(&str, &str, &str)],
+) -> PathBuf {
+    let secret = write_secret(dir);
+    let mut spawn = String::from("spawn:\n");
+    for (name, extra, services) in children {
+        let path = write_config(
+            dir,
+            &format!("{name}.yaml"),
+            &cluster_config(name, "worker", &secret, None, services),
+        );
+        spawn.push_str(&format!("  - config: {}\n", path.display()));
+        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+            spawn.push_str(&format!("    {}\n", line.trim()));
+        }
+    }
+    let master = cluster_config("master", "master", &secret, None, master_services) + &spawn;
+    write_config(dir, "master.yaml", &master)
+}
+
+/// The node named `name` in a status.
+pub fn node_of(status: &Value, name: &str) -> Value {
+    status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no node {name} in {status}"))
+}
+
+/// Whether a process with `pid` exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); the status
+/// code and body, or why it could not be made. Every step has a deadline.
+pub fn http(api: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let addr = api.trim_start_matches("http://").trim_end_matches('/');
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(5))))
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {response:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
