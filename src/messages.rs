@@ -144,7 +144,12 @@ impl EventBus {
                 reason: ExitReason::Panicked(_) | ExitReason::Killed,
                 ..
             } => log::warn!("{}", describe(&event)),
-            LifecycleEvent::NodeExit { .. } => log::warn!("{}", describe(&event)),
+            // An exit that is restarted, or not clean, is worth a warning.
+            LifecycleEvent::NodeExit {
+                code, restart_in_ms, ..
+            } if restart_in_ms.is_some() || *code != Some(0) => {
+                log::warn!("{}", describe(&event))
+            }
             LifecycleEvent::ServiceFailed { .. }
             | LifecycleEvent::NodeDown { .. }
             | LifecycleEvent::NodeErrored { .. }

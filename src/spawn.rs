@@ -454,7 +454,7 @@ impl Watcher {
         let cpu = self.child.entry.cpu;
         let parent = std::process::id();
         // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (dup2, fcntl, prctl, getppid,
+        // async-signal-safe functions (dup2, fcntl, setpgid, prctl, getppid,
         // sched_setaffinity) on stack data; it allocates nothing.
         unsafe {
             command.pre_exec(move || child_setup(fd, cpu, parent));
@@ -639,8 +639,8 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// In the forked child, before exec: the notify pipe onto fd 3, the parent-death
-/// signal, and the CPU affinity.
+/// In the forked child, before exec: the notify pipe onto fd 3, its own process
+/// group, the parent-death signal, and the CPU affinity.
 fn child_setup(fd: i32, cpu: Option<usize>, parent: u32) -> std::io::Result<()> {
     // SAFETY: plain syscalls on integers and a stack-allocated cpu_set_t.
     unsafe {
@@ -650,6 +650,11 @@ fn child_setup(fd: i32, cpu: Option<usize>, parent: u32) -> std::io::Result<()> 
                 return Err(std::io::Error::last_os_error());
             }
         } else if libc::dup2(fd, 3) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // A process group of its own: Ctrl-C in a terminal reaches the parent only,
+        // which then stops its children in order.
+        if libc::setpgid(0, 0) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
