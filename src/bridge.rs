@@ -111,6 +111,15 @@ impl Counters {
     }
 }
 
+/// One peer request being served; see [`Bridge::serving`].
+pub(crate) struct Serving(Arc<AtomicU64>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A node's bridge to the rest of the cluster.
 pub(crate) struct Bridge {
     me: Member,
@@ -127,6 +136,8 @@ pub(crate) struct Bridge {
     members: Mutex<BTreeMap<String, Member>>,
     dialing: Mutex<Vec<String>>,
     stopping: AtomicBool,
+    /// Peer requests being served now.
+    serving: Arc<AtomicU64>,
     /// Keeps the pub/sub change hook alive for as long as the bridge lives.
     announcer: Mutex<Option<Arc<Announce>>>,
 }
@@ -208,6 +219,7 @@ impl Bridge {
             peers: RwLock::default(),
             dialing: Mutex::default(),
             stopping: AtomicBool::new(false),
+            serving: Arc::default(),
             announcer: Mutex::default(),
         });
         let handle = bridge.arbiter.handle();
@@ -587,6 +599,23 @@ impl Bridge {
             if let Err(e) = peer.send(frame.clone()) {
                 log::warn!("bridge: member table not sent to {}: {e}", peer.name);
             }
+        }
+    }
+
+    /// Counts one peer request as being served until the guard drops.
+    pub(crate) fn serving(&self) -> Serving {
+        self.serving.fetch_add(1, Ordering::AcqRel);
+        Serving(self.serving.clone())
+    }
+
+    /// Waits (until `deadline`) for the peer requests being served to be answered
+    /// and for every queued frame to be written.
+    pub(crate) async fn flush(&self, deadline: tokio::time::Instant) {
+        let done = || {
+            self.serving.load(Ordering::Acquire) == 0 && self.peers().iter().all(|p| p.flushed())
+        };
+        while !done() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

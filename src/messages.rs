@@ -146,7 +146,9 @@ impl EventBus {
             } => log::warn!("{}", describe(&event)),
             // An exit that is restarted, or not clean, is worth a warning.
             LifecycleEvent::NodeExit {
-                code, restart_in_ms, ..
+                code,
+                restart_in_ms,
+                ..
             } if restart_in_ms.is_some() || *code != Some(0) => {
                 log::warn!("{}", describe(&event))
             }

@@ -501,6 +501,10 @@ impl Node {
             service.dealer.shut(Availability::Gone(why.clone()), error);
         }
         if let Some(bridge) = self.bridge() {
+            // The last replies to other nodes go out before the links close.
+            bridge
+                .flush(tokio::time::Instant::now() + FLUSH_TIMEOUT)
+                .await;
             bridge.stop();
         }
         for arbiter in self.inner.arbiters.lock().drain(..) {
@@ -584,6 +588,9 @@ impl LocalNode for WeakNode {
         }
     }
 }
+
+/// How long a stopping node waits for its last replies to be written.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a stopping node waits for its peers to stop sending it requests.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -39,6 +39,8 @@ pub(crate) struct Peer {
     leaves: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// The peer is draining: no new requests go to it.
     pub(crate) leaving: AtomicBool,
+    /// Bytes queued for the peer and not yet written.
+    unsent: Arc<AtomicU64>,
     closed: AtomicBool,
     close: Notify,
     /// What the peer runs, and how many of our requests each service holds now.
@@ -54,6 +56,11 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
+    /// Whether everything queued for the peer has been written.
+    pub(crate) fn flushed(&self) -> bool {
+        self.unsent.load(Ordering::Acquire) == 0
+    }
+
     pub(crate) fn is_up(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
     }
@@ -113,11 +120,17 @@ impl Peer {
         if !self.is_up() {
             return Err(self.down_error("its link is closed"));
         }
-        self.out.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                ServiceError::overloaded(format!("the send queue to node {} is full", self.name))
+        let len = frame.len() as u64;
+        self.unsent.fetch_add(len, Ordering::AcqRel);
+        self.out.try_send(frame).map_err(|e| {
+            self.unsent.fetch_sub(len, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => ServiceError::overloaded(format!(
+                    "the send queue to node {} is full",
+                    self.name
+                )),
+                mpsc::error::TrySendError::Closed(_) => self.down_error("its link is closed"),
             }
-            mpsc::error::TrySendError::Closed(_) => self.down_error("its link is closed"),
         })
     }
 
@@ -301,6 +314,7 @@ where
         kills: Mutex::default(),
         leaves: Mutex::default(),
         leaving: AtomicBool::new(false),
+        unsent: Arc::new(AtomicU64::new(0)),
         closed: AtomicBool::new(false),
         close: Notify::new(),
         offers: Mutex::default(),
@@ -313,7 +327,13 @@ where
     *reader.read_buffer_mut() = parts.read_buf;
 
     let (stop_writer, writer_stop) = oneshot::channel();
-    actix_rt::spawn(write_frames(write, rx, writer_stop, bridge.clone()));
+    actix_rt::spawn(write_frames(
+        write,
+        rx,
+        writer_stop,
+        bridge.clone(),
+        peer.unsent.clone(),
+    ));
     bridge.peer_up(peer.clone());
 
     let heartbeat = config.heartbeat;
@@ -341,7 +361,7 @@ where
                 let mut beat = BytesMut::with_capacity(5);
                 wire::encode_heartbeat(&mut beat);
                 // A full queue carries traffic the peer hears instead of a beat.
-                let _ = peer.out.try_send(beat.freeze());
+                let _ = peer.send(beat.freeze());
             },
             _ = peer.close.notified() => break "closed by this node".to_string(),
         }
@@ -360,12 +380,23 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Bytes>,
     mut stop: oneshot::Receiver<()>,
     bridge: Arc<Bridge>,
+    unsent: Arc<AtomicU64>,
 ) {
     let mut batch = BytesMut::with_capacity(BATCH);
+    let mut stopping = false;
     loop {
-        let frame = tokio::select! {
-            frame = rx.recv() => frame,
-            _ = &mut stop => None,
+        let frame = if stopping {
+            // What was queued before the stop still goes out.
+            rx.try_recv().ok()
+        } else {
+            tokio::select! {
+                biased;
+                frame = rx.recv() => frame,
+                _ = &mut stop => {
+                    stopping = true;
+                    rx.try_recv().ok()
+                }
+            }
         };
         let Some(frame) = frame else { break };
         batch.extend_from_slice(&frame);
@@ -391,6 +422,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             .counters
             .bytes_out
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        unsent.fetch_sub(batch.len() as u64, Ordering::AcqRel);
         batch.clear();
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;
@@ -407,7 +439,11 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
         Message::Request(request) => {
             let bridge = bridge.clone();
             let peer = peer.clone();
+            let serving = bridge.serving();
             actix_rt::spawn(async move {
+                // Counted until the reply is queued, so that a stopping node can
+                // wait for its last replies to go out.
+                let _serving = serving;
                 let one_way = request.flags & ONE_WAY != 0;
                 let id = request.id;
                 let answer = bridge.serve(request, &peer.name).await;
