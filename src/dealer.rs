@@ -73,10 +73,15 @@ impl Dealer {
         }
     }
 
-    /// Takes a credit, or a place in line for one.
-    pub(crate) fn acquire(&self) -> Result<Acquired, ServiceError> {
+    /// Takes a credit, or a place in line for one. A request from another node
+    /// is still admitted while the node drains: it was sent before that node
+    /// learnt that this one is leaving.
+    pub(crate) fn acquire(&self, from_peer: bool) -> Result<Acquired, ServiceError> {
         let mut state = self.state.lock();
-        self.check_open(&state)?;
+        let draining = matches!(state.availability, Availability::Closed(_));
+        if !(from_peer && draining) {
+            self.check_open(&state)?;
+        }
         while let Some(worker) = state.idle.pop_front() {
             if state.is_current(&worker) {
                 return Ok(Acquired::Ready(worker));

@@ -152,7 +152,10 @@ impl LocalService {
         let timeout = timeout.unwrap_or(self.config.timeout);
         let deadline = Instant::now() + timeout;
         let send = self.prepare(&mut msg, &origin)?;
-        let flight = self.dispatch(msg, send, deadline, timeout).await?;
+        let from_peer = matches!(origin, Origin::Node(_));
+        let flight = self
+            .dispatch(msg, send, deadline, timeout, from_peer)
+            .await?;
         flight.reply(deadline, timeout).await
     }
 
@@ -178,7 +181,8 @@ impl LocalService {
     ) -> Result<(), ServiceError> {
         let timeout = self.config.timeout;
         let send = self.prepare(&mut msg, &origin)?;
-        self.dispatch(msg, send, Instant::now() + timeout, timeout)
+        let from_peer = matches!(origin, Origin::Node(_));
+        self.dispatch(msg, send, Instant::now() + timeout, timeout, from_peer)
             .await
             .map(drop)
     }
@@ -278,9 +282,10 @@ impl LocalService {
         send: SendFn<M>,
         deadline: Instant,
         timeout: Duration,
+        from_peer: bool,
     ) -> Result<InFlight<M::Result>, ServiceError> {
         loop {
-            let worker = match self.dealer.acquire()? {
+            let worker = match self.dealer.acquire(from_peer)? {
                 Acquired::Ready(worker) => worker,
                 Acquired::Waiting(turn) => match timeout_at(deadline, turn).await {
                     Ok(Ok(granted)) => granted?,

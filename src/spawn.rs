@@ -507,7 +507,10 @@ impl Watcher {
                     Ok(Some(line)) => match serde_json::from_str::<Listening>(&line) {
                         Ok(at) if !listening => {
                             listening = true;
-                            self.set_phase(Phase::Listening, None);
+                            // The probe may have seen it online first.
+                            if !online {
+                                self.set_phase(Phase::Listening, None);
+                            }
                             self.events.publish(LifecycleEvent::NodeListening {
                                 node: name.clone(), pid, api: at.api, bridge: at.bridge,
                             });

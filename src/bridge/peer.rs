@@ -19,10 +19,21 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::{Framed, FramedRead};
 
 use super::frame::FrameCodec;
-use super::wire::{self, Control, Message, Offer, RequestHead, ONE_WAY};
+use super::wire::{self, Control, Message, Offer, RequestHead, ONE_WAY, TO_WORKER};
 use super::Bridge;
 use crate::error::{ErrorKind, ServiceError};
+use crate::holder::HOLDER_SERVICE;
 use crate::status::NodeStatus;
+
+/// Ends the message of a request refused before it was sent because its node is
+/// leaving: safe to send to another node.
+const NOT_SENT: &str = "the request was not sent";
+
+/// Whether `error` is a request refused before it was sent, because the node
+/// chosen for it is leaving: the caller may route it again.
+pub(crate) fn not_sent(error: &ServiceError) -> bool {
+    error.kind == ErrorKind::NodeDown && error.message.ends_with(NOT_SENT)
+}
 
 /// Writes are gathered up to this many bytes before the socket is written.
 const BATCH: usize = 64 * 1024;
@@ -41,6 +52,9 @@ pub(crate) struct Peer {
     pub(crate) leaving: AtomicBool,
     /// Bytes queued for the peer and not yet written.
     unsent: Arc<AtomicU64>,
+    /// Orders routed requests against [`Control::LeavingAck`]: none is queued
+    /// after the answer that says none will come.
+    order: parking_lot::RwLock<()>,
     closed: AtomicBool,
     close: Notify,
     /// What the peer runs, and how many of our requests each service holds now.
@@ -167,13 +181,26 @@ impl Peer {
         .map_err(|e| {
             ServiceError::bad_request(format!("cannot send to node {}: {e}", self.name))
         })?;
+        // A request any worker of the service may take is not sent to a node that
+        // is leaving; the caller picks another (see `not_sent`).
+        let routed = head.flags & TO_WORKER == 0 && head.service != HOLDER_SERVICE;
+        let send = |frame: Bytes| {
+            let _order = self.order.read();
+            if routed && self.leaving.load(Ordering::Acquire) {
+                return Err(ServiceError::new(
+                    ErrorKind::NodeDown,
+                    format!("node {} is leaving; {NOT_SENT}", self.name),
+                ));
+            }
+            self.send(frame)
+        };
         if one_way {
-            self.send(frame.freeze())?;
+            send(frame.freeze())?;
             return Ok(Bytes::new());
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);
-        if let Err(e) = self.send(frame.freeze()) {
+        if let Err(e) = send(frame.freeze()) {
             self.pending.lock().remove(&id);
             return Err(e);
         }
@@ -315,6 +342,7 @@ where
         leaves: Mutex::default(),
         leaving: AtomicBool::new(false),
         unsent: Arc::new(AtomicU64::new(0)),
+        order: parking_lot::RwLock::new(()),
         closed: AtomicBool::new(false),
         close: Notify::new(),
         offers: Mutex::default(),
@@ -515,8 +543,9 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
                 "bridge: node {} is leaving; no new requests go to it",
                 peer.name
             );
-            peer.leaving.store(true, Ordering::Release);
             let mut frame = BytesMut::new();
+            let _order = peer.order.write();
+            peer.leaving.store(true, Ordering::Release);
             if (Control::LeavingAck { id })
                 .encode(&mut frame, peer.max_frame)
                 .is_ok()

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{node_stopped, Node, STATUS_TIMEOUT};
 use crate::app::MASTER_SERVICE;
+use crate::bridge::peer::not_sent;
 use crate::bridge::Bridge;
 use crate::error::ServiceError;
 use crate::guard::Origin;
@@ -39,14 +40,21 @@ impl Node {
         msg: M,
         timeout: Option<Duration>,
     ) -> Result<ReplyOf<M>, ServiceError> {
-        let target = self.target(service);
-        self.inner.call_failures.record(service, &target);
-        match target? {
-            Target::Local(local) => local.serve(msg, timeout, Origin::Local).await,
-            Target::Remote(remote) => {
-                let answer = remote.request(&msg, timeout, None).await;
-                self.inner.call_failures.record(service, &answer);
-                answer
+        // A node found leaving at the last moment refuses without sending, and
+        // leaves the routing: the next pass picks another.
+        loop {
+            let target = self.target(service);
+            self.inner.call_failures.record(service, &target);
+            match target? {
+                Target::Local(local) => return local.serve(msg, timeout, Origin::Local).await,
+                Target::Remote(remote) => {
+                    let answer = remote.request(&msg, timeout, None).await;
+                    if matches!(&answer, Err(e) if not_sent(e)) {
+                        continue;
+                    }
+                    self.inner.call_failures.record(service, &answer);
+                    return answer;
+                }
             }
         }
     }
@@ -59,19 +67,25 @@ impl Node {
         body: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<serde_json::Value, ServiceError> {
-        let target = self.target(service);
-        self.inner.call_failures.record(service, &target);
-        match target? {
-            Target::Local(_) => {
-                self.inner
-                    .router
-                    .request_json(service, subject, body, timeout, Origin::Http, None)
-                    .await
-            }
-            Target::Remote(remote) => {
-                let answer = remote.request_json(subject, &body, timeout).await;
-                self.inner.call_failures.record(service, &answer);
-                answer
+        loop {
+            let target = self.target(service);
+            self.inner.call_failures.record(service, &target);
+            match target? {
+                Target::Local(_) => {
+                    return self
+                        .inner
+                        .router
+                        .request_json(service, subject, body, timeout, Origin::Http, None)
+                        .await
+                }
+                Target::Remote(remote) => {
+                    let answer = remote.request_json(subject, &body, timeout).await;
+                    if matches!(&answer, Err(e) if not_sent(e)) {
+                        continue;
+                    }
+                    self.inner.call_failures.record(service, &answer);
+                    return answer;
+                }
             }
         }
     }
@@ -80,9 +94,14 @@ impl Node {
     /// once a worker (or the node holding one) has it; errors (no service,
     /// overloaded, rejected) still come back.
     pub async fn tell<M: Request>(&self, service: &str, msg: M) -> Result<(), ServiceError> {
-        match self.target(service)? {
-            Target::Local(local) => local.tell(msg, Origin::Local).await,
-            Target::Remote(remote) => remote.tell(&msg, None).await,
+        loop {
+            match self.target(service)? {
+                Target::Local(local) => return local.tell(msg, Origin::Local).await,
+                Target::Remote(remote) => match remote.tell(&msg, None).await {
+                    Err(e) if not_sent(&e) => continue,
+                    told => return told,
+                },
+            }
         }
     }
 
