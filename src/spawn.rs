@@ -60,7 +60,9 @@ const ONLINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the new config's check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a starting child is asked whether it serves.
-const PROBE_EVERY: Duration = Duration::from_millis(25);
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// How often after [`ONLINE_TIMEOUT`].
+const PROBE_SLOW: Duration = Duration::from_secs(1);
 
 /// Whether node `name` has joined this node's cluster with every worker running.
 pub(crate) type Probe = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>;
@@ -487,6 +489,7 @@ impl Watcher {
         let mut listening = false;
         let mut online = false;
         let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let online_by = Instant::now() + ONLINE_TIMEOUT;
         loop {
             tokio::select! {
@@ -529,6 +532,14 @@ impl Watcher {
                         online = true;
                         self.went_online(pid, reload);
                     } else if Instant::now() > online_by {
+                        // Still asked, but seldom: it may be linked to another master.
+                        if probe.period() == PROBE_EVERY {
+                            log::warn!(
+                                "node {name}: not online {}s after it started",
+                                ONLINE_TIMEOUT.as_secs()
+                            );
+                            probe = tokio::time::interval(PROBE_SLOW);
+                        }
                         if let Some(reply) = reload.take() {
                             let _ = reply.send(Err(ServiceError::timeout(format!(
                                 "node {name} was not online within {}s",
