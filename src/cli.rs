@@ -189,18 +189,13 @@ async fn shutdown_signal() {
 fn check_config(app: &App, files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
+        // The nodes it spawns are checked with it.
         let checked = NodeConfig::load(file).and_then(|c| {
-            c.check_services(file, app)?;
-            // The nodes it spawns are checked with it.
-            for (entry, child) in c.spawn.iter().zip(c.spawned()?) {
-                if entry.command.is_none() {
-                    child.check_services(&entry.config, app)?;
-                }
-            }
-            Ok(())
+            c.check_services(file, app)
+                .and_then(|()| c.check_spawned(app))
         });
         match checked {
-            Ok(()) => println!("ok: {}", file.display()),
+            Ok(_) => println!("ok: {}", file.display()),
             Err(e) => {
                 eprintln!("error: {e}");
                 ok = false;

@@ -592,6 +592,18 @@ impl NodeConfig {
         Ok(configs)
     }
 
+    /// [`spawned`](Self::spawned), and each child that runs this binary (no
+    /// `command`) checked against `app` as its own node would check it.
+    pub fn check_spawned(&self, app: &App) -> Result<Vec<NodeConfig>, ConfigError> {
+        let spawned = self.spawned()?;
+        for (entry, child) in self.spawn.iter().zip(&spawned) {
+            if entry.command.is_none() {
+                child.check_services(&entry.config, app)?;
+            }
+        }
+        Ok(spawned)
+    }
+
     /// Checks that the app provides every service the config lists.
     pub fn check_services(&self, file: &Path, app: &App) -> Result<(), ConfigError> {
         match self.services.keys().find(|name| !app.has_service(name)) {

@@ -126,17 +126,7 @@ impl Node {
         config.check_services(&source, &app)?;
         // Children's configs are read before anything starts: a broken one is this
         // node's config error.
-        let spawned = config.spawned()?;
-        for child in config.spawn.iter().zip(&spawned) {
-            if child.0.command.is_none() {
-                let file = child
-                    .1
-                    .source
-                    .clone()
-                    .unwrap_or_else(|| child.0.config.clone());
-                child.1.check_services(&file, &app)?;
-            }
-        }
+        let spawned = config.check_spawned(&app)?;
         let name = config.node.name.clone();
 
         let listener = match config.api.listen {
