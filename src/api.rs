@@ -1,6 +1,7 @@
 //! The HTTP API (SPEC §6) on actix-web: health, status, request, kill (a worker
 //! or a node), reload, metrics (Prometheus text), publish, subscribe (a stream of
-//! JSON lines), push and queues. JSON in and out; every error is `{"error":{"kind","message"}}` with the status of its kind.
+//! JSON lines), push and queues. JSON in and out; every error is
+//! `{"error":{"kind","message"}}` with the status of its kind.
 //! Bodies are capped at `api.max_body` bytes while they are read. With a token
 //! configured, every endpoint but health needs `Authorization: Bearer TOKEN`.
 

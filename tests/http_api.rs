@@ -361,10 +361,30 @@ async fn kill_restarts_the_worker_exactly_once() {
         r#"{"wrker":"web/calc/0"}"#,
         r#"{"worker":"calc-0"}"#,
         r#"{"worker":7}"#,
+        r#"{"worker":"web/calc/0","code":3}"#,
+        r#"{"worker":"web/calc/0","node":"web"}"#,
+        r#"{"node":"web","code":"three"}"#,
     ] {
         let answer = post(&node, "/v1/kill", bad).await;
         assert_error(&answer, 400, "BadRequest");
     }
+    // A node that is not in the cluster.
+    let answer = post(&node, "/v1/kill", r#"{"node":"elsewhere","code":3}"#).await;
+    assert_error(&answer, 404, "NoSuchService");
+    // Reload: this node spawns nothing, and bad bodies are named.
+    for (body, status, kind) in [
+        ("", 400, "BadRequest"),
+        ("{}", 400, "BadRequest"),
+        (r#"{"node":"web"}"#, 400, "BadRequest"),
+        ("not json", 400, "BadRequest"),
+        (r#"{"nodes":["a"]}"#, 400, "BadRequest"),
+    ] {
+        let answer = post(&node, "/v1/reload", body).await;
+        assert_error(&answer, status, kind);
+    }
+    let (_, body) = post(&node, "/v1/reload", "{}").await;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spawns no nodes"), "{body}");
     // None of those touched a worker.
     assert_eq!(worker_status(&node, id).restarts, 1);
     assert_eq!(worker_status(&node, "web/calc/1").restarts, 0);
