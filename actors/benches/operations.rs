@@ -13,12 +13,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{http, node_of, spawning_cluster, NodeProcess};
+use common::{
+    master_events, node_of, pid_of, send_signal, serving, spawning_cluster, Load, NodeProcess,
+};
 
 const KILLS: usize = 10;
 const LOAD_THREADS: usize = 4;
@@ -46,11 +46,9 @@ fn main() {
         } else {
             "worker-b"
         };
-        let pid = node_of(&master.status(), name)["pid"]
-            .as_u64()
-            .expect("pid");
+        let pid = pid_of(&master.status(), name);
         let started = Instant::now();
-        signal("-KILL", pid);
+        send_signal(pid, "KILL");
         wait_new_pid(&master, name, pid);
         let took = started.elapsed();
         let backoff = backoff_for(&master, name, pid);
@@ -65,15 +63,18 @@ fn main() {
     );
 
     // 2. Reload under load.
-    let load = Load::start(&master.api);
+    let load = Load::start(&master.api, LOAD_THREADS, Duration::ZERO);
     thread::sleep(BASELINE);
-    let mut without = load.take();
+    let mut without = load.take_latencies();
     let started = Instant::now();
     let out = master.cli(&["reload"]);
     let reload = started.elapsed();
     assert_eq!(out.code(), 0, "reload: {out:?}");
-    let mut during = load.take();
-    let failed = load.stop();
+    let mut during = load.take_latencies();
+    let (failed, failures) = load.finish();
+    for failure in &failures {
+        eprintln!("failed request: {failure}");
+    }
     let p99_without = percentile(&mut without, 0.99);
     let p99_during = percentile(&mut during, 0.99);
     println!(
@@ -98,22 +99,13 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[i]
 }
 
-fn signal(sig: &str, pid: u64) {
-    let sent = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill {sig} {pid}");
-}
-
 /// Polls until every named node runs every worker and has restarted `restarts` times.
 fn wait_serving(master: &NodeProcess, names: &[&str], restarts: &[u64]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = master.status();
         let ready = names.iter().zip(restarts).all(|(name, restarts)| {
-            let node = node_of(&status, name);
-            serving(&node) && node["restarts"].as_u64() == Some(*restarts)
+            serving(&status, name) && node_of(&status, name)["restarts"].as_u64() == Some(*restarts)
         });
         if ready {
             return;
@@ -123,23 +115,16 @@ fn wait_serving(master: &NodeProcess, names: &[&str], restarts: &[u64]) {
     }
 }
 
-fn serving(node: &serde_json::Value) -> bool {
-    let services = node["services"].as_array().cloned().unwrap_or_default();
-    node["state"] == "running"
-        && !services.is_empty()
-        && services.iter().all(|s| {
-            s["workers"]
-                .as_array()
-                .is_some_and(|w| w.iter().all(|w| w["state"] == "running"))
-        })
-}
-
 /// Polls until `name` serves from a process other than `old`.
-fn wait_new_pid(master: &NodeProcess, name: &str, old: u64) {
+fn wait_new_pid(master: &NodeProcess, name: &str, old: u32) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let node = node_of(&master.status(), name);
-        if node["pid"].as_u64().is_some_and(|p| p != old && p != 0) && serving(&node) {
+        let status = master.status();
+        let node = node_of(&status, name);
+        let new_pid = node["pid"]
+            .as_u64()
+            .is_some_and(|p| p != u64::from(old) && p != 0);
+        if new_pid && serving(&status, name) {
             return;
         }
         assert!(Instant::now() < deadline, "{name} not back: {node}");
@@ -148,80 +133,20 @@ fn wait_new_pid(master: &NodeProcess, name: &str, old: u64) {
 }
 
 /// The backoff the master logged for the exit of `name`'s process `pid`.
-fn backoff_for(master: &NodeProcess, name: &str, pid: u64) -> Duration {
-    let needle = format!("node {name}: exit (pid {pid},");
-    let log = master.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains(&needle))
-        .unwrap_or_else(|| panic!("no exit line for {name} pid {pid}"));
-    let ms = line
+fn backoff_for(master: &NodeProcess, name: &str, pid: u32) -> Duration {
+    let exit = format!("exit (pid {pid},");
+    let event = master_events(master, name)
+        .into_iter()
+        .find(|e| e.starts_with(&exit))
+        .unwrap_or_else(|| {
+            panic!(
+                "no exit line for {name} pid {pid}; stderr:\n{}",
+                master.log()
+            )
+        });
+    let ms = event
         .rsplit_once("restart in ")
         .and_then(|(_, rest)| rest.trim_end_matches("ms").parse().ok())
         .unwrap_or(0);
     Duration::from_millis(ms)
-}
-
-/// Clients that send `math sum` through the master's API until stopped,
-/// recording each request's latency.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicU64>,
-    latencies: Arc<Mutex<Vec<Duration>>>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(api: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(AtomicU64::new(0));
-        let latencies = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..LOAD_THREADS)
-            .map(|_| {
-                let (api, stop, failed, latencies) = (
-                    api.to_string(),
-                    stop.clone(),
-                    failed.clone(),
-                    latencies.clone(),
-                );
-                thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let started = Instant::now();
-                        let answer = http(&api, "POST", "/v1/request/math/sum", r#"{"a":1,"b":2}"#);
-                        let took = started.elapsed();
-                        match answer {
-                            Ok((200, body)) if body.contains("\"sum\":3") => {
-                                latencies.lock().unwrap().push(took)
-                            }
-                            other => {
-                                if failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                                    eprintln!("failed request: {other:?}");
-                                }
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            failed,
-            latencies,
-            threads,
-        }
-    }
-
-    /// The latencies recorded since the last call.
-    fn take(&self) -> Vec<Duration> {
-        std::mem::take(&mut *self.latencies.lock().unwrap())
-    }
-
-    /// Stops the clients; returns how many requests failed.
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-        self.failed.load(Ordering::Relaxed)
-    }
 }

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,51 +26,6 @@ fn start(dir: &std::path::Path) -> NodeProcess {
     wait_nodes_running(&node, 2);
     node.wait_all_running();
     node
-}
-
-/// Polls the master's status until it lists `count` nodes, each `running`;
-/// panics with the states last seen and the stderr after 20 s.
-fn wait_nodes_running(node: &NodeProcess, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let nodes = node.nodes();
-        if nodes.len() == count && nodes.iter().all(|(_, state)| state == "running") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after 20s waiting until {count} nodes run; last seen {nodes:?}; stderr:\n{}",
-            node.log()
-        );
-        thread::sleep(POLL);
-    }
-}
-
-/// Polls `cond` every 20 ms; panics with the node's stderr after `limit`.
-fn wait_until(node: &NodeProcess, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}; stderr:\n{}",
-            node.log()
-        );
-        thread::sleep(POLL);
-    }
-}
-
-fn pid_of(status: &serde_json::Value, name: &str) -> u32 {
-    let pid = node_of(status, name)["pid"].as_u64().unwrap_or(0);
-    assert!(pid > 0, "node {name} has no pid in {status}");
-    pid as u32
-}
-
-fn sigterm(pid: u32) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -TERM {pid} failed");
 }
 
 /// Starts `request chaos sleep` through the master and waits until worker-a's
@@ -109,30 +63,6 @@ fn expect_slept(node: &NodeProcess, mut request: Background) {
     );
 }
 
-/// The index of the first line that contains `tag` and ends with `message`.
-fn line_of(node: &NodeProcess, tag: &str, message: &str) -> Option<usize> {
-    node.log
-        .lock()
-        .unwrap()
-        .iter()
-        .position(|l| l.contains(tag) && l.ends_with(message))
-}
-
-fn wait_exit(node: &mut NodeProcess, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = node.child.0.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the master did not exit within {limit:?}; stderr:\n{}",
-            node.log()
-        );
-        thread::sleep(POLL);
-    }
-}
-
 #[test]
 fn sigterm_to_a_spawned_node_drains_its_request_and_the_master_restarts_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,7 +70,7 @@ fn sigterm_to_a_spawned_node_drains_its_request_and_the_master_restarts_it() {
     let old = pid_of(&node.status(), "worker-a");
 
     let request = sleep_on_worker_a(&node);
-    sigterm(old);
+    send_signal(old, "TERM");
     expect_slept(&node, request);
 
     let stop = "node worker-a: stopped";
@@ -219,16 +149,10 @@ fn sigterm_to_the_master_drains_a_request_its_child_holds_and_stops_both() {
     let master = node.child.0.id();
 
     let request = sleep_on_worker_a(&node);
-    sigterm(master);
+    send_signal(master, "TERM");
     expect_slept(&node, request);
 
-    let status = wait_exit(&mut node, Duration::from_secs(20));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "the master exited with {status}; stderr:\n{}",
-        node.log()
-    );
+    node.wait_clean_exit(Duration::from_secs(20));
     wait_until(
         &node,
         "worker-a's process is gone",
@@ -250,13 +174,7 @@ fn sigterm_to_the_master_drains_a_request_its_child_holds_and_stops_both() {
         "no `{exit}` (without a restart) from the master; stderr:\n{}",
         node.log()
     );
-    let forks = node
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("node worker-a: fork (pid"))
-        .count();
+    let forks = node.count_logged(|l| l.contains("node worker-a: fork (pid"));
     assert_eq!(
         forks,
         1,

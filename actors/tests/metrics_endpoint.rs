@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -453,11 +452,7 @@ fn poll_metrics(
 fn wait_worker_a_running(master: &NodeProcess) {
     poll("worker-a is online with every worker running", || {
         let status = master.status();
-        let online = status["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| n["name"] == "worker-a" && n["state"] == "running");
+        let online = find_node(&status, "worker-a").is_some_and(|n| n["state"] == "running");
         let workers = all_workers(&status);
         online
             && workers.iter().any(|w| w["id"] == "worker-a/chaos/0")
@@ -467,17 +462,18 @@ fn wait_worker_a_running(master: &NodeProcess) {
 
 /// worker-a's API address, from the master's last `listening` line for it.
 fn worker_a_api(master: &NodeProcess) -> String {
-    let log = master.log();
-    let addr = log
-        .lines()
+    let addr = master_events(master, "worker-a")
+        .iter()
         .rev()
-        .find_map(|l| {
-            l.split_once("node worker-a: listening (api ")
-                .map(|(_, r)| r)
-        })
+        .find_map(|e| e.strip_prefix("listening (api "))
         .and_then(|rest| rest.split_once(','))
         .map(|(addr, _)| addr.to_string())
-        .unwrap_or_else(|| panic!("no `node worker-a: listening (api …)` line; stderr:\n{log}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "no `node worker-a: listening (api …)` line; stderr:\n{}",
+                master.log()
+            )
+        });
     assert!(
         addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
         "worker-a's API address {addr:?}"
@@ -660,15 +656,9 @@ fn metrics_count_requests_errors_restarts_and_nodes() {
     let master_node = [("node", "master")];
     let reconnects = get(&m, "colony_bridge_reconnects_total", &master_node)
         .unwrap_or_else(|| panic!("no colony_bridge_reconnects_total:\n{text}"));
-    let pid = node_of(&master.status(), "worker-a")["pid"]
-        .as_u64()
-        .expect("worker-a's pid");
-    assert!(pid > 0 && process_alive(pid as u32), "worker-a pid {pid}");
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success(), "kill -KILL {pid}");
+    let pid = pid_of(&master.status(), "worker-a");
+    assert!(process_alive(pid), "worker-a pid {pid}");
+    send_signal(pid, "KILL");
     poll_metrics(
         "the master shows worker-a restarted once and online",
         &master.api,
@@ -680,7 +670,7 @@ fn metrics_count_requests_errors_restarts_and_nodes() {
     );
     assert_ne!(
         node_of(&master.status(), "worker-a")["pid"].as_u64(),
-        Some(pid),
+        Some(u64::from(pid)),
         "worker-a still has its old pid"
     );
     let (m, text) = poll_metrics(

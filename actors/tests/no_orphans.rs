@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -26,11 +24,7 @@ fn start(dir: &std::path::Path) -> (NodeProcess, [u32; 2]) {
     let node = NodeProcess::start(&config, &[]);
     wait_nodes_running(&node, 3);
     let status = node.status();
-    let pids = ["worker-a", "worker-b"].map(|name| {
-        let pid = node_of(&status, name)["pid"].as_u64().unwrap_or(0);
-        assert!(pid > 0, "node {name} has no pid in {status}");
-        pid as u32
-    });
+    let pids = ["worker-a", "worker-b"].map(|name| pid_of(&status, name));
     assert!(
         pids.iter().all(|&pid| process_alive(pid)),
         "{pids:?} in {status}"
@@ -38,70 +32,12 @@ fn start(dir: &std::path::Path) -> (NodeProcess, [u32; 2]) {
     (node, pids)
 }
 
-/// Polls the master's status until it lists `count` nodes, each `running`;
-/// panics with the states last seen and the stderr after 20 s.
-fn wait_nodes_running(node: &NodeProcess, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let nodes = node.nodes();
-        if nodes.len() == count && nodes.iter().all(|(_, state)| state == "running") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after 20s waiting until {count} nodes run; last seen {nodes:?}; stderr:\n{}",
-            node.log()
-        );
-        thread::sleep(POLL);
-    }
-}
-
-/// Polls `cond` every 20 ms; panics with the node's stderr after `limit`.
-fn wait_until(node: &NodeProcess, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}; stderr:\n{}",
-            node.log()
-        );
-        thread::sleep(POLL);
-    }
-}
-
-/// Whether a line from `tag` ends with `message`.
-fn logged_line(node: &NodeProcess, tag: &str, message: &str) -> bool {
-    node.logged(|l| l.contains(tag) && l.ends_with(message))
-}
-
 #[test]
 fn sigterm_to_the_master_stops_its_children_first() {
     let dir = tempfile::tempdir().unwrap();
     let (mut node, pids) = start(dir.path());
-    let sent = Command::new("kill")
-        .args(["-TERM", &node.pid()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -TERM failed");
-
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = node.child.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the master did not exit within 20s of SIGTERM; stderr:\n{}",
-            node.log()
-        );
-        thread::sleep(POLL);
-    };
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "the master exited with {status}; stderr:\n{}",
-        node.log()
-    );
+    send_signal(node.child.0.id(), "TERM");
+    node.wait_clean_exit(Duration::from_secs(20));
     // The master waits for its children before it exits, so they are gone now.
     for pid in pids {
         assert!(
@@ -114,31 +50,27 @@ fn sigterm_to_the_master_stops_its_children_first() {
         &node,
         "the master logged its stop",
         Duration::from_secs(10),
-        || logged_line(&node, "[master] colony::node:", "node master: stopped"),
+        || line_of(&node, "[master] colony::node:", "node master: stopped").is_some(),
     );
     for (name, pid) in ["worker-a", "worker-b"].into_iter().zip(pids) {
         let exit = format!("node {name}: exit (pid {pid}, code 0)");
         assert!(
-            logged_line(&node, "[master] colony::messages:", &exit),
+            line_of(&node, "[master] colony::messages:", &exit).is_some(),
             "no `{exit}` (without a restart) from the master; stderr:\n{}",
             node.log()
         );
         assert!(
-            logged_line(
+            line_of(
                 &node,
                 &format!("[{name}] colony::node:"),
                 &format!("node {name}: stopped")
-            ),
+            )
+            .is_some(),
             "{name} did not log its stop; stderr:\n{}",
             node.log()
         );
         assert_eq!(
-            node.log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(&format!("node {name}: fork (pid")))
-                .count(),
+            node.count_logged(|l| l.contains(&format!("node {name}: fork (pid"))),
             1,
             "{name} was started again; stderr:\n{}",
             node.log()
@@ -166,7 +98,7 @@ fn sigkill_to_the_master_leaves_children_that_stop_on_their_own() {
             &node,
             &format!("{name} logged its stop"),
             Duration::from_secs(10),
-            || logged_line(&node, &tag, &stop),
+            || line_of(&node, &tag, &stop).is_some(),
         );
         assert!(
             node.logged(|l| l.contains(&format!("[{name}] colony::cli: signal received"))),

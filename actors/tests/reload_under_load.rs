@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const CHILD_SERVICES: &str = "{ math: { workers: 1 }, chaos: { workers: 1 } }";
+/// The tag of the master's spawner lines.
+const MESSAGES: &str = "[master] colony::messages:";
 
 /// A master (one math worker, round robin) spawning worker-a and worker-b, each
 /// with a math and a chaos worker; returns once all three nodes run.
@@ -33,113 +32,6 @@ fn start(dir: &std::path::Path) -> NodeProcess {
     node
 }
 
-/// Polls the master's status until it lists `count` nodes, each `running`;
-/// panics with the states last seen and the stderr after 20 s.
-fn wait_nodes_running(node: &NodeProcess, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let nodes = node.nodes();
-        if nodes.len() == count && nodes.iter().all(|(_, state)| state == "running") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after 20s waiting until {count} nodes run; last seen {nodes:?}; stderr:\n{}",
-            node.log()
-        );
-        thread::sleep(POLL);
-    }
-}
-
-/// Polls `cond` every 20 ms; panics with the node's stderr after `limit`.
-fn wait_until(node: &NodeProcess, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}; stderr:\n{}",
-            node.log()
-        );
-        thread::sleep(POLL);
-    }
-}
-
-fn pid_of(status: &serde_json::Value, name: &str) -> u32 {
-    let pid = node_of(status, name)["pid"].as_u64().unwrap_or(0);
-    assert!(pid > 0, "node {name} has no pid in {status}");
-    pid as u32
-}
-
-/// Requests through the master's API from four threads until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(api: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..4)
-            .map(|_| {
-                let (api, stop) = (api.to_string(), stop.clone());
-                let (ok, failed, failures) = (ok.clone(), failed.clone(), failures.clone());
-                thread::spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        let result = http(&api, "POST", "/v1/request/math/sum", r#"{"a":1,"b":2}"#);
-                        let good = matches!(&result, Ok((200, body))
-                            if serde_json::from_str::<serde_json::Value>(body)
-                                .is_ok_and(|v| v["reply"]["sum"] == 3));
-                        if good {
-                            ok.fetch_add(1, Ordering::SeqCst);
-                        } else {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                            let mut failures = failures.lock().unwrap();
-                            if failures.len() < 5 {
-                                failures.push(format!("{result:?}"));
-                            }
-                        }
-                        thread::sleep(Duration::from_millis(2));
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            failures,
-            threads,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::SeqCst)
-    }
-
-    /// Stops the threads; the number of failed requests and the first failures.
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads {
-            thread.join().expect("a load thread panicked");
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.failed.load(Ordering::SeqCst), failures)
-    }
-}
-
-/// The index of the first master line that ends with `message`.
-fn master_line(lines: &[String], message: &str) -> Option<usize> {
-    lines
-        .iter()
-        .position(|l| l.contains("[master] colony::messages:") && l.ends_with(message))
-}
-
 #[test]
 fn reload_under_load_fails_no_request_and_replaces_each_child_in_turn() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,7 +40,7 @@ fn reload_under_load_fails_no_request_and_replaces_each_child_in_turn() {
     let old_a = pid_of(&before, "worker-a");
     let old_b = pid_of(&before, "worker-b");
 
-    let load = Load::start(&node.api);
+    let load = Load::start(&node.api, 4, Duration::from_millis(2));
     wait_until(
         &node,
         "50 requests succeeded",
@@ -225,18 +117,26 @@ fn reload_under_load_fails_no_request_and_replaces_each_child_in_turn() {
     let log = lines.join("\n");
     let mut online_a = 0;
     for (name, old, new) in [("worker-a", old_a, new_a), ("worker-b", old_b, new_b)] {
-        let exit = master_line(&lines, &format!("node {name}: exit (pid {old}, code 0)"))
-            .unwrap_or_else(|| panic!("no exit line for {name}'s pid {old}:\n{log}"));
+        let exit = find_line(
+            &lines,
+            MESSAGES,
+            &format!("node {name}: exit (pid {old}, code 0)"),
+        )
+        .unwrap_or_else(|| panic!("no exit line for {name}'s pid {old}:\n{log}"));
         assert!(
             !log.contains(&format!(
                 "node {name}: exit (pid {old}, code 0); restart in"
             )),
             "{name}'s reload went through the crash restart:\n{log}"
         );
-        let fork = master_line(&lines, &format!("node {name}: fork (pid {new})"))
+        let fork = find_line(&lines, MESSAGES, &format!("node {name}: fork (pid {new})"))
             .unwrap_or_else(|| panic!("no fork line for {name}'s pid {new}:\n{log}"));
-        let online = master_line(&lines, &format!("node {name}: online (pid {new})"))
-            .unwrap_or_else(|| panic!("no online line for {name}'s pid {new}:\n{log}"));
+        let online = find_line(
+            &lines,
+            MESSAGES,
+            &format!("node {name}: online (pid {new})"),
+        )
+        .unwrap_or_else(|| panic!("no online line for {name}'s pid {new}:\n{log}"));
         assert!(
             exit < fork && fork < online,
             "{name}: exit at line {exit}, fork at {fork}, online at {online}:\n{log}"
@@ -297,12 +197,10 @@ fn reload_with_a_broken_config_or_an_unknown_node_changes_nothing() {
         node.log()
     );
     // Still serving.
-    let (code, body) = http(
-        &node.api,
-        "POST",
-        "/v1/request/math/sum",
-        r#"{"a":1,"b":2}"#,
-    )
-    .expect("request after the refused reloads");
-    assert_eq!((code, body.contains(r#""sum":3"#)), (200, true), "{body}");
+    request_sum(&node.api).unwrap_or_else(|e| {
+        panic!(
+            "request after the refused reloads: {e}; stderr:\n{}",
+            node.log()
+        )
+    });
 }

@@ -10,10 +10,8 @@
 mod common;
 
 use std::thread;
-use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 const CHILDREN: [&str; 2] = ["worker-a", "worker-b"];
 
@@ -26,25 +24,6 @@ fn pinned_cpu() -> usize {
     } else {
         0
     }
-}
-
-/// The spawner's lines on the master about child `name` (fork, listening,
-/// online, exit, errored; not the bridge's `up`/`down`): the text after
-/// `node NAME: ` of each `[master] colony::messages` line, in log order.
-fn master_events(master: &NodeProcess, name: &str) -> Vec<String> {
-    let marker = format!("[master] colony::messages: node {name}: ");
-    master
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.split_once(&marker).map(|(_, rest)| rest.to_string()))
-        .filter(|e| {
-            ["fork ", "listening ", "online ", "exit ", "errored "]
-                .iter()
-                .any(|kind| e.starts_with(kind))
-        })
-        .collect()
 }
 
 /// The kernel's view of where process `pid` may run, e.g. `0-1`.
@@ -68,44 +47,6 @@ fn parent_pid(pid: u32) -> u32 {
         .and_then(|(_, rest)| rest.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no ppid in {stat:?}"))
-}
-
-fn find_node<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["name"] == name)
-}
-
-/// The node runs and has services, every worker of which runs.
-fn serving(status: &Value, name: &str) -> bool {
-    find_node(status, name).is_some_and(|n| {
-        n["state"] == "running"
-            && n["services"].as_array().is_some_and(|s| !s.is_empty())
-            && n["services"].as_array().into_iter().flatten().all(|s| {
-                s["workers"]
-                    .as_array()
-                    .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w["state"] == "running"))
-            })
-    })
-}
-
-/// Polls the master's status until `cond` holds; panics with the last status and
-/// the log after 15 s.
-fn wait_status(master: &NodeProcess, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = master.status();
-        if cond(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}; last status {status}; stderr:\n{}",
-            master.log()
-        );
-        thread::sleep(POLL);
-    }
 }
 
 #[test]
@@ -143,20 +84,17 @@ fn spawned_children_are_forked_listening_online_and_pinned() {
     }
 
     // The master itself.
-    let me = find_node(&status, "master").unwrap();
+    let me = node_of(&status, "master");
     assert_eq!(me["role"], "master", "{status}");
     assert_eq!(me["pid"], master_pid, "{status}");
     assert_eq!(status["nodes"][0]["name"], "master", "{status}");
 
     let mut child_pids = Vec::new();
     for name in CHILDREN {
-        let node = find_node(&status, name).unwrap();
+        let node = node_of(&status, name);
         assert_eq!(node["role"], "worker", "{status}");
         assert_eq!(node["restarts"], 0, "{status}");
-        let pid = node["pid"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{name} has no pid: {status}")) as u32;
-        assert_ne!(pid, 0, "{status}");
+        let pid = pid_of(&status, name);
         assert_ne!(
             pid, master_pid,
             "{name} runs in the master's process: {status}"
@@ -173,10 +111,7 @@ fn spawned_children_are_forked_listening_online_and_pinned() {
 
         // fork → listening → online, once each, all about this pid.
         let events = master_events(&master, name);
-        let kinds: Vec<&str> = events
-            .iter()
-            .map(|e| e.split_whitespace().next().unwrap_or(""))
-            .collect();
+        let kinds: Vec<&str> = events.iter().map(|e| event_kind(e)).collect();
         assert_eq!(
             kinds,
             ["fork", "listening", "online"],
@@ -213,7 +148,7 @@ fn spawned_children_are_forked_listening_online_and_pinned() {
         cpu.to_string(),
         "worker-a (pid {a_pid}) is not pinned to CPU {cpu}"
     );
-    let a = find_node(&status, "worker-a").unwrap();
+    let a = node_of(&status, "worker-a");
     assert_eq!(a["cpus"], serde_json::json!([cpu]), "{status}");
 
     // worker-b inherits the master's affinity.
@@ -223,7 +158,7 @@ fn spawned_children_are_forked_listening_online_and_pinned() {
         master_cpus,
         "worker-b (pid {b_pid}) may not run where the master may"
     );
-    let b = find_node(&status, "worker-b").unwrap();
+    let b = node_of(&status, "worker-b");
     assert_eq!(b["cpus"], me["cpus"], "{status}");
 
     // The text table: `NODE ROLE PID CPU STATE RESTARTS UPTIME`.

@@ -14,31 +14,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-/// The spawner's lines on the master about child `name` (fork, listening,
-/// online, exit, errored; not the bridge's `up`/`down`): the text after
-/// `node NAME: ` of each `[master] colony::messages` line, in log order.
-fn master_events(master: &NodeProcess, name: &str) -> Vec<String> {
-    let marker = format!("[master] colony::messages: node {name}: ");
-    master
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.split_once(&marker).map(|(_, rest)| rest.to_string()))
-        .filter(|e| {
-            ["fork ", "listening ", "online ", "exit ", "errored "]
-                .iter()
-                .any(|kind| e.starts_with(kind))
-        })
-        .collect()
-}
 
 /// Waits until the master's events about `name` satisfy `cond`; returns them.
 fn wait_events(
@@ -74,54 +54,6 @@ fn pid_in(event: &str) -> u32 {
         .unwrap_or_else(|| panic!("no pid in {event:?}"))
 }
 
-fn kind(event: &str) -> &str {
-    event.split_whitespace().next().unwrap_or("")
-}
-
-fn find_node<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["name"] == name)
-}
-
-/// The node runs and has services, every worker of which runs.
-fn serving(status: &Value, name: &str) -> bool {
-    find_node(status, name).is_some_and(|n| {
-        n["state"] == "running"
-            && n["services"].as_array().is_some_and(|s| !s.is_empty())
-            && n["services"].as_array().into_iter().flatten().all(|s| {
-                s["workers"]
-                    .as_array()
-                    .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w["state"] == "running"))
-            })
-    })
-}
-
-fn pid_of(status: &Value, name: &str) -> u32 {
-    find_node(status, name)
-        .and_then(|n| n["pid"].as_u64())
-        .unwrap_or_else(|| panic!("no pid of {name} in {status}")) as u32
-}
-
-/// Polls the master's status until `cond` holds; panics with the last status and
-/// the log after 15 s.
-fn wait_status(master: &NodeProcess, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = master.status();
-        if cond(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}; last status {status}; stderr:\n{}",
-            master.log()
-        );
-        thread::sleep(POLL);
-    }
-}
-
 /// A master (math) that spawns worker-a (with `a_extra` spawn keys and
 /// `a_services`) and worker-b (math); returns once both children serve.
 fn start(dir: &std::path::Path, a_extra: &str, a_services: &str, b_extra: &str) -> NodeProcess {
@@ -134,14 +66,6 @@ fn start(dir: &std::path::Path, a_extra: &str, a_services: &str, b_extra: &str) 
         ],
     );
     NodeProcess::start(&config, &[])
-}
-
-fn sigkill(pid: u32) {
-    let sent = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -KILL {pid} failed");
 }
 
 /// `chaos/echo` through the master's API: only worker-a runs `chaos`, so the
@@ -163,10 +87,10 @@ fn echo_through_master(master: &NodeProcess, round: u32) {
 /// online of one new pid, which is returned.
 fn wait_respawned(master: &NodeProcess, name: &str, before: usize, exit: &str) -> u32 {
     let events = wait_events(master, name, &format!("{name} online again"), |e| {
-        e.iter().skip(before).any(|e| kind(e) == "online")
+        e.iter().skip(before).any(|e| event_kind(e) == "online")
     });
     let new = &events[before..];
-    let kinds: Vec<&str> = new.iter().map(|e| kind(e)).collect();
+    let kinds: Vec<&str> = new.iter().map(|e| event_kind(e)).collect();
     assert_eq!(
         kinds,
         ["exit", "fork", "listening", "online"],
@@ -197,7 +121,7 @@ fn a_sigkilled_child_is_restarted_with_a_growing_backoff() {
 
     for (round, delay) in [(1u32, 100), (2, 150)] {
         let before = master_events(&master, "worker-a").len();
-        sigkill(pid);
+        send_signal(pid, "KILL");
         let exit = format!("exit (pid {pid}, signal 9); restart in {delay}ms");
         let new = wait_respawned(&master, "worker-a", before, &exit);
         assert_ne!(new, pid, "the same pid came back");
@@ -242,7 +166,7 @@ fn a_sigkilled_child_is_restarted_with_a_growing_backoff() {
     // Two SIGKILLs, two restarts, nothing more.
     let forks = master_events(&master, "worker-a")
         .iter()
-        .filter(|e| kind(e) == "fork")
+        .filter(|e| event_kind(e) == "fork")
         .count();
     assert_eq!(forks, 3, "stderr:\n{}", master.log());
 }
@@ -270,11 +194,11 @@ fn a_crash_looping_child_is_errored_until_a_reload() {
     let master = start(dir.path(), "", "{ math: { workers: 1 } }", &b_extra);
 
     let events = wait_events(&master, "worker-b", "worker-b errored", |e| {
-        e.iter().any(|e| kind(e) == "errored")
+        e.iter().any(|e| event_kind(e) == "errored")
     });
     let forks: Vec<u32> = events
         .iter()
-        .filter(|e| kind(e) == "fork")
+        .filter(|e| event_kind(e) == "fork")
         .map(|e| pid_in(e))
         .collect();
     assert_eq!(forks.len(), 3, "{events:#?}\nstderr:\n{}", master.log());
@@ -314,7 +238,7 @@ fn a_crash_looping_child_is_errored_until_a_reload() {
         );
         let forks = master_events(&master, "worker-b")
             .iter()
-            .filter(|e| kind(e) == "fork")
+            .filter(|e| event_kind(e) == "fork")
             .count();
         assert_eq!(forks, 3, "forked after errored; stderr:\n{}", master.log());
         thread::sleep(POLL);
@@ -331,10 +255,10 @@ fn a_crash_looping_child_is_errored_until_a_reload() {
     assert_eq!(out.stdout, "reloaded worker-b\n", "{out:?}");
     // Its `online` line was written before the answer, but the pipe may lag.
     let events = wait_events(&master, "worker-b", "worker-b online again", |e| {
-        e.iter().skip(before).any(|e| kind(e) == "online")
+        e.iter().skip(before).any(|e| event_kind(e) == "online")
     });
     let new = &events[before..];
-    let kinds: Vec<&str> = new.iter().map(|e| kind(e)).collect();
+    let kinds: Vec<&str> = new.iter().map(|e| event_kind(e)).collect();
     assert_eq!(
         kinds,
         ["fork", "listening", "online"],

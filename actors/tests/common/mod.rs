@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -151,30 +152,9 @@ impl NodeProcess {
 
     /// SIGTERM, then the node must exit with status 0 (drain, then exit).
     pub fn terminate_gracefully(mut self) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
+        send_signal(self.child.0.id(), "TERM");
         // Nothing is in flight, so the drain (10 s at most) has nothing to wait for.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let status = loop {
-            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the node did not exit within 5s of SIGTERM; stderr:\n{}",
-                self.log()
-            );
-            thread::sleep(POLL);
-        };
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "the node exited with {status} after SIGTERM; stderr:\n{}",
-            self.log()
-        );
+        self.wait_clean_exit(Duration::from_secs(5));
         // The reader thread sees EOF once the process is gone; give it the deadline.
         poll("the node logged its stop", || {
             self.log
@@ -349,6 +329,34 @@ impl NodeProcess {
         self.log.lock().unwrap().iter().any(|l| pred(l))
     }
 
+    /// How many stderr lines so far satisfy `pred`.
+    pub fn count_logged(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| pred(l)).count()
+    }
+
+    /// Waits until the node's process exits, which must be with code 0; panics
+    /// with the stderr if it exits otherwise or is still running after `limit`.
+    pub fn wait_clean_exit(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not exit within {limit:?}; stderr:\n{}",
+                self.log()
+            );
+            thread::sleep(POLL);
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "the node exited with {status}; stderr:\n{}",
+            self.log()
+        );
+    }
+
     /// Waits until a stderr line satisfies `pred`; panics with the log after 10 s.
     pub fn wait_logged(&self, what: &str, pred: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -414,15 +422,152 @@ pub fn spawning_cluster(
     write_config(dir, "master.yaml", &master)
 }
 
-/// The node named `name` in a status.
-pub fn node_of(status: &Value, name: &str) -> Value {
+/// The node named `name` in a status, if it lists one.
+pub fn find_node<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
     status["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
+        .as_array()?
+        .iter()
         .find(|n| n["name"] == name)
+}
+
+/// The node named `name` in a status; panics with the status if there is none.
+pub fn node_of(status: &Value, name: &str) -> Value {
+    find_node(status, name)
         .cloned()
         .unwrap_or_else(|| panic!("no node {name} in {status}"))
+}
+
+/// The pid of node `name` in a status; panics with the status if the node is
+/// missing or has no pid, or a pid of 0.
+pub fn pid_of(status: &Value, name: &str) -> u32 {
+    let pid = find_node(status, name)
+        .and_then(|n| n["pid"].as_u64())
+        .unwrap_or(0);
+    assert!(pid > 0, "node {name} has no pid in {status}");
+    pid as u32
+}
+
+/// Whether node `name` in a status runs and has services, every one of which
+/// has workers, all running.
+pub fn serving(status: &Value, name: &str) -> bool {
+    find_node(status, name).is_some_and(|n| {
+        n["state"] == "running"
+            && n["services"].as_array().is_some_and(|s| !s.is_empty())
+            && n["services"].as_array().into_iter().flatten().all(|s| {
+                s["workers"]
+                    .as_array()
+                    .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w["state"] == "running"))
+            })
+    })
+}
+
+/// Polls the master's status until `cond` holds and returns that status; panics
+/// with the last status and the stderr after 15 s.
+pub fn wait_status(master: &NodeProcess, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = master.status();
+        if cond(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}; last status {status}; stderr:\n{}",
+            master.log()
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// Polls the node's status until it lists `count` nodes, each `running`;
+/// panics with the states last seen and the stderr after 20 s.
+pub fn wait_nodes_running(node: &NodeProcess, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = node.nodes();
+        if nodes.len() == count && nodes.iter().all(|(_, state)| state == "running") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 20s waiting until {count} nodes run; last seen {nodes:?}; stderr:\n{}",
+            node.log()
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// Polls `cond` every [`POLL`]; panics with the node's stderr after `limit`.
+pub fn wait_until(node: &NodeProcess, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}; stderr:\n{}",
+            node.log()
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// The spawner's lines on the master about child `name` (fork, listening,
+/// online, exit, errored; not the bridge's `up`/`down`): the text after
+/// `node NAME: ` of each `[master] colony::messages` line, in log order.
+pub fn master_events(master: &NodeProcess, name: &str) -> Vec<String> {
+    let marker = format!("[master] colony::messages: node {name}: ");
+    master
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.split_once(&marker).map(|(_, rest)| rest.to_string()))
+        .filter(|e| {
+            ["fork ", "listening ", "online ", "exit ", "errored "]
+                .iter()
+                .any(|kind| e.starts_with(kind))
+        })
+        .collect()
+}
+
+/// The kind of a [`master_events`] event: its first word (`fork`, `online`, …).
+pub fn event_kind(event: &str) -> &str {
+    event.split_whitespace().next().unwrap_or("")
+}
+
+/// The index of the first of `lines` that contains `tag` (e.g.
+/// `[master] colony::messages:`) and ends with `message`.
+pub fn find_line(lines: &[String], tag: &str, message: &str) -> Option<usize> {
+    lines
+        .iter()
+        .position(|l| l.contains(tag) && l.ends_with(message))
+}
+
+/// [`find_line`] in the node's stderr so far.
+pub fn line_of(node: &NodeProcess, tag: &str, message: &str) -> Option<usize> {
+    find_line(&node.log.lock().unwrap(), tag, message)
+}
+
+/// Sends `kill -SIGNAL PID` (`signal` is e.g. `TERM` or `KILL`); panics if
+/// `kill` fails.
+pub fn send_signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} {pid} failed");
+}
+
+/// POSTs `math sum` of 1 and 2 to `api`: `Ok` if the answer is 200 with
+/// `{"reply":{"sum":3}}`, else the HTTP result, debug-formatted.
+pub fn request_sum(api: &str) -> Result<(), String> {
+    let result = http(api, "POST", "/v1/request/math/sum", r#"{"a":1,"b":2}"#);
+    let good = matches!(&result, Ok((200, body))
+        if serde_json::from_str::<Value>(body).is_ok_and(|v| v["reply"]["sum"] == 3));
+    if good {
+        Ok(())
+    } else {
+        Err(format!("{result:?}"))
+    }
 }
 
 /// Whether a process with `pid` exists (and is not a zombie).
@@ -494,4 +639,87 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Clients that send [`request_sum`] to an API from several threads until
+/// stopped, pausing after each request: they count the requests that succeed and
+/// fail, keep the first five failures, and record each success's latency.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` threads against `api`, each pausing `pause` after every
+    /// request (not at all if it is zero).
+    pub fn start(api: &str, clients: usize, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (api, stop) = (api.to_string(), stop.clone());
+                let (ok, failed) = (ok.clone(), failed.clone());
+                let (failures, latencies) = (failures.clone(), latencies.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let started = Instant::now();
+                        let answer = request_sum(&api);
+                        let took = started.elapsed();
+                        match answer {
+                            Ok(()) => {
+                                latencies.lock().unwrap().push(took);
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(failure) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                let mut failures = failures.lock().unwrap();
+                                if failures.len() < 5 {
+                                    failures.push(failure);
+                                }
+                            }
+                        }
+                        if !pause.is_zero() {
+                            thread::sleep(pause);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            failures,
+            latencies,
+            threads,
+        }
+    }
+
+    /// How many requests succeeded so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// The latencies of the requests that succeeded since the last call.
+    pub fn take_latencies(&self) -> Vec<Duration> {
+        std::mem::take(&mut *self.latencies.lock().unwrap())
+    }
+
+    /// Stops the clients; the number of failed requests and the first failures.
+    /// Panics if a client thread panicked.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            thread.join().expect("a load thread panicked");
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.failed.load(Ordering::SeqCst), failures)
+    }
 }
