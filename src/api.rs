@@ -259,7 +259,7 @@ async fn metrics(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     match authorize(&req, &state) {
         Ok(()) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(state.node.metrics().await),
+            .body(state.node.metrics()),
         Err(e) => error_response(&e),
     }
 }

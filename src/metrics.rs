@@ -29,6 +29,11 @@ pub(crate) struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
+    /// Requests counted so far.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
     /// Counts one request that took `took` and ended as `result`.
     pub(crate) fn record<T>(&self, result: &Result<T, ServiceError>, took: Duration) {
         self.requests.fetch_add(1, Relaxed);
@@ -88,6 +93,21 @@ impl Text {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
+    /// A family with one sample per item, labelled `label` = the item's name.
+    pub(crate) fn each<T>(
+        &mut self,
+        (name, kind, help): (&str, &str, &str),
+        label: &str,
+        items: &[T],
+        sample: impl Fn(&T) -> (&str, f64),
+    ) {
+        self.family(name, kind, help);
+        for item in items {
+            let (value_of, value) = sample(item);
+            self.sample(name, &[(label, value_of)], value);
+        }
+    }
+
     /// One sample, labelled with the node and `labels`.
     pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Into<f64>) {
         let _ = write!(self.out, "{name}{{node=\"{}\"", self.node);
@@ -95,12 +115,6 @@ impl Text {
             let _ = write!(self.out, ",{key}=\"{}\"", escape(value));
         }
         let _ = writeln!(self.out, "}} {}", value.into());
-    }
-
-    /// A service's request count (after its family line).
-    pub(crate) fn requests(&mut self, service: &str, m: &ServiceMetrics) {
-        let n = m.requests.load(Relaxed);
-        self.sample("colony_requests_total", &[("service", service)], n as f64);
     }
 
     /// A service's errors, one sample per kind (after their family line).

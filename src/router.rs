@@ -80,33 +80,22 @@ impl Router {
     ) -> Result<Value, ServiceError> {
         let service = self.service(service)?;
         let started = Instant::now();
-        let served = self
-            .serve_json(&service, subject, body, timeout, origin, worker)
-            .await;
+        let served = async {
+            let json = service.route_json(subject)?;
+            let worker = match worker {
+                Some(index) => Some(service.dealer.worker(index).ok_or_else(|| {
+                    ServiceError::no_such_service(format!(
+                        "worker {}/{}/{index} is not running",
+                        self.node, service.name
+                    ))
+                })?),
+                None => None,
+            };
+            json(service.clone(), body, timeout, origin, worker).await
+        }
+        .await;
         service.metrics.record(&served, started.elapsed());
         served
-    }
-
-    async fn serve_json(
-        &self,
-        service: &Arc<LocalService>,
-        subject: &str,
-        body: Vec<u8>,
-        timeout: Option<Duration>,
-        origin: Origin,
-        worker: Option<usize>,
-    ) -> Result<Value, ServiceError> {
-        let json = service.route_json(subject)?;
-        let worker = match worker {
-            Some(index) => Some(service.dealer.worker(index).ok_or_else(|| {
-                ServiceError::no_such_service(format!(
-                    "worker {}/{}/{index} is not running",
-                    self.node, service.name
-                ))
-            })?),
-            None => None,
-        };
-        json(service.clone(), body, timeout, origin, worker).await
     }
 
     /// The running worker `id` of this node.

@@ -8,18 +8,20 @@ use crate::metrics::Text;
 
 impl Node {
     /// This node's metrics in Prometheus text format.
-    pub async fn metrics(&self) -> String {
+    pub fn metrics(&self) -> String {
         let services = self.inner.router.services();
         let mut t = Text::new(self.name());
 
-        t.family(
-            "colony_requests_total",
-            "counter",
-            "Requests served by this node's workers, by service.",
+        t.each(
+            (
+                "colony_requests_total",
+                "counter",
+                "Requests served by this node's workers, by service.",
+            ),
+            "service",
+            &services,
+            |s| (&s.name, s.metrics.requests() as f64),
         );
-        for s in &services {
-            t.requests(&s.name, &s.metrics);
-        }
         t.family(
             "colony_request_errors_total",
             "counter",
@@ -43,40 +45,42 @@ impl Node {
         );
         t.call_failures(&self.inner.call_failures);
 
-        t.family(
-            "colony_service_queued",
-            "gauge",
-            "Requests waiting for a free worker.",
-        );
-        for s in &services {
-            t.sample(
+        t.each(
+            (
                 "colony_service_queued",
-                &[("service", &s.name)],
-                s.dealer.queued() as f64,
-            );
-        }
-        t.family(
-            "colony_in_flight",
-            "gauge",
-            "Requests the service's workers hold now.",
+                "gauge",
+                "Requests waiting for a free worker.",
+            ),
+            "service",
+            &services,
+            |s| (&s.name, s.dealer.queued() as f64),
         );
-        for s in &services {
-            let n: u64 = s.slots.iter().map(|w| w.in_flight.load(Relaxed)).sum();
-            t.sample("colony_in_flight", &[("service", &s.name)], n as f64);
-        }
-        t.family(
-            "colony_worker_restarts_total",
-            "counter",
-            "Worker restarts by the service's supervisor.",
+        t.each(
+            (
+                "colony_in_flight",
+                "gauge",
+                "Requests the service's workers hold now.",
+            ),
+            "service",
+            &services,
+            |s| {
+                let n: u64 = s.slots.iter().map(|w| w.in_flight.load(Relaxed)).sum();
+                (&s.name, n as f64)
+            },
         );
-        for s in &services {
-            let n: u64 = s.slots.iter().map(|w| w.restarts.load(Relaxed)).sum();
-            t.sample(
+        t.each(
+            (
                 "colony_worker_restarts_total",
-                &[("service", &s.name)],
-                n as f64,
-            );
-        }
+                "counter",
+                "Worker restarts by the service's supervisor.",
+            ),
+            "service",
+            &services,
+            |s| {
+                let n: u64 = s.slots.iter().map(|w| w.restarts.load(Relaxed)).sum();
+                (&s.name, n as f64)
+            },
+        );
 
         if let Some(holder) = &self.inner.holder {
             t.family(
@@ -141,27 +145,26 @@ impl Node {
 
         if let Some(spawner) = self.inner.spawner.get() {
             let children = spawner.statuses();
-            t.family(
-                "colony_node_restarts_total",
-                "counter",
-                "Restarts of a node this node spawned.",
-            );
-            for child in &children {
-                t.sample(
+            t.each(
+                (
                     "colony_node_restarts_total",
-                    &[("child", &child.name)],
-                    child.restarts as f64,
-                );
-            }
-            t.family(
-                "colony_node_online",
-                "gauge",
-                "1 if a node this node spawned is online, else 0.",
+                    "counter",
+                    "Restarts of a node this node spawned.",
+                ),
+                "child",
+                &children,
+                |c| (&c.name, c.restarts as f64),
             );
-            for child in &children {
-                let online = f64::from(u8::from(child.state == "online"));
-                t.sample("colony_node_online", &[("child", &child.name)], online);
-            }
+            t.each(
+                (
+                    "colony_node_online",
+                    "gauge",
+                    "1 if a node this node spawned is online, else 0.",
+                ),
+                "child",
+                &children,
+                |c| (&c.name, f64::from(u8::from(c.state == "online"))),
+            );
         }
         t.finish()
     }
