@@ -55,6 +55,9 @@ use wire::{Control, Member, RequestFrame, TO_WORKER};
 
 /// How long a connection may take to open and authenticate.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a node said it was leaving requests for a service only it ran
+/// wait for the service to come back (long enough for a reload's drain and start).
+const RETURN_HOLD: Duration = Duration::from_secs(15);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -138,6 +141,9 @@ pub(crate) struct Bridge {
     stopping: AtomicBool,
     /// Peer requests being served now.
     serving: Arc<AtomicU64>,
+    /// Services offered by nodes that said they were leaving, with until when a
+    /// request for one of them waits for a node that runs it to (re)appear.
+    returning: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Keeps the pub/sub change hook alive for as long as the bridge lives.
     announcer: Mutex<Option<Arc<Announce>>>,
 }
@@ -220,6 +226,7 @@ impl Bridge {
             dialing: Mutex::default(),
             stopping: AtomicBool::new(false),
             serving: Arc::default(),
+            returning: Mutex::default(),
             announcer: Mutex::default(),
         });
         let handle = bridge.arbiter.handle();
@@ -600,6 +607,25 @@ impl Bridge {
                 log::warn!("bridge: member table not sent to {}: {e}", peer.name);
             }
         }
+    }
+
+    /// `peer` is leaving: requests for a service only it ran wait a while for the
+    /// service to come back (a node restarting in a reload) instead of failing.
+    pub(crate) fn peer_leaving(&self, peer: &Peer) {
+        let until = tokio::time::Instant::now() + RETURN_HOLD;
+        let mut returning = self.returning.lock();
+        for (offer, _) in peer.offers.lock().iter() {
+            returning.insert(offer.name.clone(), until);
+        }
+    }
+
+    /// Until when a request for `service`, which no node runs now, may wait for a
+    /// node that left to come back with it.
+    pub(crate) fn returning(&self, service: &str) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let mut returning = self.returning.lock();
+        returning.retain(|_, until| *until > now);
+        returning.get(service).copied()
     }
 
     /// Counts one peer request as being served until the guard drops.

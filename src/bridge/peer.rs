@@ -543,6 +543,7 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
                 "bridge: node {} is leaving; no new requests go to it",
                 peer.name
             );
+            bridge.peer_leaving(peer);
             let mut frame = BytesMut::new();
             let _order = peer.order.write();
             peer.leaving.store(true, Ordering::Release);

@@ -1,13 +1,13 @@
 //! The calls a node makes for its actors and tasks: typed requests and their
 //! cluster-wide forms, routed to this node's workers or over the bridge.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{node_stopped, Node, STATUS_TIMEOUT};
 use crate::app::MASTER_SERVICE;
 use crate::bridge::peer::not_sent;
 use crate::bridge::Bridge;
-use crate::error::ServiceError;
+use crate::error::{ErrorKind, ServiceError};
 use crate::guard::Origin;
 use crate::master::Kill;
 use crate::message::{ReplyOf, Request, WorkerId};
@@ -42,9 +42,11 @@ impl Node {
     ) -> Result<ReplyOf<M>, ServiceError> {
         // A node found leaving at the last moment refuses without sending, and
         // leaves the routing: the next pass picks another.
+        let deadline = Instant::now() + timeout.unwrap_or(RETURN_WAIT);
         loop {
-            let target = self.target(service);
+            let target = self.route(service, deadline).await;
             self.inner.call_failures.record(service, &target);
+            let timeout = timeout.map(|_| remaining(deadline));
             match target? {
                 Target::Local(local) => return local.serve(msg, timeout, Origin::Local).await,
                 Target::Remote(remote) => {
@@ -67,9 +69,11 @@ impl Node {
         body: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<serde_json::Value, ServiceError> {
+        let deadline = Instant::now() + timeout.unwrap_or(RETURN_WAIT);
         loop {
-            let target = self.target(service);
+            let target = self.route(service, deadline).await;
             self.inner.call_failures.record(service, &target);
+            let timeout = timeout.map(|_| remaining(deadline));
             match target? {
                 Target::Local(_) => {
                     return self
@@ -94,8 +98,9 @@ impl Node {
     /// once a worker (or the node holding one) has it; errors (no service,
     /// overloaded, rejected) still come back.
     pub async fn tell<M: Request>(&self, service: &str, msg: M) -> Result<(), ServiceError> {
+        let deadline = Instant::now() + RETURN_WAIT;
         loop {
-            match self.target(service)? {
+            match self.route(service, deadline).await? {
                 Target::Local(local) => return local.tell(msg, Origin::Local).await,
                 Target::Remote(remote) => match remote.tell(&msg, None).await {
                     Err(e) if not_sent(&e) => continue,
@@ -239,3 +244,40 @@ impl Node {
 
 /// How long a killed node waits to let its answer out before it exits.
 const EXIT_DELAY: Duration = Duration::from_millis(100);
+
+/// How long a request without its own timeout waits for a service whose only
+/// nodes are restarting.
+const RETURN_WAIT: Duration = Duration::from_secs(5);
+/// How often such a request looks again.
+const RETURN_POLL: Duration = Duration::from_millis(5);
+
+/// What is left until `deadline`, at least a millisecond.
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+impl Node {
+    /// Where a request for `service` goes. While no node runs it but one that did
+    /// said it was leaving (as a node restarting in a reload does), waits for the
+    /// service to come back, until `deadline` at most.
+    async fn route(&self, service: &str, deadline: Instant) -> Result<Target, ServiceError> {
+        loop {
+            let target = self.target(service);
+            if let Err(e) = &target {
+                let returning = self.bridge().and_then(|b| b.returning(service));
+                let wait = e.kind == ErrorKind::NoSuchService
+                    && returning.is_some_and(|until| {
+                        let now = tokio::time::Instant::now();
+                        now < until && Instant::now() < deadline
+                    });
+                if wait {
+                    tokio::time::sleep(RETURN_POLL).await;
+                    continue;
+                }
+            }
+            return target;
+        }
+    }
+}

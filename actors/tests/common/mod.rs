@@ -654,9 +654,19 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts `clients` threads against `api`, each pausing `pause` after every
-    /// request (not at all if it is zero).
+    /// Starts `clients` threads sending `math sum` to `api`, each pausing `pause`
+    /// after every request (not at all if it is zero).
     pub fn start(api: &str, clients: usize, pause: Duration) -> Load {
+        Load::start_with(api, clients, pause, request_sum)
+    }
+
+    /// As [`Load::start`], each client making `request` (Ok when the reply is right).
+    pub fn start_with(
+        api: &str,
+        clients: usize,
+        pause: Duration,
+        request: fn(&str) -> Result<(), String>,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -670,7 +680,7 @@ impl Load {
                 thread::spawn(move || {
                     while !stop.load(Ordering::SeqCst) {
                         let started = Instant::now();
-                        let answer = request_sum(&api);
+                        let answer = request(&api);
                         let took = started.elapsed();
                         match answer {
                             Ok(()) => {
