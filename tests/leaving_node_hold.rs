@@ -19,17 +19,26 @@ fn worker_yaml(name: &str, secret: &tempfile::NamedTempFile, join: std::net::Soc
     )
 }
 
-#[actix_rt::test]
-async fn a_request_waits_for_the_leaving_node_to_come_back() {
-    let secret = secret_file(SECRET);
+/// A master running `calc` and a worker `w` running `chaos` that joined it; and
+/// the master's bridge address.
+async fn master_and_worker(
+    secret: &tempfile::NamedTempFile,
+) -> (colony::Node, colony::Node, std::net::SocketAddr) {
     let master = start_node(&format!(
         "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{ calc: {{ workers: 1 }} }}\n",
-        bridge_yaml(&secret, None)
+        bridge_yaml(secret, None)
     ))
     .await;
     let join = master.bridge_addr().expect("bridge");
-    let old = start_node(&worker_yaml("w", &secret, join)).await;
+    let worker = start_node(&worker_yaml("w", secret, join)).await;
     cluster_of(&master, 2).await;
+    (master, worker, join)
+}
+
+#[actix_rt::test]
+async fn a_request_waits_for_the_leaving_node_to_come_back() {
+    let secret = secret_file(SECRET);
+    let (master, old, join) = master_and_worker(&secret).await;
     assert_eq!(
         master.request("chaos", WhoAmI {}).await.unwrap(),
         "w/chaos/0"
@@ -69,14 +78,7 @@ async fn a_request_waits_for_the_leaving_node_to_come_back() {
 #[actix_rt::test]
 async fn with_no_node_coming_back_the_request_fails_within_its_timeout() {
     let secret = secret_file(SECRET);
-    let master = start_node(&format!(
-        "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{ calc: {{ workers: 1 }} }}\n",
-        bridge_yaml(&secret, None)
-    ))
-    .await;
-    let join = master.bridge_addr().expect("bridge");
-    let old = start_node(&worker_yaml("w", &secret, join)).await;
-    cluster_of(&master, 2).await;
+    let (master, old, _) = master_and_worker(&secret).await;
     old.shutdown(Duration::from_secs(1)).await;
     cluster_of(&master, 1).await;
 
