@@ -129,6 +129,18 @@ enum Command {
     Stop(oneshot::Sender<()>),
 }
 
+/// Why a child that is not running starts again, or does not.
+enum Wake {
+    /// Its backoff is over.
+    Elapsed,
+    /// A reload asks for it, and waits for the answer.
+    Reload(oneshot::Sender<Result<(), ServiceError>>),
+    /// The node stops it.
+    Stop(oneshot::Sender<()>),
+    /// The node that spawned it is gone.
+    Gone,
+}
+
 /// What the task that watches one process learnt.
 enum Outcome {
     Exited(ExitStatus),
@@ -316,82 +328,79 @@ impl Watcher {
                     Outcome::Exited(ExitStatus::from_raw(127 << 8))
                 }
             };
-            let status = match outcome {
-                Outcome::Stopped(done) => {
+            let wake = match outcome {
+                Outcome::Stopped(done) => Wake::Stop(done),
+                Outcome::Reloading(reply) => Wake::Reload(reply),
+                Outcome::Exited(status) => {
+                    let pid = self.child.state.lock().pid.unwrap_or(0);
+                    if self.stopping.load(Ordering::Acquire) {
+                        self.exit_event(pid, status, None);
+                        self.set_phase(Phase::Stopped, None);
+                        self.wait_for_stop().await;
+                        return;
+                    }
+                    let up = started.elapsed();
+                    if up >= BACKOFF_RESET {
+                        backoff = BACKOFF_MIN;
+                    }
+                    unstable = if up < self.child.entry.min_uptime {
+                        unstable + 1
+                    } else {
+                        0
+                    };
+                    if unstable >= self.child.entry.max_restarts {
+                        self.exit_event(pid, status, None);
+                        self.set_phase(Phase::Errored, None);
+                        let restarts = self.child.state.lock().restarts;
+                        self.events.publish(LifecycleEvent::NodeErrored {
+                            node: self.child.name.clone(),
+                            restarts,
+                        });
+                        // Nothing but a reload or a stop wakes an errored child.
+                        self.idle(None).await
+                    } else {
+                        let delay = backoff;
+                        backoff = backoff.mul_f64(1.5).min(BACKOFF_MAX);
+                        self.exit_event(pid, status, Some(delay));
+                        self.set_phase(Phase::Restarting, None);
+                        self.idle(Some(delay)).await
+                    }
+                }
+            };
+            match wake {
+                Wake::Elapsed => {}
+                // A reload starts afresh: no backoff, no crash counted.
+                Wake::Reload(reply) => {
+                    reload = Some(reply);
+                    backoff = BACKOFF_MIN;
+                    unstable = 0;
+                }
+                Wake::Stop(done) => {
                     self.set_phase(Phase::Stopped, None);
                     let _ = done.send(());
                     return;
                 }
-                Outcome::Reloading(reply) => {
-                    reload = Some(reply);
-                    backoff = BACKOFF_MIN;
-                    unstable = 0;
-                    self.child.state.lock().restarts += 1;
-                    continue;
-                }
-                Outcome::Exited(status) => status,
-            };
-            let pid = self.child.state.lock().pid.unwrap_or(0);
-            if self.stopping.load(Ordering::Acquire) {
-                self.exit_event(pid, status, None);
-                self.set_phase(Phase::Stopped, None);
-                self.wait_for_stop().await;
-                return;
-            }
-            let up = started.elapsed();
-            if up >= BACKOFF_RESET {
-                backoff = BACKOFF_MIN;
-            }
-            unstable = if up < self.child.entry.min_uptime {
-                unstable + 1
-            } else {
-                0
-            };
-            if unstable >= self.child.entry.max_restarts {
-                self.exit_event(pid, status, None);
-                self.set_phase(Phase::Errored, None);
-                let restarts = self.child.state.lock().restarts;
-                self.events.publish(LifecycleEvent::NodeErrored {
-                    node: self.child.name.clone(),
-                    restarts,
-                });
-                // Nothing but a reload or a stop wakes an errored child.
-                match self.commands.recv().await {
-                    Some(Command::Reload(reply)) => {
-                        reload = Some(reply);
-                        backoff = BACKOFF_MIN;
-                        unstable = 0;
-                        self.child.state.lock().restarts += 1;
-                        continue;
-                    }
-                    Some(Command::Stop(done)) => {
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => return,
-                }
-            }
-            let delay = backoff;
-            backoff = (backoff.mul_f64(1.5)).min(BACKOFF_MAX);
-            self.exit_event(pid, status, Some(delay));
-            self.set_phase(Phase::Restarting, None);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                command = self.commands.recv() => match command {
-                    Some(Command::Reload(reply)) => {
-                        reload = Some(reply);
-                        backoff = BACKOFF_MIN;
-                        unstable = 0;
-                    }
-                    Some(Command::Stop(done)) => {
-                        self.set_phase(Phase::Stopped, None);
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => return,
-                },
+                Wake::Gone => return,
             }
             self.child.state.lock().restarts += 1;
+        }
+    }
+
+    /// Waits out `delay` (or forever) unless a reload or a stop comes first.
+    async fn idle(&mut self, delay: Option<Duration>) -> Wake {
+        let elapsed = async {
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = elapsed => Wake::Elapsed,
+            command = self.commands.recv() => match command {
+                Some(Command::Reload(reply)) => Wake::Reload(reply),
+                Some(Command::Stop(done)) => Wake::Stop(done),
+                None => Wake::Gone,
+            },
         }
     }
 
