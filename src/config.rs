@@ -45,9 +45,10 @@ pub struct NodeConfig {
 pub struct NodeSection {
     /// `[a-z0-9-]{1,32}`, unique in the cluster.
     pub name: String,
-    /// `master` or `worker`.
+    /// `master` or `worker`; absent, a node whose bridge joins another (or its
+    /// spawning parent) is a worker, any other node a master. See [`NodeConfig::role`].
     #[serde(default)]
-    pub role: Role,
+    pub role: Option<Role>,
     /// Arbiter threads that run workers; default: the CPU count.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -65,11 +66,10 @@ impl NodeSection {
 }
 
 /// A node's role in the cluster.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Keeps the member table and runs the master's handlers.
-    #[default]
     Master,
     /// Joins a master.
     Worker,
@@ -94,9 +94,25 @@ pub struct ApiSection {
     /// File holding the bearer token; required when `listen` is not loopback.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// Largest request body accepted, in bytes.
+    /// Largest request body accepted, in bytes; a larger `Content-Length` is 413
+    /// before any of the body is read.
     #[serde(default = "default_max_body")]
     pub max_body: usize,
+    /// Host names (the `Host` header, without port) served besides loopback names
+    /// and addresses; any other `Host` is 421, so DNS rebinding cannot reach the API.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Time a client has to send its headers and body; past it, 408 and the
+    /// connection closes.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Bytes one `GET /v1/subscribe` stream may hold for a slow client; past it,
+    /// messages are dropped and the client is told with a line `{"dropped":N}`.
+    #[serde(default = "default_subscribe_buffer")]
+    pub subscribe_buffer: usize,
 }
 
 impl Default for ApiSection {
@@ -105,12 +121,25 @@ impl Default for ApiSection {
             listen: None,
             token_file: None,
             max_body: default_max_body(),
+            allowed_hosts: Vec::new(),
+            read_timeout: default_read_timeout(),
+            max_connections: default_max_connections(),
+            subscribe_buffer: default_subscribe_buffer(),
         }
     }
 }
 
 fn default_max_body() -> usize {
     1024 * 1024
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    512
+}
+fn default_subscribe_buffer() -> usize {
+    8 * 1024 * 1024
 }
 
 /// `bridge:` — the link to the other nodes of the cluster.
@@ -136,6 +165,16 @@ pub struct BridgeSection {
     /// Frames waiting to be sent to one peer; past it, calls get `Overloaded`.
     #[serde(default = "default_send_queue")]
     pub queue: usize,
+    /// Bytes waiting to be sent to one peer; past it, calls get `Overloaded`.
+    #[serde(default = "default_queue_bytes")]
+    pub queue_bytes: usize,
+    /// Connections in their handshake at once; more are closed at once, so
+    /// unauthenticated peers cannot hold memory or descriptors.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Allows plain TCP (no `tls`) on a non-loopback `listen` or `join` address.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_heartbeat() -> Duration {
@@ -146,6 +185,12 @@ fn default_max_frame() -> usize {
 }
 fn default_send_queue() -> usize {
     8192
+}
+fn default_queue_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_max_handshakes() -> usize {
+    64
 }
 
 /// `bridge.tls:` — PEM files for mutual TLS. Every node's certificate is signed by
@@ -169,9 +214,10 @@ pub struct TlsSection {
 pub struct SpawnConfig {
     /// The child's node config, relative to the working directory.
     pub config: PathBuf,
-    /// The CPU the child is pinned to (its affinity), counted from 0.
+    /// The CPU the child is pinned to (its affinity), counted from 0, or `auto`:
+    /// the children spread over the CPUs that exist, in `spawn` order.
     #[serde(default)]
-    pub cpu: Option<usize>,
+    pub cpu: Option<Cpu>,
     /// The program to run instead of this binary; it is given
     /// `node --config CONFIG` as `colony` is.
     #[serde(default)]
@@ -190,6 +236,27 @@ fn default_spawn_restarts() -> u32 {
 }
 fn default_min_uptime() -> Duration {
     Duration::from_secs(1)
+}
+
+/// `spawn[N].cpu:` — one CPU, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cpu {
+    /// Spread: the `N`th child runs on CPU `N` modulo the CPUs that exist.
+    Auto,
+    /// This CPU.
+    #[serde(untagged)]
+    Index(usize),
+}
+
+impl Cpu {
+    /// The CPU a child at `position` in the `spawn` list runs on, given `cpus` CPUs.
+    pub fn resolve(self, position: usize, cpus: usize) -> usize {
+        match self {
+            Cpu::Auto => position % cpus.max(1),
+            Cpu::Index(cpu) => cpu,
+        }
+    }
 }
 
 /// `queues.NAME:` — how a job queue retries, and its bounds.
@@ -547,7 +614,7 @@ impl NodeConfig {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         for (i, child) in self.spawn.iter().enumerate() {
             let key = |field: &str| format!("spawn[{i}].{field}");
-            if let Some(cpu) = child.cpu {
+            if let Some(cpu) = child.cpu.map(|c| c.resolve(i, cpus)) {
                 if cpu >= cpus {
                     return err(
                         &key("cpu"),
@@ -624,6 +691,16 @@ impl NodeConfig {
         }
     }
 
+    /// The node's role: `node.role`, else `worker` when its bridge joins another
+    /// node, else `master`. A spawned node's parent is filled into `bridge.join`
+    /// before this is asked, so a spawned child defaults to `worker` too.
+    pub fn role(&self) -> Role {
+        self.node.role.unwrap_or(match &self.bridge {
+            Some(bridge) if !bridge.join.is_empty() => Role::Worker,
+            _ => Role::Master,
+        })
+    }
+
     /// The config of service `name` on this node, if the node runs it.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.get(name)
@@ -659,6 +736,38 @@ impl<'de> Deserialize<'de> for Role {
                 &["master", "worker"],
             )),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpu {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CpuVisitor;
+        impl serde::de::Visitor<'_> for CpuVisitor {
+            type Value = Cpu;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a CPU number or auto")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Cpu, E> {
+                usize::try_from(v)
+                    .map(Cpu::Index)
+                    .map_err(|_| E::custom(format!("CPU {v} is out of range")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Cpu, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("CPU {v} is negative")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Cpu, E> {
+                match v {
+                    "auto" => Ok(Cpu::Auto),
+                    other => other
+                        .parse::<u64>()
+                        .map_err(|_| E::custom(format!("`{other}` is not a CPU number or auto")))
+                        .and_then(|v| self.visit_u64(v)),
+                }
+            }
+        }
+        d.deserialize_any(CpuVisitor)
     }
 }
 

@@ -114,7 +114,8 @@ impl Node {
         let app: App = app.into();
         let mut config = config;
         // A spawned worker with a bridge but nowhere to join joins its parent.
-        if let (Some(bridge), Role::Worker) = (&mut config.bridge, config.node.role) {
+        if let (Some(bridge), false) = (&mut config.bridge, config.node.role == Some(Role::Master))
+        {
             if bridge.join.is_empty() {
                 bridge.join.extend(spawn::parent_bridge());
             }
@@ -150,12 +151,13 @@ impl Node {
         let events = EventBus::default();
         let pubsub = Arc::new(PubSub::default());
         // The master holds the cluster's queues and locks; a node alone holds its own.
-        let holds = config.node.role == Role::Master || config.bridge.is_none();
+        let role = config.role();
+        let holds = role == Role::Master || config.bridge.is_none();
         let holder = holds.then(|| Holder::start(&name, config.queues.clone(), events.clone()));
         let node = Node {
             inner: Arc::new(Inner {
                 name: name.clone(),
-                role: config.node.role,
+                role,
                 started: Instant::now(),
                 router: router.clone(),
                 master: Mutex::new(None),
@@ -179,7 +181,7 @@ impl Node {
         let mut spread = 0;
         for def in app.services {
             let service_config = if def.name == MASTER_SERVICE {
-                if config.node.role != Role::Master {
+                if role != Role::Master {
                     continue;
                 }
                 ServiceConfig {
@@ -229,7 +231,7 @@ impl Node {
         if let Some(section) = config.bridge.clone() {
             let me = Member {
                 name: name.clone(),
-                role: config.node.role.to_string(),
+                role: role.to_string(),
                 bridge: section.listen,
                 api: api_addr,
                 services: offers,

@@ -110,6 +110,8 @@ impl Phase {
 struct Child {
     name: String,
     entry: SpawnConfig,
+    /// The CPU it is pinned to, `cpu: auto` resolved by its place in the list.
+    cpu: Option<usize>,
     /// The child has a bridge; without one, listening is online.
     bridged: bool,
     state: Mutex<ChildState>,
@@ -172,11 +174,14 @@ impl Spawner {
             .spawn
             .iter()
             .zip(spawned)
-            .map(|(entry, child_config)| {
+            .enumerate()
+            .map(|(position, (entry, child_config))| {
                 let (commands, receiver) = mpsc::channel(4);
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let child = Arc::new(Child {
                     name: child_config.node.name.clone(),
                     entry: entry.clone(),
+                    cpu: entry.cpu.map(|c| c.resolve(position, cpus)),
                     bridged: child_config.bridge.is_some(),
                     state: Mutex::new(ChildState {
                         phase: Phase::Starting,
@@ -230,7 +235,7 @@ impl Spawner {
                         _ => 0,
                     },
                     restarts: state.restarts,
-                    cpus: child.entry.cpu.map(|c| vec![c]).unwrap_or_default(),
+                    cpus: child.cpu.map(|c| vec![c]).unwrap_or_default(),
                     services: Vec::new(),
                 }
             })
@@ -462,7 +467,7 @@ impl Watcher {
             None => command.env_remove(PARENT_BRIDGE),
         };
         let fd = writer.as_raw_fd();
-        let cpu = self.child.entry.cpu;
+        let cpu = self.child.cpu;
         let parent = std::process::id();
         // SAFETY: the closure runs in the forked child before exec and calls only
         // async-signal-safe functions (dup2, fcntl, setpgid, prctl, getppid,
