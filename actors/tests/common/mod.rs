@@ -371,9 +371,17 @@ impl NodeProcess {
     }
 }
 
-/// A cluster secret file in `dir`.
+/// A cluster secret file in `dir`, readable by its owner only (as a node requires).
 pub fn write_secret(dir: &Path) -> PathBuf {
-    write_config(dir, "cluster.secret", "test-cluster-secret-0123456789")
+    write_private(dir, "cluster.secret", "test-cluster-secret-0123456789")
+}
+
+/// Writes `text` to `dir/name` with mode 0600, as secret and token files must be.
+pub fn write_private(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = write_config(dir, name, text);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    path
 }
 
 /// A node config joined to `join` (a bridge address) with fast heartbeats.
