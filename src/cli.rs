@@ -190,10 +190,7 @@ fn check_config(app: &App, files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
         // The nodes it spawns are checked with it.
-        let checked = NodeConfig::load(file).and_then(|c| {
-            c.check_services(file, app)
-                .and_then(|()| c.check_spawned(app))
-        });
+        let checked = NodeConfig::load(file).and_then(|c| crate::node::check::check(&c, file, app));
         match checked {
             Ok(_) => println!("ok: {}", file.display()),
             Err(e) => {

@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{App, MASTER_SERVICE};
 
+pub mod files;
+mod input;
+pub mod limits;
+
+/// The start of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "COLONY__";
+
 /// A node's whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +57,7 @@ pub struct NodeSection {
     #[serde(default)]
     pub role: Option<Role>,
     /// Arbiter threads that run workers; default: the CPU count.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "input::optional_integer")]
     pub threads: Option<usize>,
 }
 
@@ -96,7 +103,7 @@ pub struct ApiSection {
     pub token_file: Option<PathBuf>,
     /// Largest request body accepted, in bytes; a larger `Content-Length` is 413
     /// before any of the body is read.
-    #[serde(default = "default_max_body")]
+    #[serde(default = "default_max_body", deserialize_with = "input::integer")]
     pub max_body: usize,
     /// Host names (the `Host` header, without port) served besides loopback names
     /// and addresses; any other `Host` is 421, so DNS rebinding cannot reach the API.
@@ -107,11 +114,17 @@ pub struct ApiSection {
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
     pub read_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
-    #[serde(default = "default_max_connections")]
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "input::integer"
+    )]
     pub max_connections: usize,
     /// Bytes one `GET /v1/subscribe` stream may hold for a slow client; past it,
     /// messages are dropped and the client is told with a line `{"dropped":N}`.
-    #[serde(default = "default_subscribe_buffer")]
+    #[serde(
+        default = "default_subscribe_buffer",
+        deserialize_with = "input::integer"
+    )]
     pub subscribe_buffer: usize,
 }
 
@@ -160,17 +173,20 @@ pub struct BridgeSection {
     #[serde(default)]
     pub tls: Option<TlsSection>,
     /// Largest frame accepted, in bytes (checked before any allocation).
-    #[serde(default = "default_max_frame")]
+    #[serde(default = "default_max_frame", deserialize_with = "input::integer")]
     pub max_frame: usize,
     /// Frames waiting to be sent to one peer; past it, calls get `Overloaded`.
-    #[serde(default = "default_send_queue")]
+    #[serde(default = "default_send_queue", deserialize_with = "input::integer")]
     pub queue: usize,
     /// Bytes waiting to be sent to one peer; past it, calls get `Overloaded`.
-    #[serde(default = "default_queue_bytes")]
+    #[serde(default = "default_queue_bytes", deserialize_with = "input::integer")]
     pub queue_bytes: usize,
     /// Connections in their handshake at once; more are closed at once, so
     /// unauthenticated peers cannot hold memory or descriptors.
-    #[serde(default = "default_max_handshakes")]
+    #[serde(
+        default = "default_max_handshakes",
+        deserialize_with = "input::integer"
+    )]
     pub max_handshakes: usize,
     /// Allows plain TCP (no `tls`) on a non-loopback `listen` or `join` address.
     #[serde(default)]
@@ -224,7 +240,10 @@ pub struct SpawnConfig {
     pub command: Option<PathBuf>,
     /// Restarts in a row, each after less than `min_uptime`, before the child is
     /// `errored` and no longer restarted (until a reload).
-    #[serde(default = "default_spawn_restarts")]
+    #[serde(
+        default = "default_spawn_restarts",
+        deserialize_with = "input::integer"
+    )]
     pub max_restarts: u32,
     /// A child that ran at least this long did not crash-loop.
     #[serde(default = "default_min_uptime", with = "humantime_serde")]
@@ -264,10 +283,13 @@ impl Cpu {
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Deliveries of a job before it goes to the dead letters.
-    #[serde(default = "default_attempts")]
+    #[serde(default = "default_attempts", deserialize_with = "input::integer")]
     pub max_attempts: u32,
     /// Jobs waiting for a worker; a push beyond is `Overloaded`.
-    #[serde(default = "default_queue_capacity")]
+    #[serde(
+        default = "default_queue_capacity",
+        deserialize_with = "input::integer"
+    )]
     pub capacity: usize,
     /// How long a worker may hold a job without acknowledging it before it is
     /// delivered again (a safety net: a worker's death, panic or node loss redelivers
@@ -275,7 +297,7 @@ pub struct QueueConfig {
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
     /// Dead letters kept; past this the oldest is dropped, with an error in the log.
-    #[serde(default = "default_dead_letters")]
+    #[serde(default = "default_dead_letters", deserialize_with = "input::integer")]
     pub dead_letters: usize,
 }
 
@@ -308,13 +330,13 @@ fn default_dead_letters() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Worker count; default: `node.threads`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "input::optional_integer")]
     pub workers: Option<usize>,
     /// Requests in flight per worker.
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "input::integer")]
     pub concurrency: usize,
     /// High-water mark of requests waiting for a free worker.
-    #[serde(default = "default_queue")]
+    #[serde(default = "default_queue", deserialize_with = "input::integer")]
     pub queue: usize,
     /// Default request timeout.
     #[serde(default = "default_timeout", with = "humantime_serde")]
@@ -361,7 +383,7 @@ pub struct RestartConfig {
     #[serde(default)]
     pub strategy: Strategy,
     /// More restarts than this within `within` fail the service.
-    #[serde(default = "default_max_restarts")]
+    #[serde(default = "default_max_restarts", deserialize_with = "input::integer")]
     pub max_restarts: u32,
     /// The window of the restart intensity.
     #[serde(default = "default_within", with = "humantime_serde")]
@@ -501,21 +523,55 @@ impl NodeConfig {
     /// Reads `path` with the environment's `COLONY__…` overrides, and checks every value.
     pub fn load(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+        let text = Self::read(path)?;
         Self::parse(path, &text)
+    }
+
+    /// The text of config file `path`, refused past [`input::MAX_FILE`] bytes.
+    fn read(path: &Path) -> Result<String, ConfigError> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?
+            .len();
+        if size > input::MAX_FILE as u64 {
+            return Err(ConfigError::new(
+                path,
+                "",
+                format!(
+                    "is {size} bytes; a config may be at most {}",
+                    input::MAX_FILE
+                ),
+            ));
+        }
+        std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))
     }
 
     /// Parses YAML `text` as if read from `path`, with environment overrides.
     pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
-        let built = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Yaml))
-            .add_source(
+        Self::parse_with(path, text, true)
+    }
+
+    /// Reads `path` as [`load`](Self::load) does, but without the environment's
+    /// overrides: those are meant for this process's own node, never for the
+    /// configs of the children it spawns.
+    fn load_as_child(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = Self::read(path)?;
+        Self::parse_with(path, &text, false)
+    }
+
+    fn parse_with(path: &Path, text: &str, env: bool) -> Result<NodeConfig, ConfigError> {
+        input::check_yaml(text).map_err(|problem| ConfigError::new(path, "", problem))?;
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Yaml));
+        if env {
+            builder = builder.add_source(
                 config::Environment::with_prefix("COLONY")
                     .prefix_separator("__")
                     .separator("__")
                     .try_parsing(true),
-            )
+            );
+        }
+        let built = builder
             .build()
             .map_err(|e| ConfigError::new(path, "", clean_message(&e.to_string())))?;
         let mut parsed: NodeConfig = serde_path_to_error::deserialize(built).map_err(|e| {
@@ -542,6 +598,7 @@ impl NodeConfig {
                 format!("`{name}` is not 1 to 32 characters of a-z, 0-9 and -"),
             );
         }
+        self.check_limits(path)?;
         if self.node.threads == Some(0) {
             return err("node.threads", "must be at least 1".into());
         }
@@ -639,7 +696,7 @@ impl NodeConfig {
         let mut names = vec![self.node.name.clone()];
         let mut configs = Vec::new();
         for (i, child) in self.spawn.iter().enumerate() {
-            let config = NodeConfig::load(&child.config).map_err(|e| {
+            let config = NodeConfig::load_as_child(&child.config).map_err(|e| {
                 ConfigError::new(&file, format!("spawn[{i}].config"), e.to_string())
             })?;
             if names.contains(&config.node.name) {

@@ -139,7 +139,7 @@ impl Holder {
                     node: from.to_string(),
                     req,
                     owner,
-                    lease: lease_ms.map(Duration::from_millis),
+                    lease: lease_ms.map(|l| Duration::from_millis(l.min(MAX_LEASE_MS))),
                 };
                 let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
                 serde_json::to_vec(&self.locks.acquire(&key, claim, wait).await?)
@@ -159,3 +159,6 @@ impl Holder {
 
 /// The longest wait a remote take or lock may ask for.
 const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
+/// The longest lease a remote lock may ask for: a week, as for every duration
+/// of a config ([`MAX_DURATION`](crate::config::limits::MAX_DURATION)).
+const MAX_LEASE_MS: u64 = crate::config::limits::MAX_DURATION.as_millis() as u64;

@@ -133,7 +133,6 @@ struct Queue {
 /// The queues a node holds.
 pub(crate) struct JobQueues {
     node: String,
-    configs: BTreeMap<String, QueueConfig>,
     queues: Mutex<HashMap<String, Queue>>,
     events: EventBus,
     next_id: AtomicU64,
@@ -154,29 +153,35 @@ impl JobQueues {
         configs: BTreeMap<String, QueueConfig>,
         events: EventBus,
     ) -> JobQueues {
+        // Only declared queues exist: a name from outside never creates one.
+        let queues = configs
+            .iter()
+            .map(|(name, config)| (name.clone(), Queue::new(config.clone())))
+            .collect();
         JobQueues {
             node: node.to_string(),
-            configs,
-            queues: Mutex::default(),
+            queues: Mutex::new(queues),
             events,
             next_id: AtomicU64::new(1),
             next_taker: AtomicU64::new(1),
         }
     }
 
-    fn with_queue<R>(&self, name: &str, f: impl FnOnce(&mut Queue) -> R) -> R {
+    /// Runs `f` on queue `name`; `NoSuchService` when no config declares it.
+    fn with_queue<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Queue) -> R,
+    ) -> Result<R, ServiceError> {
         let mut queues = self.queues.lock();
-        let queue = queues.entry(name.to_string()).or_insert_with(|| Queue {
-            config: self.configs.get(name).cloned().unwrap_or_default(),
-            ready: VecDeque::new(),
-            leased: HashMap::new(),
-            takers: VecDeque::new(),
-            pushed: 0,
-            completed: 0,
-            failures: 0,
-            dead: VecDeque::new(),
-        });
-        f(queue)
+        match queues.get_mut(name) {
+            Some(queue) => Ok(f(queue)),
+            None => Err(ServiceError::no_such_service(format!(
+                "no queue `{}` is declared (queues: in the config of node {})",
+                name.escape_debug(),
+                self.node
+            ))),
+        }
     }
 
     /// Queues `job` (JSON) and returns its id; `Overloaded` when the queue is full.
@@ -197,7 +202,7 @@ impl JobQueues {
                 attempts: 0,
             });
             Ok(id)
-        })
+        })?
     }
 
     /// Waits up to `wait` for a job for `worker` of `node`; `None` when none came.
@@ -231,7 +236,7 @@ impl JobQueues {
                     None
                 }
             }
-        });
+        })?;
         if now.is_some() {
             return Ok(now);
         }
@@ -240,7 +245,7 @@ impl JobQueues {
             Ok(Err(_)) => Ok(None),
             Err(_) => {
                 // Leave the line; a job handed over in the same instant is still ours.
-                self.with_queue(name, |queue| queue.takers.retain(|t| t.id != taker));
+                let _gone = self.with_queue(name, |queue| queue.takers.retain(|t| t.id != taker));
                 Ok(rx.try_recv().ok())
             }
         }
@@ -266,6 +271,10 @@ impl JobQueues {
                 }
                 Some(error) => queue.failed(lease.job, error, answer.counts),
             }
+        });
+        let dead = dead.unwrap_or_else(|e| {
+            log::debug!("answer for job {id} ignored: {e}");
+            None
         });
         if let Some(dead) = dead {
             self.bury(name, dead);
@@ -355,7 +364,8 @@ impl JobQueues {
                 }
             }
             queue.dead.push_back(dead);
-        });
+        })
+        .unwrap_or_else(|e| log::error!("dead letter lost: {e}"));
     }
 
     /// Every queue, by name.
@@ -380,6 +390,19 @@ impl JobQueues {
 }
 
 impl Queue {
+    fn new(config: QueueConfig) -> Queue {
+        Queue {
+            config,
+            ready: VecDeque::new(),
+            leased: HashMap::new(),
+            takers: VecDeque::new(),
+            pushed: 0,
+            completed: 0,
+            failures: 0,
+            dead: VecDeque::new(),
+        }
+    }
+
     /// Hands `job` to the first ready worker, or puts it in line.
     fn offer(&mut self, mut job: Job) {
         while let Some(taker) = self.takers.pop_front() {
@@ -409,7 +432,9 @@ impl Queue {
                 job,
                 node: taker.node,
                 worker: taker.worker,
-                expires: Instant::now() + self.config.lease,
+                expires: Instant::now()
+                    .checked_add(self.config.lease)
+                    .unwrap_or_else(far_future),
             },
         );
         Ok(given)
@@ -452,4 +477,9 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
         )));
     }
     Ok(())
+}
+
+/// An instant no lease reaches, for a lease too long to add to now.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }

@@ -130,7 +130,10 @@ impl Locks {
                     waiter.claim.owner
                 );
                 lock.holder = Some(Holding {
-                    expires: waiter.claim.lease.map(|l| Instant::now() + l),
+                    expires: waiter
+                        .claim
+                        .lease
+                        .and_then(|l| Instant::now().checked_add(l)),
                     claim: waiter.claim,
                     token,
                 });

@@ -82,10 +82,11 @@ impl Handler<Kill> for Master {
             _ => return Box::pin(async move { Err(not_running) }),
         };
         Box::pin(async move {
-            supervisor
-                .send(KillWorker { index: id.index })
-                .await
-                .unwrap_or(Err(not_running))
+            // The supervisor's own refusal cannot name an index it has no slot for.
+            match supervisor.send(KillWorker { index: id.index }).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(not_running),
+            }
         })
     }
 }

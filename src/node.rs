@@ -33,6 +33,7 @@ use crate::supervisor::Supervisor;
 use crate::worker::{WorkerSlot, WorkerState};
 
 mod calls;
+pub mod check;
 mod consumer;
 mod messaging;
 mod metrics;
@@ -124,10 +125,9 @@ impl Node {
             .source
             .clone()
             .unwrap_or_else(|| PathBuf::from("<config>"));
-        config.check_services(&source, &app)?;
         // Children's configs are read before anything starts: a broken one is this
         // node's config error.
-        let spawned = config.check_spawned(&app)?;
+        let spawned = check::check(&config, &source, &app)?;
         let name = config.node.name.clone();
 
         let listener = match config.api.listen {

@@ -462,6 +462,7 @@ impl Watcher {
             .env(NOTIFY_FD, "3")
             .env(RESTARTS, restarts.to_string())
             .stdin(Stdio::null());
+        without_overrides(command.as_std_mut());
         match self.bridge {
             Some(addr) => command.env(PARENT_BRIDGE, addr.to_string()),
             None => command.env_remove(PARENT_BRIDGE),
@@ -633,12 +634,14 @@ impl Watcher {
             // Another program may not know `check-config`; its own start decides.
             return Ok(());
         }
-        let checked = tokio::process::Command::new(&self.program)
+        let mut checked = tokio::process::Command::new(&self.program);
+        checked
             .arg("check-config")
             .arg(&self.child.entry.config)
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
+            .kill_on_drop(true);
+        without_overrides(checked.as_std_mut());
+        let checked = checked.output();
         match tokio::time::timeout(CHECK_TIMEOUT, checked).await {
             Ok(Ok(output)) if output.status.success() => Ok(()),
             Ok(Ok(output)) => Err(ServiceError::bad_request(format!(
@@ -753,6 +756,17 @@ pub(crate) fn notify_listening(
 /// The bridge address of the node that spawned this process, if one did.
 pub(crate) fn parent_bridge() -> Option<std::net::SocketAddr> {
     std::env::var(PARENT_BRIDGE).ok()?.parse().ok()
+}
+
+/// Removes this node's `COLONY__…` config overrides from a child's environment:
+/// they were meant for this node's config, not its children's (an
+/// `COLONY__API__LISTEN` would make every child bind the same port).
+fn without_overrides(command: &mut std::process::Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with(crate::config::ENV_PREFIX) {
+            command.env_remove(key);
+        }
+    }
 }
 
 /// The restarts the parent counted before starting this process.

@@ -1,5 +1,5 @@
 //! Confirmations across a bridged master + worker node: workers confirm an id
-//! from inside their handlers; the master's `on_confirmation(n, id)` resolves
+//! from inside their handlers; the master's `on_confirmation(n, id, timeout)` resolves
 //! only once `n` distinct senders have confirmed (repeats from one worker count
 //! once), a later wait that is already met resolves at once, a confirmation
 //! from outside a worker counts its node as the sender, and only the master
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 const SECRET: &str = "a-cluster-secret-for-tests-only";
 const ID: &str = "ready";
+const WAIT: Duration = Duration::from_secs(5);
 
 /// Asks a worker to confirm `id`; replies with the count the master reports.
 #[derive(Debug, Clone, Message, Serialize, Deserialize)]
@@ -87,7 +88,7 @@ async fn the_master_counts_distinct_senders_of_a_confirmation() {
     cluster_of(&worker, 2).await;
 
     // Registered before any confirmation.
-    let mut three = Box::pin(master.on_confirmation(3, ID));
+    let mut three = Box::pin(master.on_confirmation(3, ID, WAIT));
     assert!((&mut three).now_or_never().is_none());
 
     // Worker 0 confirms five times: one sender.
@@ -114,7 +115,7 @@ async fn the_master_counts_distinct_senders_of_a_confirmation() {
 
     // Already met: resolves at once, with the count so far.
     let two = master
-        .on_confirmation(2, ID)
+        .on_confirmation(2, ID, WAIT)
         .now_or_never()
         .expect("a wait already met resolves at once");
     assert_eq!(two.expect("confirmed"), 3);
@@ -126,15 +127,22 @@ async fn the_master_counts_distinct_senders_of_a_confirmation() {
     assert_eq!(worker.confirm(ID).await.expect("w confirms"), 5);
     assert_eq!(worker.confirm(ID).await.expect("w confirms"), 5);
     let five = master
-        .on_confirmation(5, ID)
+        .on_confirmation(5, ID, WAIT)
         .now_or_never()
         .expect("five senders: resolves at once");
     assert_eq!(five.expect("confirmed"), 5);
     // Another id counts apart.
     assert_eq!(master.confirm("other").await.expect("master confirms"), 1);
 
+    // A count that is never reached ends in Timeout, not a wait for ever.
+    let err = master
+        .on_confirmation(10, ID, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err:?}");
+
     // Only the master counts.
-    let err = worker.on_confirmation(1, ID).await.unwrap_err();
+    let err = worker.on_confirmation(1, ID, WAIT).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::NoSuchService, "{err:?}");
 
     worker.shutdown(Duration::from_secs(1)).await;

@@ -45,13 +45,13 @@ fn jobs_held_by_a_killed_node_are_delivered_again_and_all_complete() {
     let master_cfg = write_config(
         dir.path(),
         "master.yaml",
-        &cluster_config(
+        &(cluster_config(
             "master",
             "master",
             &secret,
             None,
             "{ math: { workers: 1 } }",
-        ),
+        ) + "queues: { chaos.jobs: {} }\n"),
     );
     let master = NodeProcess::start_bridged(&master_cfg, &[]);
     let join = master.bridge_addr().to_string();

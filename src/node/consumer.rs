@@ -22,6 +22,9 @@ const READY_POLL: Duration = Duration::from_millis(20);
 /// Backoff after a failed take (master unreachable), doubling.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Take loops per worker: jobs one worker runs at once, however large its
+/// `concurrency`, so a big concurrency does not become that many idle tasks.
+const MAX_TAKE_LOOPS: usize = 64;
 
 /// Starts the take loops of `service` on its workers' threads.
 pub(super) fn start(
@@ -33,7 +36,7 @@ pub(super) fn start(
     for (queue, subject) in &service.def.consumes {
         for index in 0..service.slots.len() {
             let thread = &threads[(spread + index) % threads.len()];
-            for _ in 0..service.config.concurrency {
+            for _ in 0..service.config.concurrency.min(MAX_TAKE_LOOPS) {
                 thread.spawn(take_loop(
                     Arc::downgrade(&node.inner),
                     service.clone(),
@@ -55,6 +58,7 @@ async fn take_loop(
 ) {
     let worker = service.slots[index].id.to_string();
     let mut backoff = BACKOFF_MIN;
+    let mut warned = false;
     loop {
         let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
             return;
@@ -73,7 +77,12 @@ async fn take_loop(
             Ok(Some(given)) => given,
             Ok(None) => continue,
             Err(e) => {
-                log::debug!("queue {queue}: {worker} cannot take jobs: {e}");
+                if e.kind == crate::error::ErrorKind::NoSuchService && !warned {
+                    warned = true;
+                    log::warn!("queue {queue}: {worker} cannot take jobs: {e}");
+                } else {
+                    log::debug!("queue {queue}: {worker} cannot take jobs: {e}");
+                }
                 drop(node);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);

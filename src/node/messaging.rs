@@ -428,12 +428,13 @@ impl Node {
     }
 
     /// On the master: resolves once `n` distinct senders have confirmed `id` (at
-    /// once if they already have), with their count. Each call fires once. Wrap it
-    /// in a timeout to bound the wait.
+    /// once if they already have), with their count; `Timeout` if they have not
+    /// within `timeout`. Each call fires once.
     pub fn on_confirmation(
         &self,
         n: usize,
         id: &str,
+        timeout: Duration,
     ) -> impl Future<Output = Result<usize, ServiceError>> + 'static {
         let waiting = match &self.inner.holder {
             Some(holder) => holder.confirmations.wait(n, id),
@@ -443,7 +444,16 @@ impl Node {
             ))),
         };
         let name = self.inner.name.clone();
-        async move { waiting?.await.map_err(|_| super::node_stopped(&name)) }
+        let id = id.to_string();
+        async move {
+            match tokio::time::timeout(timeout, waiting?).await {
+                Ok(count) => count.map_err(|_| super::node_stopped(&name)),
+                Err(_) => Err(ServiceError::timeout(format!(
+                    "fewer than {n} senders confirmed `{id}` within {}",
+                    humantime::format_duration(timeout)
+                ))),
+            }
+        }
     }
 }
 

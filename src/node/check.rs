@@ -1,0 +1,55 @@
+//! Everything a node refuses at start, checked without starting anything: the
+//! config's services against the app, the files it names (secret, token, TLS:
+//! present, private, well formed) and, the same way, each config it spawns.
+//! `colony check-config` and [`Node::start`](super::Node::start) share it, so a
+//! config that passes the one never fails the other.
+
+use std::path::Path;
+
+use crate::api;
+use crate::app::App;
+use crate::bridge::handshake::Secret;
+use crate::bridge::tls::Tls;
+use crate::config::files::check_private;
+use crate::config::{ConfigError, NodeConfig};
+
+/// Checks `config` (read from `file`) and the configs it spawns; returns those.
+pub fn check(config: &NodeConfig, file: &Path, app: &App) -> Result<Vec<NodeConfig>, ConfigError> {
+    config.check_services(file, app)?;
+    check_files(config, file)?;
+    let spawned = config.check_spawned(app)?;
+    for (i, (entry, child)) in config.spawn.iter().zip(&spawned).enumerate() {
+        check_files(child, &entry.config).map_err(|e| ConfigError {
+            file: file.display().to_string(),
+            key: format!("spawn[{i}].config"),
+            problem: e.to_string(),
+        })?;
+    }
+    Ok(spawned)
+}
+
+/// The secret, token and TLS files of `config`, read as the node would read them.
+fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
+    let fail = |key: &str, path: &Path, problem: String| ConfigError {
+        file: file.display().to_string(),
+        key: key.to_string(),
+        problem: format!("{}: {problem}", path.display()),
+    };
+    if let Some(path) = &config.api.token_file {
+        check_private(path).map_err(|p| fail("api.token_file", path, p))?;
+        api::read_token(path).map_err(|p| fail("api.token_file", path, p))?;
+    }
+    if let Some(bridge) = &config.bridge {
+        let path = &bridge.secret_file;
+        check_private(path).map_err(|p| fail("bridge.secret_file", path, p))?;
+        Secret::read(path).map_err(|p| fail("bridge.secret_file", path, p))?;
+        if let Some(tls) = &bridge.tls {
+            Tls::load(tls).map_err(|problem| ConfigError {
+                file: file.display().to_string(),
+                key: "bridge.tls".into(),
+                problem,
+            })?;
+        }
+    }
+    Ok(())
+}
