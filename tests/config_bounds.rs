@@ -112,7 +112,7 @@ fn an_alias_bomb_is_refused_without_expanding_it() {
     let mut bomb = String::from("node: { name: alpha }\nx0: &x0 [a, a, a, a, a, a, a, a, a, a]\n");
     for level in 1..10 {
         let prev = format!("*x{}", level - 1);
-        let refs = vec![prev.as_str(); 10].join(", ");
+        let refs = [prev.as_str(); 10].join(", ");
         bomb.push_str(&format!("x{level}: &x{level} [{refs}]\n"));
     }
     let before = peak_kib();
