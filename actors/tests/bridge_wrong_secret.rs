@@ -24,7 +24,7 @@ fn names(nodes: &[(String, String)]) -> Vec<&str> {
 fn a_worker_with_another_secret_is_refused_and_one_with_the_right_secret_joins() {
     let dir = tempfile::tempdir().unwrap();
     let secret_a = write_secret(dir.path());
-    let secret_b = write_config(dir.path(), "b.secret", OTHER_SECRET);
+    let secret_b = write_private(dir.path(), "b.secret", OTHER_SECRET);
     let master = NodeProcess::start_bridged(
         &write_config(
             dir.path(),
@@ -116,7 +116,7 @@ fn a_worker_with_another_secret_is_refused_and_one_with_the_right_secret_joins()
 fn a_bridge_without_a_usable_secret_file_keeps_the_node_from_starting() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such.secret");
-    let short = write_config(dir.path(), "short.secret", "too-short\n");
+    let short = write_private(dir.path(), "short.secret", "too-short\n");
     for (file, secret, problem) in [
         ("missing.yaml", &missing, "cannot read"),
         ("short.yaml", &short, "at least 16"),
