@@ -16,11 +16,11 @@ run-cluster: build .colony/cluster.secret
 	@echo "  $(COLONY) request math sum '{\"a\":1,\"b\":2}'   and   $(COLONY) status"
 	$(COLONY) node --config configs/master.yaml
 
-# The shared cluster secret, made once and never committed.
+# The shared cluster secret, made once and never committed; readable by its
+# owner only from the first byte (a node refuses a secret others can read).
 .colony/cluster.secret:
 	@mkdir -p .colony
-	@head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
-	@chmod 600 $@
+	@(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@)
 
 test:
 	cargo fmt --all -- --check
