@@ -35,7 +35,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
     /// Job queues this node holds (the master, or a node without a bridge), by
-    /// name; a queue not listed gets the defaults on first use.
+    /// name. Only these exist: a push or take for any other name is `NoSuchService`.
     #[serde(default)]
     pub queues: BTreeMap<String, QueueConfig>,
     /// Child node processes this node starts, keeps running and reloads.
