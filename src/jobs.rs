@@ -409,7 +409,7 @@ impl Queue {
                 job,
                 node: taker.node,
                 worker: taker.worker,
-                expires: Instant::now() + self.config.lease,
+                expires: crate::deadline::tokio_after(self.config.lease),
             },
         );
         Ok(given)

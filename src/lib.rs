@@ -38,6 +38,7 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 mod confirm;
+mod deadline;
 mod dealer;
 pub mod error;
 pub mod guard;

@@ -130,7 +130,7 @@ impl Locks {
                     waiter.claim.owner
                 );
                 lock.holder = Some(Holding {
-                    expires: waiter.claim.lease.map(|l| Instant::now() + l),
+                    expires: waiter.claim.lease.map(crate::deadline::tokio_after),
                     claim: waiter.claim,
                     token,
                 });
