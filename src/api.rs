@@ -100,17 +100,23 @@ pub(crate) fn serve(
                     .into_response(refusal.response())
                     .map_into_right_body()))),
             })
-            .route("/v1/health", web::get().to(health))
-            .route("/v1/status", web::get().to(status))
-            .route("/v1/request/{service}/{subject}", web::post().to(request))
-            .route("/v1/kill", web::post().to(kill))
-            .route("/v1/reload", web::post().to(reload))
-            .route("/metrics", web::get().to(metrics))
-            .route("/v1/publish/{topic:.*}", web::post().to(publish))
-            .route("/v1/subscribe", web::get().to(subscribe_all))
-            .route("/v1/subscribe/{prefix:.*}", web::get().to(subscribe))
-            .route("/v1/push/{queue}", web::post().to(push))
-            .route("/v1/queues", web::get().to(queues))
+            .service(endpoint("/v1/health", web::get().to(health)))
+            .service(endpoint("/v1/status", web::get().to(status)))
+            .service(endpoint(
+                "/v1/request/{service}/{subject}",
+                web::post().to(request),
+            ))
+            .service(endpoint("/v1/kill", web::post().to(kill)))
+            .service(endpoint("/v1/reload", web::post().to(reload)))
+            .service(endpoint("/metrics", web::get().to(metrics)))
+            .service(endpoint("/v1/publish/{topic:.*}", web::post().to(publish)))
+            .service(endpoint("/v1/subscribe", web::get().to(subscribe_all)))
+            .service(endpoint(
+                "/v1/subscribe/{prefix:.*}",
+                web::get().to(subscribe),
+            ))
+            .service(endpoint("/v1/push/{queue}", web::post().to(push)))
+            .service(endpoint("/v1/queues", web::get().to(queues)))
             .default_service(web::to(not_found))
     })
     .workers(WORKERS)
@@ -124,6 +130,13 @@ pub(crate) fn serve(
     let handle = server.handle();
     actix_rt::spawn(server);
     Ok(ApiServer { handle, addr })
+}
+
+/// One endpoint: `route` at `path`, and a JSON 405 for any other method.
+fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(wrong_method))
 }
 
 /// The API's threads.
@@ -271,7 +284,7 @@ async fn kill(payload: web::Payload, state: web::Data<State>) -> HttpResponse {
             (Some(worker), None, None) => {
                 let id: WorkerId = worker.parse()?;
                 state.node.kill(&id).await?;
-                Ok(json!({ "killed": id }))
+                Ok::<_, Refusal>(json!({ "killed": id }))
             }
             (None, Some(node), code) => {
                 let code = code.unwrap_or(1);
@@ -283,7 +296,7 @@ async fn kill(payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     };
     match answer.await {
         Ok(killed) => HttpResponse::Accepted().json(killed),
-        Err(e) => Refusal::response(&e),
+        Err(e) => e.response(),
     }
 }
 
@@ -395,6 +408,19 @@ async fn queues(state: web::Data<State>) -> HttpResponse {
         Ok(queues) => HttpResponse::Ok().json(json!({ "queues": queues })),
         Err(e) => error_response(&e),
     }
+}
+
+async fn wrong_method(req: HttpRequest) -> HttpResponse {
+    Refusal::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::BadRequest,
+        format!(
+            "{} {}: this endpoint does not take {0}",
+            req.method(),
+            req.path().escape_debug()
+        ),
+    )
+    .response()
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

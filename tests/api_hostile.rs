@@ -446,6 +446,11 @@ async fn made_up_endpoints_and_services_leave_no_trace() {
         .send(addr)
         .await
         .refused(404, "NoSuchService");
+    // A known endpoint with the wrong method keeps the error shape.
+    Req::get(addr, "/v1/kill")
+        .send(addr)
+        .await
+        .refused(405, "BadRequest");
 
     let metrics = || async {
         let answer = Req::get(addr, "/metrics").send(addr).await;

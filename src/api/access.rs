@@ -104,7 +104,7 @@ impl Access {
         let allowed = is_loopback_name(&name)
             || name
                 .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback() || ip == self.listen_ip)
+                .is_ok_and(|ip| ip.is_loopback() || (ip == self.listen_ip && !ip.is_unspecified()))
             || self.allowed_hosts.contains(&name);
         if allowed {
             return Ok(());
