@@ -2,23 +2,33 @@
 //! or a node), reload, metrics (Prometheus text), publish, subscribe (a stream of
 //! JSON lines), push and queues. JSON in and out; every error is
 //! `{"error":{"kind","message"}}` with the status of its kind.
-//! Bodies are capped at `api.max_body` bytes while they are read. With a token
-//! configured, every endpoint but health needs `Authorization: Bearer TOKEN`.
+//!
+//! Every request passes [`access`] first (Host, Origin, token, content type, body
+//! size); [`limits`] keeps connections within the node's file descriptors. A body
+//! must arrive within `api.read_timeout` and is capped at `api.max_body` bytes
+//! while it is read.
+
+pub(crate) mod access;
+pub(crate) mod limits;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
+use actix_web::dev::{ServerHandle, Service as _};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::future::{ready, Either};
+use futures::{FutureExt as _, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::error::ServiceError;
+use self::access::{Access, Refusal};
+use crate::config::ApiSection;
+use crate::error::{ErrorKind, ServiceError};
 use crate::message::WorkerId;
 use crate::node::Node;
 
@@ -32,7 +42,11 @@ struct State {
     node: Node,
     token: Option<String>,
     max_body: usize,
+    read_timeout: Duration,
 }
+
+/// The longest `?timeout=` a request may ask for.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Reads a bearer token file: its first line, trimmed, must not be empty.
 pub(crate) fn read_token(path: &Path) -> Result<String, String> {
@@ -44,36 +58,71 @@ pub(crate) fn read_token(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
-/// Serves the API for `node` on `listener` until the returned handle stops it.
+/// Serves the API for `node` on `listener`, as `config` says, until the returned
+/// handle stops it.
 pub(crate) fn serve(
     listener: TcpListener,
     node: Node,
     token: Option<String>,
-    max_body: usize,
+    config: &ApiSection,
 ) -> std::io::Result<ApiServer> {
     let addr = listener.local_addr()?;
+    let access = Arc::new(Access {
+        token: token.clone(),
+        allowed_hosts: config
+            .allowed_hosts
+            .iter()
+            .map(|h| access::allowed_host(h))
+            .collect(),
+        listen_ip: addr.ip(),
+        max_body: config.max_body,
+    });
     let state = web::Data::new(State {
         node,
         token,
-        max_body,
+        max_body: config.max_body,
+        read_timeout: config.read_timeout,
     });
+    let connections = limits::connection_budget(config.max_connections, limits::raise_fd_limit());
+    if connections < config.max_connections {
+        log::warn!(
+            "api: at most {connections} connections at once, not {} (api.max_connections): the open-file limit keeps descriptors for the bridge",
+            config.max_connections
+        );
+    }
     let server = actix_web::HttpServer::new(move || {
+        let access = access.clone();
         actix_web::App::new()
             .app_data(state.clone())
-            .route("/v1/health", web::get().to(health))
-            .route("/v1/status", web::get().to(status))
-            .route("/v1/request/{service}/{subject}", web::post().to(request))
-            .route("/v1/kill", web::post().to(kill))
-            .route("/v1/reload", web::post().to(reload))
-            .route("/metrics", web::get().to(metrics))
-            .route("/v1/publish/{topic:.*}", web::post().to(publish))
-            .route("/v1/subscribe", web::get().to(subscribe_all))
-            .route("/v1/subscribe/{prefix:.*}", web::get().to(subscribe))
-            .route("/v1/push/{queue}", web::post().to(push))
-            .route("/v1/queues", web::get().to(queues))
+            .wrap_fn(move |req, srv| match access.check(&req) {
+                Ok(()) => Either::Left(srv.call(req).map(|r| r.map(|r| r.map_into_left_body()))),
+                Err(refusal) => Either::Right(ready(Ok(req
+                    .into_response(refusal.response())
+                    .map_into_right_body()))),
+            })
+            .service(endpoint("/v1/health", web::get().to(health)))
+            .service(endpoint("/v1/status", web::get().to(status)))
+            .service(endpoint(
+                "/v1/request/{service}/{subject}",
+                web::post().to(request),
+            ))
+            .service(endpoint("/v1/kill", web::post().to(kill)))
+            .service(endpoint("/v1/reload", web::post().to(reload)))
+            .service(endpoint("/metrics", web::get().to(metrics)))
+            .service(endpoint("/v1/publish/{topic:.*}", web::post().to(publish)))
+            .service(endpoint("/v1/subscribe", web::get().to(subscribe_all)))
+            .service(endpoint(
+                "/v1/subscribe/{prefix:.*}",
+                web::get().to(subscribe),
+            ))
+            .service(endpoint("/v1/push/{queue}", web::post().to(push)))
+            .service(endpoint("/v1/queues", web::get().to(queues)))
             .default_service(web::to(not_found))
     })
-    .workers(2)
+    .workers(WORKERS)
+    // actix counts connections per worker.
+    .max_connections((connections / WORKERS).max(1))
+    .client_request_timeout(config.read_timeout)
     .disable_signals()
     .shutdown_timeout(10)
     .listen(listener)?
@@ -83,12 +132,25 @@ pub(crate) fn serve(
     Ok(ApiServer { handle, addr })
 }
 
+/// One endpoint: `route` at `path`, and a JSON 405 for any other method.
+fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(wrong_method))
+}
+
+/// The API's threads.
+const WORKERS: usize = 2;
+
 fn error_response(error: &ServiceError) -> HttpResponse {
     let status =
         StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     HttpResponse::build(status).json(error.to_body())
 }
 
+/// The token check for handlers that answer with a stream. The middleware in
+/// [`access`] has already refused a missing or wrong token; this stays so the
+/// stream handlers need not know that.
 fn authorize(req: &HttpRequest, state: &State) -> Result<(), ServiceError> {
     let Some(token) = &state.token else {
         return Ok(());
@@ -97,17 +159,8 @@ fn authorize(req: &HttpRequest, state: &State) -> Result<(), ServiceError> {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Compare without an early exit, so timing does not reveal a prefix.
-    let matches = given.is_some_and(|given| {
-        given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if matches {
+        .and_then(access::bearer);
+    if given.is_some_and(|given| access::constant_time_eq(given.as_bytes(), token.as_bytes())) {
         Ok(())
     } else {
         Err(ServiceError::rejected(
@@ -116,30 +169,43 @@ fn authorize(req: &HttpRequest, state: &State) -> Result<(), ServiceError> {
     }
 }
 
-async fn read_body(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, ServiceError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ServiceError::bad_request(format!("cannot read request body: {e}")))?;
-        if body.len() + chunk.len() > max {
-            return Err(ServiceError::bad_request(format!(
-                "request body is larger than the {max}-byte limit (api.max_body)"
-            )));
+/// Reads a body as it arrives (nothing is reserved from its announced length),
+/// at most `max` bytes (413), all within `read_timeout` (408; the connection closes).
+async fn read_body(payload: web::Payload, state: &State) -> Result<Vec<u8>, Refusal> {
+    let max = state.max_body;
+    let read = async move {
+        let mut payload = payload;
+        let mut body = Vec::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|e| ServiceError::bad_request(format!("cannot read request body: {e}")))?;
+            if body.len().saturating_add(chunk.len()) > max {
+                return Err(access::too_large(max));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        Ok(body)
+    };
+    tokio::time::timeout(state.read_timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorKind::Timeout,
+                format!(
+                    "the request body did not arrive within {} (api.read_timeout)",
+                    humantime::format_duration(state.read_timeout)
+                ),
+            ))
+        })
 }
 
 async fn health(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "node": state.node.name() }))
 }
 
-async fn status(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    match authorize(&req, &state) {
-        Ok(()) => HttpResponse::Ok().json(state.node.cluster_status().await),
-        Err(e) => error_response(&e),
-    }
+async fn status(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok().json(state.node.cluster_status().await)
 }
 
 #[derive(Deserialize)]
@@ -154,36 +220,43 @@ async fn request(
     state: web::Data<State>,
 ) -> HttpResponse {
     let answer = async {
-        authorize(&req, &state)?;
         let timeout = parse_timeout(req.query_string())?;
-        let body = read_body(payload, state.max_body).await?;
+        let body = read_body(payload, &state).await?;
         let (service, subject) = path.into_inner();
-        state
+        let reply = state
             .node
             .request_json(&service, &subject, body, timeout)
-            .await
+            .await?;
+        Ok::<_, Refusal>(reply)
     };
     match answer.await {
         Ok(reply) => HttpResponse::Ok().json(json!({ "reply": reply })),
-        Err(e) => error_response(&e),
+        Err(e) => e.response(),
     }
 }
 
+/// `?timeout=`: a duration like `500ms`, more than zero and at most an hour.
 fn parse_timeout(query: &str) -> Result<Option<Duration>, ServiceError> {
     let query: RequestQuery = parse_query(query)?;
-    query
-        .timeout
-        .map(|t| {
-            humantime::parse_duration(&t)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    ServiceError::bad_request(format!(
-                        "timeout `{t}` is not a duration like 500ms or 5s"
-                    ))
-                })
-        })
-        .transpose()
+    let Some(text) = query.timeout else {
+        return Ok(None);
+    };
+    let timeout = humantime::parse_duration(&text)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ServiceError::bad_request(format!(
+                "timeout `{}` is not a duration like 500ms or 5s",
+                text.escape_debug()
+            ))
+        })?;
+    if timeout > MAX_REQUEST_TIMEOUT {
+        return Err(ServiceError::bad_request(format!(
+            "timeout `{}` is longer than the 1h maximum",
+            text.escape_debug()
+        )));
+    }
+    Ok(Some(timeout))
 }
 
 fn parse_query(query: &str) -> Result<RequestQuery, ServiceError> {
@@ -202,29 +275,28 @@ struct KillBody {
 
 const KILL_FORMS: &str = "kill takes {\"worker\":\"ID\"} or {\"node\":\"NAME\",\"code\":N}";
 
-async fn kill(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
+async fn kill(payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     let answer = async {
-        authorize(&req, &state)?;
-        let body = read_body(payload, state.max_body).await?;
+        let body = read_body(payload, &state).await?;
         let body: KillBody = serde_json::from_slice(&body)
             .map_err(|e| ServiceError::bad_request(format!("{KILL_FORMS}: {e}")))?;
         match (body.worker, body.node, body.code) {
             (Some(worker), None, None) => {
                 let id: WorkerId = worker.parse()?;
                 state.node.kill(&id).await?;
-                Ok(json!({ "killed": id }))
+                Ok::<_, Refusal>(json!({ "killed": id }))
             }
             (None, Some(node), code) => {
                 let code = code.unwrap_or(1);
                 state.node.kill_node(&node, code).await?;
                 Ok(json!({ "killed": node, "code": code }))
             }
-            _ => Err(ServiceError::bad_request(KILL_FORMS)),
+            _ => Err(ServiceError::bad_request(KILL_FORMS).into()),
         }
     };
     match answer.await {
         Ok(killed) => HttpResponse::Accepted().json(killed),
-        Err(e) => error_response(&e),
+        Err(e) => e.response(),
     }
 }
 
@@ -234,10 +306,9 @@ struct ReloadBody {
     node: Option<String>,
 }
 
-async fn reload(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
+async fn reload(payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     let answer = async {
-        authorize(&req, &state)?;
-        let body = read_body(payload, state.max_body).await?;
+        let body = read_body(payload, &state).await?;
         let body: ReloadBody = if body.iter().all(u8::is_ascii_whitespace) {
             ReloadBody { node: None }
         } else {
@@ -247,37 +318,32 @@ async fn reload(req: HttpRequest, payload: web::Payload, state: web::Data<State>
                 ))
             })?
         };
-        state.node.reload(body.node.as_deref()).await
+        Ok::<_, Refusal>(state.node.reload(body.node.as_deref()).await?)
     };
     match answer.await {
         Ok(reloaded) => HttpResponse::Ok().json(json!({ "reloaded": reloaded })),
-        Err(e) => error_response(&e),
+        Err(e) => e.response(),
     }
 }
 
-async fn metrics(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    match authorize(&req, &state) {
-        Ok(()) => HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(state.node.metrics()),
-        Err(e) => error_response(&e),
-    }
+async fn metrics(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.node.metrics())
 }
 
 async fn publish(
-    req: HttpRequest,
     topic: web::Path<String>,
     payload: web::Payload,
     state: web::Data<State>,
 ) -> HttpResponse {
     let answer = async {
-        authorize(&req, &state)?;
-        let body = read_body(payload, state.max_body).await?;
-        state.node.publish_json(&topic, Bytes::from(body))
+        let body = read_body(payload, &state).await?;
+        Ok::<_, Refusal>(state.node.publish_json(&topic, Bytes::from(body))?)
     };
     match answer.await {
         Ok(delivered) => HttpResponse::Accepted().json(json!({ "delivered": delivered })),
-        Err(e) => error_response(&e),
+        Err(e) => e.response(),
     }
 }
 
@@ -321,39 +387,46 @@ fn stream_lines(req: &HttpRequest, state: &State, prefix: &str) -> HttpResponse 
 }
 
 async fn push(
-    req: HttpRequest,
     queue: web::Path<String>,
     payload: web::Payload,
     state: web::Data<State>,
 ) -> HttpResponse {
     let answer = async {
-        authorize(&req, &state)?;
-        let body = read_body(payload, state.max_body).await?;
+        let body = read_body(payload, &state).await?;
         let job: Box<RawValue> = serde_json::from_slice(&body)
             .map_err(|e| ServiceError::bad_request(format!("job is not JSON: {e}")))?;
-        state.node.push_json(&queue, job).await
+        Ok::<_, Refusal>(state.node.push_json(&queue, job).await?)
     };
     match answer.await {
         Ok(id) => HttpResponse::Accepted().json(json!({ "job": id })),
-        Err(e) => error_response(&e),
+        Err(e) => e.response(),
     }
 }
 
-async fn queues(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    let answer = async {
-        authorize(&req, &state)?;
-        state.node.queues().await
-    };
-    match answer.await {
+async fn queues(state: web::Data<State>) -> HttpResponse {
+    match state.node.queues().await {
         Ok(queues) => HttpResponse::Ok().json(json!({ "queues": queues })),
         Err(e) => error_response(&e),
     }
 }
 
+async fn wrong_method(req: HttpRequest) -> HttpResponse {
+    Refusal::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::BadRequest,
+        format!(
+            "{} {}: this endpoint does not take {0}",
+            req.method(),
+            req.path().escape_debug()
+        ),
+    )
+    .response()
+}
+
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    error_response(&ServiceError::bad_request(format!(
+    error_response(&ServiceError::no_such_service(format!(
         "no endpoint {} {}",
         req.method(),
-        req.path()
+        req.path().escape_debug()
     )))
 }

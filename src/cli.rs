@@ -3,7 +3,8 @@
 //!
 //! `node` runs a node in the foreground; `check-config` validates configs; the other
 //! commands talk to a node's HTTP API at `--api`, else `$COLONY_API`, else
-//! `http://127.0.0.1:8000`, with `--token` or `$COLONY_TOKEN` when it needs one.
+//! `http://127.0.0.1:8000`, with `--token` or `$COLONY_TOKEN` (or the first line of
+//! `--token-file` or `$COLONY_TOKEN_FILE`) when it needs one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ struct Cli {
     /// Bearer token for the node API.
     #[arg(long, global = true, env = "COLONY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File whose first line is the bearer token (used when no --token is given).
+    #[arg(long, global = true, env = "COLONY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,7 +115,23 @@ enum Command {
 
 /// Parses the command line and runs it with `app`'s services.
 pub fn main(app: impl Into<App>) -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.token.is_none()
+        && !matches!(
+            cli.command,
+            Command::Node { .. } | Command::CheckConfig { .. }
+        )
+    {
+        if let Some(path) = &cli.token_file {
+            match crate::api::read_token(path) {
+                Ok(token) => cli.token = Some(token),
+                Err(problem) => {
+                    eprintln!("error: token file {}: {problem}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     match cli.command {
         Command::Node { config, drain } => run_node(app.into(), &config, drain),
         Command::CheckConfig { files } => check_config(&app.into(), &files),
@@ -123,7 +143,9 @@ pub fn main(app: impl Into<App>) -> ExitCode {
             timeout,
         } => {
             // The node answers by the request's own timeout; wait a little longer.
-            let wait = timeout.map_or(CLIENT_TIMEOUT, |t| t + Duration::from_secs(10));
+            let wait = timeout.map_or(CLIENT_TIMEOUT, |t| {
+                t.saturating_add(Duration::from_secs(10))
+            });
             client_with_timeout(&cli.api, cli.token, wait, |c| {
                 request(c, &service, &subject, json.as_deref(), timeout)
             })
@@ -218,8 +240,7 @@ struct Client {
 impl Client {
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Value), Failure> {
         let url = format!("{}{path}", self.api.trim_end_matches('/'));
-        let unreachable =
-            |e: ureq::Error| Failure(format!("cannot reach the node API at {}: {e}", self.api));
+        let unreachable = |e: ureq::Error| Failure(unreachable(&url, &e));
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut response = match (method, body) {
             ("GET", _) => {
@@ -400,7 +421,7 @@ fn subscribe(api: &str, token: Option<String>, prefix: &str) -> ExitCode {
     };
     let response = match req.call() {
         Ok(response) => response,
-        Err(e) => return fail(format!("cannot reach the node API at {api}: {e}")),
+        Err(e) => return fail(unreachable(&url, &e)),
     };
     let status = response.status().as_u16();
     let mut body = response.into_body();
@@ -424,6 +445,11 @@ fn subscribe(api: &str, token: Option<String>, prefix: &str) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The failure of a call that got no HTTP answer at all.
+fn unreachable(url: &str, why: &ureq::Error) -> String {
+    format!("NodeDown: cannot reach {url} ({why})")
 }
 
 /// Percent-encodes a topic, prefix or queue name for a URL path.

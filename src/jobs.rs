@@ -432,9 +432,7 @@ impl Queue {
                 job,
                 node: taker.node,
                 worker: taker.worker,
-                expires: Instant::now()
-                    .checked_add(self.config.lease)
-                    .unwrap_or_else(far_future),
+                expires: crate::deadline::tokio_after(self.config.lease),
             },
         );
         Ok(given)
@@ -477,9 +475,4 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
         )));
     }
     Ok(())
-}
-
-/// An instant no lease reaches, for a lease too long to add to now.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }

@@ -28,6 +28,7 @@
 //!   running (pm2's backoff and crash-loop guard, rolling reloads).
 //! - [`status`] is what the status endpoint and command show; `metrics` is the
 //!   Prometheus text of `GET /metrics`.
+//! - `deadline` turns durations from outside into deadlines that cannot overflow.
 //! - `api` serves the HTTP API; [`cli`] is the `colony` command line; [`logging`]
 //!   formats log lines with node and worker.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -38,6 +39,7 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 mod confirm;
+mod deadline;
 mod dealer;
 pub mod error;
 pub mod guard;

@@ -130,10 +130,7 @@ impl Locks {
                     waiter.claim.owner
                 );
                 lock.holder = Some(Holding {
-                    expires: waiter
-                        .claim
-                        .lease
-                        .and_then(|l| Instant::now().checked_add(l)),
+                    expires: waiter.claim.lease.map(crate::deadline::tokio_after),
                     claim: waiter.claim,
                     token,
                 });

@@ -52,25 +52,48 @@ fn kind_index(kind: ErrorKind) -> usize {
     ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
+/// The `service` label of calls for a service no node of the cluster is known to
+/// run: names from URLs must not become labels, or any client could grow
+/// `/metrics` (and this node's memory) without end.
+pub(crate) const OTHER_SERVICE: &str = "(other)";
+
+/// Distinct services counted in [`CallFailures`]; past this (a cluster with more
+/// services than this), the rest count as [`OTHER_SERVICE`].
+const MAX_FAILURE_SERVICES: usize = 1024;
+
 /// Calls this node made that failed on the way to another node, by service and kind.
 #[derive(Debug, Default)]
 pub(crate) struct CallFailures(Mutex<BTreeMap<(String, &'static str), u64>>);
 
 impl CallFailures {
     /// Counts `result` if it is a failure of the way, not of the serving node.
-    pub(crate) fn record<T>(&self, service: &str, result: &Result<T, ServiceError>) {
-        if let Err(e) = result {
-            if matches!(
-                e.kind,
-                ErrorKind::NodeDown | ErrorKind::Timeout | ErrorKind::NoSuchService
-            ) {
-                *self
-                    .0
-                    .lock()
-                    .entry((service.to_string(), e.kind.as_str()))
-                    .or_default() += 1;
-            }
+    /// `known` says whether a node of the cluster runs `service`; it is asked
+    /// only on a failure.
+    pub(crate) fn record<T>(
+        &self,
+        service: &str,
+        known: impl FnOnce() -> bool,
+        result: &Result<T, ServiceError>,
+    ) {
+        let Err(e) = result else {
+            return;
+        };
+        if !matches!(
+            e.kind,
+            ErrorKind::NoSuchService | ErrorKind::NodeDown | ErrorKind::Timeout
+        ) {
+            return;
         }
+        let mut counts = self.0.lock();
+        let key = (service.to_string(), e.kind.as_str());
+        let labelled = counts.contains_key(&key)
+            || (counts.len() < MAX_FAILURE_SERVICES * ErrorKind::ALL.len() && known());
+        let key = if labelled {
+            key
+        } else {
+            (OTHER_SERVICE.to_string(), e.kind.as_str())
+        };
+        *counts.entry(key).or_default() += 1;
     }
 }
 

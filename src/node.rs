@@ -130,6 +130,8 @@ impl Node {
         let spawned = check::check(&config, &source, &app)?;
         let name = config.node.name.clone();
 
+        // Idle API connections, the bridge and spawned children all take descriptors.
+        api::limits::raise_fd_limit();
         let listener = match config.api.listen {
             Some(addr) => {
                 Some(TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
@@ -264,12 +266,13 @@ impl Node {
         }
 
         if let Some(listener) = listener {
-            let server = api::serve(listener, node.clone(), token, config.api.max_body).map_err(
-                |source| StartError::Bind {
-                    addr: api_addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
-                    source,
-                },
-            )?;
+            let server =
+                api::serve(listener, node.clone(), token, &config.api).map_err(|source| {
+                    StartError::Bind {
+                        addr: api_addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                        source,
+                    }
+                })?;
             log::info!("node {name}: HTTP API on http://{}", server.addr);
             *node.inner.api.lock() = Some(server);
         }
@@ -458,7 +461,7 @@ impl Node {
         if let Some(spawner) = self.inner.spawner.get() {
             spawner.stop().await;
         }
-        let deadline = Instant::now() + drain;
+        let deadline = crate::deadline::after(drain);
         // No new requests from other nodes: each answers once it will send none.
         // What they sent before is served.
         if let Some(bridge) = self.bridge() {

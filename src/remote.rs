@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::time::Instant;
 
 use crate::bridge::peer::Peer;
 use crate::bridge::wire::{Offer, RequestHead, ONE_WAY, TO_WORKER};
@@ -67,7 +66,7 @@ impl Remote {
             subject,
         };
         self.peer
-            .request(head, payload, Instant::now() + timeout)
+            .request(head, payload, crate::deadline::tokio_after(timeout))
             .await
     }
 

@@ -139,7 +139,7 @@ impl LocalService {
         origin: Origin,
     ) -> Result<ReplyOf<M>, ServiceError> {
         let timeout = timeout.unwrap_or(self.config.timeout);
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::tokio_after(timeout);
         let send = self.prepare(&mut msg, &origin)?;
         let from_peer = matches!(origin, Origin::Node(_));
         let flight = self
@@ -171,9 +171,15 @@ impl LocalService {
         let timeout = self.config.timeout;
         let send = self.prepare(&mut msg, &origin)?;
         let from_peer = matches!(origin, Origin::Node(_));
-        self.dispatch(msg, send, Instant::now() + timeout, timeout, from_peer)
-            .await
-            .map(drop)
+        self.dispatch(
+            msg,
+            send,
+            crate::deadline::tokio_after(timeout),
+            timeout,
+            from_peer,
+        )
+        .await
+        .map(drop)
     }
 
     /// Request `msg` from one particular worker, outside the dealer's line.
@@ -185,7 +191,7 @@ impl LocalService {
         origin: Origin,
     ) -> Result<ReplyOf<M>, ServiceError> {
         let timeout = timeout.unwrap_or(self.config.timeout);
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::tokio_after(timeout);
         let send = self.prepare(&mut msg, &origin)?;
         let flight = self.send_direct(worker, msg, send)?;
         flight.reply(deadline, timeout).await
@@ -307,7 +313,7 @@ impl LocalService {
         msg: M,
         send: SendFn<M>,
     ) -> Result<InFlight<M::Result>, ServiceError> {
-        let limit = (self.config.concurrency + self.config.queue) as u64;
+        let limit = self.config.concurrency.saturating_add(self.config.queue) as u64;
         if worker.slot.in_flight.load(Ordering::Relaxed) >= limit {
             return Err(ServiceError::overloaded(format!(
                 "worker {} has {limit} requests in flight",

@@ -270,7 +270,7 @@ async fn requests_reply_and_every_bad_input_gets_its_kind() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["reply"]["sum"], 3, "{body}");
     let answer = post(&node, "/v1/request/calc/add", padded(MAX_BODY + 1)).await;
-    assert_error(&answer, 400, "BadRequest");
+    assert_error(&answer, 413, "BadRequest");
 
     // A guard's rejection, with the guard's reason; a passing message is changed by
     // the next guard in the chain.
@@ -305,7 +305,8 @@ async fn requests_reply_and_every_bad_input_gets_its_kind() {
 
     // An unknown endpoint.
     let answer = get(&node, "/v1/nope").await;
-    assert_error(&answer, 400, "BadRequest");
+    assert_error(&answer, 404, "NoSuchService");
+    assert_eq!(answer.1["error"]["message"], "no endpoint GET /v1/nope");
 
     // After all of that the node keeps serving, the panicked service included.
     let (status, body) = post(&node, "/v1/request/calc/add", r#"{"a":20,"b":22}"#).await;
@@ -412,7 +413,7 @@ services:
     let with = |t: &str| Some(t.to_string());
 
     let answer = http("GET", format!("{base}/v1/status"), None, None).await;
-    assert_error(&answer, 403, "Rejected");
+    assert_error(&answer, 401, "Rejected");
     let answer = http("GET", format!("{base}/v1/status"), None, with("wrong")).await;
     assert_error(&answer, 403, "Rejected");
     let answer = http(
@@ -429,7 +430,7 @@ services:
 
     let add = || Some(br#"{"a":1,"b":2}"#.to_vec());
     let answer = http("POST", format!("{base}/v1/request/calc/add"), add(), None).await;
-    assert_error(&answer, 403, "Rejected");
+    assert_error(&answer, 401, "Rejected");
     let (status, body) = http(
         "POST",
         format!("{base}/v1/request/calc/add"),
@@ -442,7 +443,7 @@ services:
 
     let kill = || Some(br#"{"worker":"locked/calc/0"}"#.to_vec());
     let answer = http("POST", format!("{base}/v1/kill"), kill(), None).await;
-    assert_error(&answer, 403, "Rejected");
+    assert_error(&answer, 401, "Rejected");
     assert_eq!(worker_status(&node, "locked/calc/0").restarts, 0);
 
     // Health stays open.

@@ -203,10 +203,67 @@ fn an_unreachable_api_is_a_clear_error() {
     assert_eq!(out.stdout, "");
     assert!(
         out.stderr
-            .starts_with("error: cannot reach the node API at http://127.0.0.1:1"),
+            .starts_with("error: NodeDown: cannot reach http://127.0.0.1:1/v1/status ("),
         "{out:?}"
     );
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+}
+
+#[test]
+fn a_token_file_opens_a_node_that_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = write_private(dir.path(), "api.token", "cli-t0ken\n");
+    let wrong = write_private(dir.path(), "wrong.token", "not-it\n");
+    let text = format!(
+        "node: {{ name: locked, role: master, threads: 1 }}\napi: {{ listen: 127.0.0.1:0, token_file: {} }}\nservices:\n  math: {{ workers: 1 }}\n",
+        token.display()
+    );
+    let config = write_config(dir.path(), "locked.yaml", &text);
+    let node = NodeProcess::start(&config, &[]);
+    let sum = ["request", "math", "sum", r#"{"a":1,"b":2}"#];
+
+    // No token: refused, with the kind.
+    let out = node.cli(&sum);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: Rejected:"), "{out:?}");
+
+    // --token-file, and COLONY_TOKEN_FILE.
+    let token = token.to_str().unwrap();
+    let mut args = vec!["--token-file", token];
+    args.extend_from_slice(&sum);
+    let out = node.cli(&args);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (0, "{\"sum\":3}\n"),
+        "{out:?}"
+    );
+    let out = run(colony_command()
+        .env("COLONY_TOKEN_FILE", token)
+        .args(["--api", node.api.as_str()])
+        .args(sum));
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (0, "{\"sum\":3}\n"),
+        "{out:?}"
+    );
+
+    // A wrong token, and a token file that does not exist.
+    let out = node.cli(&["--token-file", wrong.to_str().unwrap(), "status"]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("error: Rejected: wrong bearer token"),
+        "{out:?}"
+    );
+    let missing = dir.path().join("missing.token");
+    let out = node.cli(&["--token-file", missing.to_str().unwrap(), "status"]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: token file "), "{out:?}");
+
+    // The node kept serving.
+    let out = node.cli(&["--token-file", token, "status"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    node.terminate_gracefully();
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! 12 requests, 3 `HandlerPanicked`, 2 `BadRequest` (no other kind), a histogram
 //! of 12, 3 worker restarts and one bridge peer with traffic both ways. On the
 //! master: worker-a is online with no restarts; a request for a service nobody
-//! runs counts one `NoSuchService` call failure; after `kill -KILL` of worker-a
+//! runs counts one `NoSuchService` call failure under `service="(other)"`; after `kill -KILL` of worker-a
 //! the master shows one restart, worker-a online again, and a bridge reconnect.
 
 mod common;
@@ -615,10 +615,11 @@ fn metrics_count_requests_errors_restarts_and_nodes() {
         "a sample without node=\"worker-a\":\n{text}"
     );
 
-    // The master: a call for a service nobody runs fails on the way, once.
+    // The master: a call for a service nobody runs fails on the way, once. Its name
+    // comes from a URL, so it is counted under "(other)", not as a label of its own.
     let nosuch = [
         ("node", "master"),
-        ("service", "nosuch"),
+        ("service", "(other)"),
         ("kind", "NoSuchService"),
     ];
     let (before, text) = metrics(&master.api, &master);

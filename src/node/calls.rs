@@ -7,6 +7,7 @@ use super::{node_stopped, Node, STATUS_TIMEOUT};
 use crate::app::MASTER_SERVICE;
 use crate::bridge::peer::not_sent;
 use crate::bridge::Bridge;
+use crate::deadline;
 use crate::error::{ErrorKind, ServiceError};
 use crate::guard::Origin;
 use crate::master::Kill;
@@ -42,10 +43,10 @@ impl Node {
     ) -> Result<ReplyOf<M>, ServiceError> {
         // A node found leaving at the last moment refuses without sending, and
         // leaves the routing: the next pass picks another.
-        let deadline = Instant::now() + timeout.unwrap_or(RETURN_WAIT);
+        let deadline = deadline::after(timeout.unwrap_or(RETURN_WAIT));
         loop {
             let target = self.route(service, deadline).await;
-            self.inner.call_failures.record(service, &target);
+            self.record_failure(service, &target);
             let timeout = timeout.map(|_| remaining(deadline));
             match target? {
                 Target::Local(local) => return local.serve(msg, timeout, Origin::Local).await,
@@ -54,7 +55,7 @@ impl Node {
                     if matches!(&answer, Err(e) if not_sent(e)) {
                         continue;
                     }
-                    self.inner.call_failures.record(service, &answer);
+                    self.record_failure(service, &answer);
                     return answer;
                 }
             }
@@ -69,10 +70,10 @@ impl Node {
         body: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<serde_json::Value, ServiceError> {
-        let deadline = Instant::now() + timeout.unwrap_or(RETURN_WAIT);
+        let deadline = deadline::after(timeout.unwrap_or(RETURN_WAIT));
         loop {
             let target = self.route(service, deadline).await;
-            self.inner.call_failures.record(service, &target);
+            self.record_failure(service, &target);
             let timeout = timeout.map(|_| remaining(deadline));
             match target? {
                 Target::Local(_) => {
@@ -87,7 +88,7 @@ impl Node {
                     if matches!(&answer, Err(e) if not_sent(e)) {
                         continue;
                     }
-                    self.inner.call_failures.record(service, &answer);
+                    self.record_failure(service, &answer);
                     return answer;
                 }
             }
@@ -98,7 +99,7 @@ impl Node {
     /// once a worker (or the node holding one) has it; errors (no service,
     /// overloaded, rejected) still come back.
     pub async fn tell<M: Request>(&self, service: &str, msg: M) -> Result<(), ServiceError> {
-        let deadline = Instant::now() + RETURN_WAIT;
+        let deadline = deadline::after(RETURN_WAIT);
         loop {
             match self.route(service, deadline).await? {
                 Target::Local(local) => return local.tell(msg, Origin::Local).await,
@@ -259,6 +260,23 @@ fn remaining(deadline: Instant) -> Duration {
 }
 
 impl Node {
+    /// Counts a failed call in `/metrics`, under `service` only if a node of the
+    /// cluster runs it (a name from a URL may be anything).
+    fn record_failure<T>(&self, service: &str, result: &Result<T, ServiceError>) {
+        self.inner.call_failures.record(
+            service,
+            || {
+                self.inner.router.service(service).is_ok()
+                    || self.bridge().is_some_and(|b| {
+                        b.members()
+                            .iter()
+                            .any(|m| m.services.iter().any(|o| o.name == service))
+                    })
+            },
+            result,
+        );
+    }
+
     /// Where a request for `service` goes. While no node runs it but one that did
     /// said it was leaving (as a node restarting in a reload does), waits for the
     /// service to come back, until `deadline` at most.

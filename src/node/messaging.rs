@@ -238,7 +238,7 @@ impl Node {
         let payload = serde_json::to_vec(op)
             .map_err(|e| ServiceError::bad_request(format!("operation is not JSON: {e}")))?;
         let head = head(timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::deadline::tokio_after(timeout);
         let reply = peer.request(head, &payload, deadline).await?;
         serde_json::from_slice(&reply).map_err(|e| {
             ServiceError::bad_request(format!(
