@@ -78,13 +78,11 @@ pub struct NodeCert {
 }
 
 impl ClusterCa {
-    /// A fresh CA with a new key; `label` goes into its common name.
+    /// A fresh CA with a new key; `label` is its common name.
     pub fn new(label: &str) -> Result<ClusterCa, CertsError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{label} colony cluster CA"));
+        params.distinguished_name.push(DnType::CommonName, label);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -171,7 +169,7 @@ pub fn write(dir: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, CertsError> {
             });
         }
     }
-    let ca = ClusterCa::new(&dir.display().to_string())?;
+    let ca = ClusterCa::new("colony cluster CA")?;
     let mut files = vec![
         (dir.join("ca.pem"), ca.cert_pem(), false),
         (dir.join("ca.key"), ca.key_pem(), true),
