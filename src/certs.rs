@@ -143,7 +143,7 @@ pub fn check_name(name: &str) -> Result<(), CertsError> {
         return bad("a node name has only letters, digits, '.', '_' and '-'");
     }
     if !matches!(ServerName::try_from(name), Ok(ServerName::DnsName(_))) {
-        return bad("a certificate cannot carry it as a DNS name (a '-' or '.' at an end, \"..\", or all digits)");
+        return bad("a certificate cannot carry it as a DNS name (a '-' or '.' at an end, \"..\", or a last label of digits only)");
     }
     if name.eq_ignore_ascii_case("ca") {
         return bad("ca.pem and ca.key are the CA's files");

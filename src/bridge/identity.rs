@@ -209,3 +209,18 @@ pub(super) fn tell_refused(peer: &Peer, reason: &str) {
         let _ = peer.send(frame.freeze());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::logged;
+
+    #[test]
+    fn text_from_peers_is_escaped_and_cut_for_the_log() {
+        assert_eq!(logged("evil\nFORGED line"), "evil\\nFORGED line");
+        let long = "x".repeat(5000);
+        let shown = logged(&long);
+        assert_eq!(shown.chars().count(), 201);
+        assert!(shown.ends_with('…'));
+        assert_eq!(logged(&"y".repeat(200)), "y".repeat(200));
+    }
+}

@@ -232,3 +232,32 @@ impl Tls {
         Ok((stream, cert))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::ClusterCa;
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        let mut bytes = pem.as_bytes();
+        let first = rustls_pemfile::certs(&mut bytes).next();
+        first.expect("a certificate").expect("PEM")
+    }
+
+    #[test]
+    fn a_certificate_names_its_node_and_no_other() {
+        let ca = ClusterCa::new("test CA").unwrap();
+        for name in ["worker-a", "node_1", "n.1a"] {
+            let cert = PeerCert(der(&ca.node(name).unwrap().cert_pem));
+            assert!(cert.check(name).is_ok(), "{name}");
+            let err = cert.check("worker-b").unwrap_err();
+            assert_eq!(
+                err,
+                "the TLS certificate of node worker-b is for another name \
+                 (its subjectAltName must be DNS:worker-b)"
+            );
+        }
+        let cert = PeerCert(der(&ca.node("w").unwrap().cert_pem));
+        assert!(cert.check("-w").unwrap_err().contains("not a DNS name"));
+    }
+}
