@@ -563,11 +563,7 @@ impl Bridge {
                 let members = self.vet_table(&peer.name, members);
                 self.learn(members)
             }
-            Control::Members { .. } => log::warn!(
-                "bridge: node {} sent a member table, but it is not the master this node \
-                 joined; ignored",
-                peer.name
-            ),
+            Control::Members { .. } => self.table_refused(peer),
             Control::Refused { reason } => self.refused_by(peer, &reason),
             Control::Subscriptions { prefixes } => peer.set_subscriptions(prefixes),
             other => log::warn!("bridge: unexpected message from {}: {other:?}", peer.name),

@@ -152,22 +152,34 @@ impl Bridge {
                 .is_none_or(|m| m.role == master())
     }
 
+    /// `peer` sent a member table it may not send; it is ignored.
+    pub(super) fn table_refused(&self, peer: &Peer) {
+        let why = if self.is_master() {
+            "this node is a master"
+        } else {
+            "it is not the master this node joined"
+        };
+        log::warn!(
+            "bridge: node {} sent a member table, but {why}; ignored",
+            peer.name
+        );
+    }
+
     /// The entries of `from`'s member table this node takes: none that makes a
     /// node other than `from` a master.
     pub(super) fn vet_table(&self, from: &str, members: Vec<Member>) -> Vec<Member> {
-        members
+        let (kept, dropped): (Vec<Member>, Vec<Member>) = members
             .into_iter()
-            .filter(|m| {
-                let ok = m.role != master() || m.name == from;
-                if !ok {
-                    log::warn!(
-                        "bridge: the member table of node {from} makes node {} a master; entry ignored",
-                        logged(&m.name)
-                    );
-                }
-                ok
-            })
-            .collect()
+            .partition(|m| m.role != master() || m.name == from);
+        if let Some(first) = dropped.first() {
+            log::warn!(
+                "bridge: the member table of node {from} makes {} other node(s) a master \
+                 (node {} first); those entries are ignored",
+                dropped.len(),
+                logged(&first.name)
+            );
+        }
+        kept
     }
 
     /// Ends `peer`'s link, telling it why; it goes without a node-down event, as it
