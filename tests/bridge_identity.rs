@@ -11,162 +11,31 @@
 //! and that the cluster keeps serving with exact counts.
 
 mod common;
+#[path = "bridge_identity/support.rs"]
+mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use colony::bridge::frame::{Frame, FrameCodec};
+use colony::bridge::frame::FrameCodec;
 use colony::bridge::handshake::{self, Secret as ClusterSecret};
-use colony::bridge::wire::{self, Control, Member, Offer};
+use colony::bridge::wire::{Control, Member};
 use colony::{ErrorKind, LifecycleEvent, Node};
 use common::*;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use parking_lot::Mutex;
+use support::*;
 use tempfile::TempDir;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_util::codec::Framed;
 
-const SECRET: &str = "a-cluster-secret-for-tests-only";
-/// How long the node may take to answer or close a connection.
-const PROMPTLY: Duration = Duration::from_secs(5);
-/// How much this process may grow over a series of attacks.
-const MEMORY_BOUND_KB: u64 = 64 * 1024;
-
-// ---- log capture ----
-
-static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            LINES
-                .lock()
-                .push(format!("{} {}", record.level(), record.args()));
-        }
-    }
-    fn flush(&self) {}
-}
-
-static CAPTURE: Capture = Capture;
-
-fn capture_logs() {
-    if log::set_logger(&CAPTURE).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
-}
-
-/// How many captured log lines contain every one of `parts`.
-fn logged(parts: &[&str]) -> usize {
-    LINES
-        .lock()
-        .iter()
-        .filter(|line| parts.iter().all(|p| line.contains(p)))
-        .count()
-}
-
 // ---- helpers ----
-
-/// This process's resident memory, in kB.
-fn vm_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
-}
-
-fn assert_memory_bounded(before: u64, what: &str) {
-    let after = vm_rss_kb();
-    eprintln!("{what}: VmRSS {before} kB before, {after} kB after");
-    assert!(
-        after < before + MEMORY_BOUND_KB,
-        "{what}: VmRSS grew from {before} kB to {after} kB"
-    );
-}
 
 fn node_yaml(name: &str, role: &str, services: &str, bridge: &str) -> String {
     format!(
         "node: {{ name: {name}, role: {role}, threads: 1 }}\n{bridge}services: {{ {services} }}\n"
     )
-}
-
-fn control_frame(control: &Control) -> Frame {
-    Frame {
-        kind: wire::CONTROL,
-        body: Bytes::from(serde_json::to_vec(control).expect("control encodes")),
-    }
-}
-
-/// Opens a connection to `addr` as node `me` through the real handshake.
-async fn dial_as<S>(stream: S, me: &str, expected: &str) -> Framed<S, FrameCodec>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut framed = Framed::new(stream, FrameCodec::default());
-    let secret = ClusterSecret::new(SECRET.as_bytes()).expect("secret");
-    let peer = tokio::time::timeout(PROMPTLY, handshake::dial(&mut framed, me, &secret))
-        .await
-        .expect("handshake in time")
-        .expect("the handshake passes: the secret is right");
-    assert_eq!(peer, expected);
-    framed
-}
-
-async fn tcp(addr: SocketAddr) -> TcpStream {
-    tokio::time::timeout(PROMPTLY, TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect to the bridge")
-}
-
-/// The next control message from the node, skipping other frames; `None` when
-/// the node closed the connection.
-async fn next_control<S>(framed: &mut Framed<S, FrameCodec>) -> Option<Control>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        let frame = tokio::time::timeout(PROMPTLY, framed.next())
-            .await
-            .expect("the node answers or closes in time");
-        match frame {
-            None | Some(Err(_)) => return None,
-            Some(Ok(frame)) if frame.kind == wire::CONTROL => {
-                return Some(Control::decode(&frame.body).expect("a control message"));
-            }
-            Some(Ok(_)) => continue,
-        }
-    }
-}
-
-/// Reads until the node refuses the link; returns its reason once the node has
-/// closed the connection too.
-async fn refusal<S>(framed: &mut Framed<S, FrameCodec>, what: &str) -> String
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let reason = loop {
-        match next_control(framed).await {
-            Some(Control::Refused { reason }) => break reason,
-            Some(_) => continue,
-            None => panic!("{what}: the node closed without saying why"),
-        }
-    };
-    while next_control(framed).await.is_some() {}
-    reason
 }
 
 /// `count` requests from `from` to `calc`, each answered by `by`'s worker.
@@ -187,24 +56,6 @@ fn node_downs(events: &Events, node: &str) -> usize {
 
 fn node_ups(events: &Events, node: &str) -> usize {
     events.count(|e| matches!(e, LifecycleEvent::NodeUp { node: n } if n == node))
-}
-
-fn member(name: &str, role: &str, bridge: SocketAddr, services: &[&str]) -> Member {
-    Member {
-        name: name.into(),
-        role: role.into(),
-        bridge,
-        api: None,
-        services: services
-            .iter()
-            .map(|s| Offer {
-                name: s.to_string(),
-                workers: 1,
-                capacity: 1_000,
-                timeout_ms: 5_000,
-            })
-            .collect(),
-    }
 }
 
 /// A master `m` (calc) and a worker `w` (chaos) joined to it.
@@ -520,101 +371,7 @@ async fn a_second_master_is_refused_with_the_reason_on_both_sides() {
     worker.shutdown(Duration::from_secs(1)).await;
     master.shutdown(Duration::from_secs(1)).await;
 }
-
 // ---- TLS: the certificate names the node ----
-
-/// A cluster's TLS files, as `colony certs` writes them.
-struct Certs {
-    dir: PathBuf,
-}
-
-impl Certs {
-    fn new(root: &TempDir, nodes: &[&str]) -> Certs {
-        let dir = root.path().join("certs");
-        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
-        colony::certs::write(&dir, &nodes).expect("colony certs writes the files");
-        Certs { dir }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// A `bridge:` section with TLS for node `name`.
-    fn bridge_yaml(
-        &self,
-        secret: &tempfile::NamedTempFile,
-        join: Option<SocketAddr>,
-        name: &str,
-    ) -> String {
-        let join = join
-            .map(|a| format!("[{a}]"))
-            .unwrap_or_else(|| "[]".into());
-        format!(
-            "bridge: {{ listen: 127.0.0.1:0, join: {join}, secret_file: {}, heartbeat: 100ms, \
-             tls: {{ cert: {}, key: {}, ca: {} }} }}\n",
-            secret.path().display(),
-            self.file(&format!("{name}.pem")).display(),
-            self.file(&format!("{name}.key")).display(),
-            self.file("ca.pem").display(),
-        )
-    }
-
-    fn roots(&self) -> Arc<RootCertStore> {
-        let mut roots = RootCertStore::empty();
-        for cert in pem_certs(&self.file("ca.pem")) {
-            roots.add(cert).expect("CA certificate");
-        }
-        Arc::new(roots)
-    }
-
-    /// A TLS client presenting `holder`'s certificate.
-    fn client(&self, holder: &str) -> tokio_rustls::TlsConnector {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(self.roots())
-            .with_client_auth_cert(
-                pem_certs(&self.file(&format!("{holder}.pem"))),
-                pem_key(&self.file(&format!("{holder}.key"))),
-            )
-            .expect("client config");
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-    }
-
-    /// A TLS server presenting `holder`'s certificate, asking for the CA's.
-    fn server(&self, holder: &str) -> tokio_rustls::TlsAcceptor {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots(), provider.clone())
-            .build()
-            .unwrap();
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                pem_certs(&self.file(&format!("{holder}.pem"))),
-                pem_key(&self.file(&format!("{holder}.key"))),
-            )
-            .expect("server config");
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    }
-}
-
-fn pem_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    let file = std::fs::File::open(path).expect("open PEM");
-    rustls_pemfile::certs(&mut std::io::BufReader::new(file))
-        .collect::<Result<_, _>>()
-        .expect("PEM certificates")
-}
-
-fn pem_key(path: &Path) -> rustls::pki_types::PrivateKeyDer<'static> {
-    let file = std::fs::File::open(path).expect("open PEM");
-    rustls_pemfile::private_key(&mut std::io::BufReader::new(file))
-        .expect("PEM key")
-        .expect("a key")
-}
 
 #[actix_rt::test]
 async fn with_tls_a_certificate_must_name_the_node_its_hello_names() {
