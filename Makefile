@@ -1,7 +1,7 @@
 # colony's front door. `make run-cluster` runs the local cluster, `make test` passes the tests.
 COLONY := target/release/colony
 
-.PHONY: run run-cluster test bench lint fmt build
+.PHONY: run run-cluster run-cluster-tls test bench lint fmt build
 
 build:
 	cargo build --release -p actors --bin colony
@@ -15,6 +15,15 @@ run-cluster: build .colony/cluster.secret
 	@echo "colony API on http://127.0.0.1:8000 (worker-a :8001, worker-b :8002) — try, from another terminal:"
 	@echo "  $(COLONY) request math sum '{\"a\":1,\"b\":2}'   and   $(COLONY) status"
 	$(COLONY) node --config configs/master.yaml
+
+# The same cluster with mutual TLS on the bridge (configs/tls/): a certificate per
+# node, made once by `colony certs` into .colony/certs.
+run-cluster-tls: build .colony/cluster.secret .colony/certs/ca.pem
+	@echo "colony API on http://127.0.0.1:8000, the bridge over TLS with the certificates in .colony/certs"
+	$(COLONY) node --config configs/tls/master.yaml
+
+.colony/certs/ca.pem: | build
+	$(COLONY) certs .colony/certs --nodes master,worker-a,worker-b
 
 # The shared cluster secret, made once and never committed; readable by its
 # owner only from the first byte (a node refuses a secret others can read).

@@ -14,12 +14,15 @@
 //! - `wire`: the messages inside frames.
 //! - `handshake`: version agreement and the HMAC proof of the cluster secret.
 //! - `tls`: optional mutual TLS under the handshake.
+//! - `identity`: who may hold a link: one live link per name, one master, the
+//!   member table only from it, certificates that name their node.
 //! - `peer`: one live connection: send queue, heartbeats, requests in flight.
 //!
 //! Connections run on the bridge's own arbiter thread, apart from the workers'.
 
 pub mod frame;
 pub mod handshake;
+mod identity;
 pub(crate) mod peer;
 pub(crate) mod tls;
 pub mod wire;
@@ -138,6 +141,9 @@ pub(crate) struct Bridge {
     peers: RwLock<HashMap<String, Arc<Peer>>>,
     members: Mutex<BTreeMap<String, Member>>,
     dialing: Mutex<Vec<String>>,
+    /// The node linked now at each `bridge.join` address: the masters this node
+    /// joined (see `identity`).
+    joined: Mutex<HashMap<SocketAddr, String>>,
     stopping: AtomicBool,
     /// Peer requests being served now.
     serving: Arc<AtomicU64>,
@@ -196,7 +202,7 @@ impl Bridge {
             problem,
         })?;
         let tls = match &config.tls {
-            Some(section) => Some(tls::Tls::load(section).map_err(BridgeError::Tls)?),
+            Some(section) => Some(tls::Tls::load(section, &me.name).map_err(BridgeError::Tls)?),
             None => None,
         };
         let listener = std::net::TcpListener::bind(config.listen)
@@ -224,6 +230,7 @@ impl Bridge {
             arbiter,
             peers: RwLock::default(),
             dialing: Mutex::default(),
+            joined: Mutex::default(),
             stopping: AtomicBool::new(false),
             serving: Arc::default(),
             returning: Mutex::default(),
@@ -366,13 +373,12 @@ impl Bridge {
             .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
     }
 
-    pub(crate) fn peer_up(&self, peer: Arc<Peer>) {
+    /// Registers `peer`'s new link and introduces this node to it; refused (the
+    /// link must close) when its name is taken (see `identity`).
+    pub(crate) fn peer_up(&self, peer: Arc<Peer>) -> Result<(), String> {
+        self.claim(&peer)?;
         if let Some(member) = self.members.lock().get(&peer.name) {
             peer.set_offers(&member.services);
-        }
-        let old = self.peers.write().insert(peer.name.clone(), peer.clone());
-        if let Some(old) = old {
-            old.shut();
         }
         log::info!("bridge: linked with node {}", peer.name);
         // The table is taken and queued in turn with announcements (see
@@ -399,6 +405,7 @@ impl Bridge {
         if !self.counters.linked.lock().insert(peer.name.clone()) {
             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     /// Tells every peer which prefixes this node's subscribers hold now.
@@ -533,6 +540,10 @@ impl Bridge {
                     );
                     return;
                 }
+                if let Some(reason) = self.refuse_role(peer, &member) {
+                    self.refuse(peer, &reason);
+                    return;
+                }
                 peer.set_offers(&member.services);
                 let new = self
                     .members
@@ -548,7 +559,12 @@ impl Bridge {
                     self.broadcast_members();
                 }
             }
-            Control::Members { members } => self.learn(members),
+            Control::Members { members } if self.sent_by_master(peer) => {
+                let members = self.vet_table(&peer.name, members);
+                self.learn(members)
+            }
+            Control::Members { .. } => self.table_refused(peer),
+            Control::Refused { reason } => self.refused_by(peer, &reason),
             Control::Subscriptions { prefixes } => peer.set_subscriptions(prefixes),
             other => log::warn!("bridge: unexpected message from {}: {other:?}", peer.name),
         }
@@ -665,10 +681,16 @@ impl Bridge {
         // One deadline for TLS and the secret handshake together: a peer that goes
         // silent at any step costs a task and a socket for no longer than this.
         let opening = async {
-            let io: Box<dyn Io> = match &self.tls {
-                Some(tls) if dialer => Box::new(tls.connect(stream).await?),
-                Some(tls) => Box::new(tls.accept(stream).await?),
-                None => Box::new(stream),
+            let (io, cert): (Box<dyn Io>, _) = match &self.tls {
+                Some(tls) if dialer => {
+                    let (io, cert) = tls.connect(stream).await?;
+                    (Box::new(io), Some(cert))
+                }
+                Some(tls) => {
+                    let (io, cert) = tls.accept(stream).await?;
+                    (Box::new(io), Some(cert))
+                }
+                None => (Box::new(stream), None),
             };
             let mut framed = Framed::new(io, FrameCodec::new(self.config.max_frame));
             let peer = if dialer {
@@ -676,7 +698,21 @@ impl Bridge {
             } else {
                 handshake::accept(&mut framed, &self.me.name, &self.secret).await
             };
-            peer.map(|peer| (framed, peer)).map_err(|e| e.to_string())
+            let peer = peer.map_err(|e| e.to_string())?;
+            // The certificate must name the node the Hello named.
+            if let Some(Err(why)) = cert.map(|c| c.check(&peer)) {
+                let refused = Control::Refused {
+                    reason: why.clone(),
+                };
+                let mut frame = BytesMut::new();
+                if refused.encode(&mut frame, self.config.max_frame).is_ok() {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = framed.get_mut().write_all(&frame).await;
+                    let _ = framed.get_mut().shutdown().await;
+                }
+                return Err(why);
+            }
+            Ok((framed, peer))
         };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, opening).await {
             Ok(opened) => opened,
@@ -732,8 +768,18 @@ async fn dial_loop(bridge: Arc<Bridge>, addr: SocketAddr, member: Option<String>
                 let _ = stream.set_nodelay(true);
                 match bridge.open(stream, true).await {
                     Ok((framed, name)) => {
-                        backoff = BACKOFF_MIN;
+                        if member.is_none() {
+                            bridge.set_joined(addr, Some(&name));
+                        }
+                        let opened = tokio::time::Instant::now();
                         let why = peer::run(bridge.clone(), framed, name.clone()).await;
+                        if member.is_none() {
+                            bridge.set_joined(addr, None);
+                        }
+                        // A link refused or dropped at once backs off like a failed dial.
+                        if opened.elapsed() >= BACKOFF_MAX {
+                            backoff = BACKOFF_MIN;
+                        }
                         log::info!("bridge: link to {name} at {addr} ended: {why}");
                     }
                     Err(why) => log::warn!("bridge: connection to {addr} refused: {why}"),

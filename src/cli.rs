@@ -111,6 +111,15 @@ enum Command {
     },
     /// The cluster's job queues: counts and dead letters, as JSON.
     Queues,
+    /// Write a cluster CA (ca.pem, ca.key) and a certificate and key per node
+    /// (NODE.pem, NODE.key, naming the node) into DIR, for `bridge.tls`.
+    Certs {
+        /// Where to write them; created if missing. Existing files are kept.
+        dir: PathBuf,
+        /// The node names, comma-separated, e.g. `master,worker-a,worker-b`.
+        #[arg(long, required = true, value_delimiter = ',')]
+        nodes: Vec<String>,
+    },
 }
 
 /// Parses the command line and runs it with `app`'s services.
@@ -135,6 +144,7 @@ pub fn main(app: impl Into<App>) -> ExitCode {
     match cli.command {
         Command::Node { config, drain } => run_node(app.into(), &config, drain),
         Command::CheckConfig { files } => check_config(&app.into(), &files),
+        Command::Certs { dir, nodes } => crate::certs::run(&dir, &nodes),
         Command::Status { json } => client(&cli.api, cli.token, |c| status(c, json)),
         Command::Request {
             service,

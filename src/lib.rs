@@ -18,7 +18,8 @@
 //! - `router` resolves a service name and carries a request through the service's
 //!   `dealer` (the load-balancing broker) into a `worker`'s mailbox and the reply back.
 //! - [`bridge`] connects nodes: authenticated, framed links that carry requests
-//!   to workers on other nodes and the cluster's member table.
+//!   to workers on other nodes and the cluster's member table; [`certs`] makes the
+//!   cluster CA and node certificates for its TLS.
 //! - [`pubsub`] is publish/subscribe across the cluster (prefix filtering at the
 //!   publisher, clustr-node's channels); [`jobs`] (job queues), `locks` and `confirm`
 //!   are kept by the master in `holder`, which other nodes reach over the bridge.
@@ -36,6 +37,7 @@
 mod api;
 pub mod app;
 pub mod bridge;
+pub mod certs;
 pub mod cli;
 pub mod config;
 mod confirm;

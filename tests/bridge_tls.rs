@@ -1,7 +1,9 @@
-//! Mutual TLS on the bridge (`bridge.tls`): certificates made with `rcgen` for the
-//! test, two TLS nodes link and reach each other's services; a node with TLS and one
-//! without never link; a certificate signed by another CA (or naming another name)
-//! is refused; bad TLS files stop the node from starting.
+//! Mutual TLS on the bridge (`bridge.tls`), with the files `colony certs` writes
+//! (`colony::certs::write`): two TLS nodes link and reach each other's services; a
+//! node with TLS and one without never link; a certificate signed by another CA is
+//! refused; a node whose own certificate names another node, and bad TLS files,
+//! stop the node from starting. (A peer whose certificate names another node than
+//! its Hello: `bridge_identity.rs`.)
 //!
 //! The refused cases put a counting TCP proxy between the joining node and the
 //! master, so each test waits until several connection attempts have been made
@@ -19,10 +21,6 @@ use std::time::Duration;
 
 use colony::{ErrorKind, Node, NodeConfig};
 use common::*;
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use tempfile::TempDir;
 
 const SECRET: &str = "a-cluster-secret-for-tests-only";
@@ -31,56 +29,27 @@ const SECRET: &str = "a-cluster-secret-for-tests-only";
 /// test looks at the cluster.
 const REFUSED_ATTEMPTS: usize = 3;
 
-/// A certificate authority and the directory its files go to.
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-    path: PathBuf,
+/// A cluster's TLS files as `colony certs` writes them: `ca.pem`, and
+/// `NODE.pem` and `NODE.key` for each node.
+struct Certs {
+    dir: PathBuf,
 }
 
-impl Ca {
-    fn new(dir: &TempDir, name: &str) -> Ca {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).expect("CA certificate");
-        let path = dir.path().join(format!("{name}-ca.pem"));
-        std::fs::write(&path, cert.pem()).expect("write CA");
-        Ca { cert, key, path }
+impl Certs {
+    /// Writes a fresh CA and certificates for `nodes` under `root/cluster`.
+    fn new(root: &TempDir, cluster: &str, nodes: &[&str]) -> Certs {
+        let dir = root.path().join(cluster);
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        colony::certs::write(&dir, &nodes).expect("colony certs writes the files");
+        Certs { dir }
     }
 
-    /// A node certificate with subjectAltName DNS `san`, for server and client use.
-    fn node(&self, dir: &TempDir, file: &str, san: &str) -> NodeFiles {
-        let key = KeyPair::generate().expect("node key");
-        let mut params = CertificateParams::new(vec![san.to_string()]).expect("node params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, file.to_string());
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("node certificate");
-        let cert_path = dir.path().join(format!("{file}.pem"));
-        let key_path = dir.path().join(format!("{file}-key.pem"));
-        std::fs::write(&cert_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    /// The `bridge.tls` files of node `name`.
+    fn node(&self, name: &str) -> NodeFiles {
         NodeFiles {
-            cert: cert_path,
-            key: key_path,
-            ca: self.path.clone(),
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}.key")),
+            ca: self.dir.join("ca.pem"),
         }
     }
 }
@@ -94,9 +63,9 @@ struct NodeFiles {
 }
 
 impl NodeFiles {
-    /// The same node trusting another CA.
-    fn trusting(mut self, ca: &Ca) -> NodeFiles {
-        self.ca = ca.path.clone();
+    /// The same node trusting another cluster's CA.
+    fn trusting(mut self, certs: &Certs) -> NodeFiles {
+        self.ca = certs.dir.join("ca.pem");
         self
     }
 }
@@ -235,8 +204,8 @@ async fn refused(master_tls: Option<&NodeFiles>, worker_tls: Option<&NodeFiles>)
 #[actix_rt::test]
 async fn two_tls_nodes_serve_each_other() {
     let dir = TempDir::new().unwrap();
-    let ca = Ca::new(&dir, "cluster");
-    let (m_tls, w_tls) = (ca.node(&dir, "m", "colony"), ca.node(&dir, "w", "colony"));
+    let certs = Certs::new(&dir, "cluster", &["m", "w"]);
+    let (m_tls, w_tls) = (certs.node("m"), certs.node("w"));
     let secret = secret_file(SECRET);
     let master = start_node(&node_yaml(
         "m",
@@ -304,43 +273,64 @@ async fn two_tls_nodes_serve_each_other() {
 #[actix_rt::test]
 async fn a_tls_node_and_a_plain_node_never_link() {
     let dir = TempDir::new().unwrap();
-    let ca = Ca::new(&dir, "cluster");
+    let certs = Certs::new(&dir, "cluster", &["m", "w"]);
     // TLS worker, plain master.
-    refused(None, Some(&ca.node(&dir, "w", "colony"))).await;
+    refused(None, Some(&certs.node("w"))).await;
     // Plain worker, TLS master.
-    refused(Some(&ca.node(&dir, "m", "colony")), None).await;
+    refused(Some(&certs.node("m")), None).await;
 }
 
 #[actix_rt::test]
 async fn a_certificate_of_another_ca_is_refused() {
     let dir = TempDir::new().unwrap();
-    let ca = Ca::new(&dir, "cluster");
-    let rogue = Ca::new(&dir, "rogue");
+    let certs = Certs::new(&dir, "cluster", &["m", "w"]);
+    let rogue = Certs::new(&dir, "rogue", &["m", "w"]);
     // The worker's certificate comes from another CA; it trusts the cluster's CA,
     // so only the master's check of the client certificate can keep it out.
-    let worker = rogue.node(&dir, "w", "colony").trusting(&ca);
-    refused(Some(&ca.node(&dir, "m", "colony")), Some(&worker)).await;
+    let worker = rogue.node("w").trusting(&certs);
+    refused(Some(&certs.node("m")), Some(&worker)).await;
     // The master's certificate comes from another CA; it trusts the cluster's CA,
     // so only the worker's check of the server certificate can keep it out.
-    let master = rogue.node(&dir, "m2", "colony").trusting(&ca);
-    refused(Some(&master), Some(&ca.node(&dir, "w2", "colony"))).await;
+    let master = rogue.node("m").trusting(&certs);
+    refused(Some(&master), Some(&certs.node("w"))).await;
 }
 
 #[actix_rt::test]
-async fn a_certificate_for_another_name_is_refused() {
+async fn a_node_whose_certificate_names_another_node_does_not_start() {
     let dir = TempDir::new().unwrap();
-    let ca = Ca::new(&dir, "cluster");
-    // Signed by the right CA, but not for `colony`: the dialing worker refuses it.
-    let master = ca.node(&dir, "m", "not-colony");
-    refused(Some(&master), Some(&ca.node(&dir, "w", "colony"))).await;
+    // Signed by the cluster's CA, but for node `w`, or for the one name every
+    // node's certificate carried before certificates named their node.
+    let certs = Certs::new(&dir, "cluster", &["w", "colony"]);
+    let secret = secret_file(SECRET);
+    for other in ["w", "colony"] {
+        let files = certs.node(other);
+        let yaml = node_yaml("m", "master", "calc", &secret, None, Some(&files));
+        let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config parses");
+        let err = match Node::start(test_app(), config).await {
+            Ok(node) => {
+                node.shutdown(Duration::ZERO).await;
+                panic!("node m started with the certificate of {other}");
+            }
+            Err(e) => e.to_string(),
+        };
+        for part in [
+            "bridge.tls",
+            &files.cert.display().to_string(),
+            "certificate of node m",
+            "DNS:m",
+            "colony certs",
+        ] {
+            assert!(err.contains(part), "{err} does not say {part}");
+        }
+    }
 }
 
 #[actix_rt::test]
 async fn bad_tls_files_stop_the_node_from_starting() {
     let dir = TempDir::new().unwrap();
-    let ca = Ca::new(&dir, "cluster");
-    let good = ca.node(&dir, "n", "colony");
-    let other = ca.node(&dir, "o", "colony");
+    let certs = Certs::new(&dir, "cluster", &["n", "o"]);
+    let good = certs.node("n");
+    let other = certs.node("o");
     let missing = dir.path().join("missing.pem");
     let secret = secret_file(SECRET);
     let cases: Vec<(&str, NodeFiles, &Path)> = vec![
@@ -391,6 +381,14 @@ async fn bad_tls_files_stop_the_node_from_starting() {
                 ..good.clone()
             },
             &good.cert,
+        ),
+        (
+            "certificate of another node",
+            NodeFiles {
+                cert: other.cert.clone(),
+                ..good.clone()
+            },
+            &other.cert,
         ),
         (
             "key of another certificate",

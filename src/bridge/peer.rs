@@ -362,7 +362,12 @@ where
         bridge.clone(),
         peer.unsent.clone(),
     ));
-    bridge.peer_up(peer.clone());
+    if let Err(why) = bridge.peer_up(peer.clone()) {
+        // Refused: the writer sends the refusal and closes; nothing of the peer's
+        // is read.
+        let _ = stop_writer.send(());
+        return why;
+    }
 
     let heartbeat = config.heartbeat;
     let silence = heartbeat * 3;

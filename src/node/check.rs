@@ -44,7 +44,7 @@ fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
         check_private(path).map_err(|p| fail("bridge.secret_file", path, p))?;
         Secret::read(path).map_err(|p| fail("bridge.secret_file", path, p))?;
         if let Some(tls) = &bridge.tls {
-            Tls::load(tls).map_err(|problem| ConfigError {
+            Tls::load(tls, &config.node.name).map_err(|problem| ConfigError {
                 file: file.display().to_string(),
                 key: "bridge.tls".into(),
                 problem,
