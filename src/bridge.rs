@@ -15,12 +15,14 @@
 //! - `handshake`: version agreement and the HMAC proof of the cluster secret.
 //! - `tls`: optional mutual TLS under the handshake.
 //! - `peer`: one live connection: send queue, heartbeats, requests in flight.
+//! - `subscriptions`: the topic prefixes a peer's subscribers hold, bounded.
 //!
 //! Connections run on the bridge's own arbiter thread, apart from the workers'.
 
 pub mod frame;
 pub mod handshake;
 pub(crate) mod peer;
+mod subscriptions;
 pub(crate) mod tls;
 pub mod wire;
 
@@ -43,7 +45,7 @@ use crate::guard::Origin;
 use crate::holder::HOLDER_SERVICE;
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
-use crate::pubsub::{Announce, Delivery, PubSub, PublishMeta};
+use crate::pubsub::{Announce, Change, Delivery, PubSub, PublishMeta};
 use crate::router::Router;
 use crate::status::NodeStatus;
 use bytes::Bytes;
@@ -238,9 +240,9 @@ impl Bridge {
             }
         });
         let weak = Arc::downgrade(&bridge);
-        let announce: Arc<Announce> = Arc::new(move |prefixes| {
+        let announce: Arc<Announce> = Arc::new(move |change| {
             if let Some(bridge) = weak.upgrade() {
-                bridge.announce(prefixes);
+                bridge.announce(change);
             }
         });
         bridge.pubsub.on_change(Arc::downgrade(&announce));
@@ -401,25 +403,58 @@ impl Bridge {
         }
     }
 
-    /// Tells every peer which prefixes this node's subscribers hold now.
-    fn announce(&self, prefixes: BTreeMap<String, u32>) {
+    /// Tells every peer of a change to this node's subscriptions. Runs in turn
+    /// with every other change (see `PubSub::with_prefixes`). A peer whose queue
+    /// cannot take it gets the whole table again instead, from its link's next
+    /// heartbeat tick on (see [`Bridge::resync`]).
+    fn announce(&self, change: Change) {
+        let control = match change {
+            Change::Added(prefix) => Control::Subscribed { prefix },
+            Change::Removed(prefix) => Control::Unsubscribed { prefix },
+        };
         let mut frame = BytesMut::new();
-        if let Err(e) =
-            (Control::Subscriptions { prefixes }).encode(&mut frame, self.config.max_frame)
-        {
-            log::error!("bridge: subscription table does not fit a frame: {e}");
+        if let Err(e) = control.encode(&mut frame, self.config.max_frame) {
+            log::error!("bridge: subscription change does not fit a frame: {e}");
             return;
         }
         let frame = frame.freeze();
         for peer in self.peers() {
+            if peer.resync.load(Ordering::Acquire) {
+                continue;
+            }
             if let Err(e) = peer.send(frame.clone()) {
-                log::warn!("bridge: subscriptions not sent to {}: {e}", peer.name);
+                log::warn!(
+                    "bridge: subscription change not sent to {} ({e}); it gets the whole table once its queue has room",
+                    peer.name
+                );
+                peer.resync.store(true, Ordering::Release);
             }
         }
     }
 
+    /// Sends `peer` this node's whole subscription table, after a change could not
+    /// be queued to it; changes flow again once the table is queued.
+    pub(crate) fn resync(&self, peer: &Peer) {
+        self.pubsub.with_prefixes(|prefixes| {
+            if !peer.resync.load(Ordering::Acquire) {
+                return;
+            }
+            let mut frame = BytesMut::new();
+            if let Err(e) =
+                (Control::Subscriptions { prefixes }).encode(&mut frame, self.config.max_frame)
+            {
+                log::error!("bridge: subscription table does not fit a frame: {e}");
+                return;
+            }
+            if peer.send(frame.freeze()).is_ok() {
+                peer.resync.store(false, Ordering::Release);
+            }
+        });
+    }
+
     /// Sends `delivery` to every peer with a matching subscriber; returns how many
-    /// subscribers those peers hold for it.
+    /// subscribers hold it on the peers whose send queue took it. Those on a peer
+    /// whose queue was full are counted as dropped.
     pub(crate) fn publish(&self, delivery: &Delivery) -> usize {
         let mut frame: Option<bytes::Bytes> = None;
         let mut reached = 0;
@@ -447,11 +482,10 @@ impl Bridge {
             if let Some(frame) = &frame {
                 match peer.send(frame.clone()) {
                     Ok(()) => reached += wanted as usize,
-                    Err(e) => log::warn!(
-                        "pubsub: message on {} not sent to node {}: {e}",
-                        delivery.topic,
-                        peer.name
-                    ),
+                    // Its subscribers miss it, as at their own high-water marks.
+                    Err(e) => self
+                        .pubsub
+                        .count_dropped(u64::from(wanted), &delivery.topic, || e.message),
                 }
             }
         }
@@ -549,7 +583,9 @@ impl Bridge {
                 }
             }
             Control::Members { members } => self.learn(members),
-            Control::Subscriptions { prefixes } => peer.set_subscriptions(prefixes),
+            Control::Subscriptions { prefixes } => peer.subscriptions.replace(&peer.name, prefixes),
+            Control::Subscribed { prefix } => peer.subscriptions.add(&peer.name, prefix),
+            Control::Unsubscribed { prefix } => peer.subscriptions.remove(&prefix),
             other => log::warn!("bridge: unexpected message from {}: {other:?}", peer.name),
         }
     }
