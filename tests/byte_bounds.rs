@@ -7,132 +7,24 @@
 //! stays bounded, and that the node keeps serving.
 
 mod common;
+#[path = "byte_bounds/support.rs"]
+mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::{Buf, BytesMut};
-use colony::bridge::frame::FrameCodec;
-use colony::bridge::handshake;
-use colony::bridge::wire::{self, Control, Member, Offer};
+use colony::bridge::wire::Control;
 use colony::pubsub::{HIGH_WATER_BYTES, MAX_PREFIXES};
-use colony::{ErrorKind, Node, Published, Subscription};
+use colony::{ErrorKind, Node, Subscription};
 use common::*;
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::codec::Framed;
 
-const SECRET: &str = "a-cluster-secret-for-tests-only";
 const DEADLINE: Duration = Duration::from_secs(10);
-const MB: u64 = 1024 * 1024;
-
-/// Memory is measured for the whole process: the tests run one at a time.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    SERIAL.lock().await
-}
-
-/// This process's resident memory, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kb * 1024
-}
-
-fn assert_grew_less_than(before: u64, limit: u64, what: &str) {
-    let after = rss();
-    let grew = after.saturating_sub(before);
-    eprintln!(
-        "{what}: VmRSS {} MB -> {} MB (+{} MB)",
-        before / MB,
-        after / MB,
-        grew / MB
-    );
-    assert!(
-        grew < limit,
-        "{what}: memory grew by {} MB, more than {} MB",
-        grew / MB,
-        limit / MB
-    );
-}
-
-/// A JSON string `len` bytes long with its quotes, as a value that serializes
-/// without escaping each byte (a debug build would take seconds for many).
-fn json_string(len: usize) -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(len - 2)))
-        .expect("a JSON string")
-}
-
-/// A subscriber actor counting what it handles.
-struct Counter(Arc<AtomicUsize>);
-
-impl Actor for Counter {
-    type Context = Context<Self>;
-}
-
-impl Handler<Published> for Counter {
-    type Result = ();
-    fn handle(&mut self, _: Published, _: &mut Context<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counter() -> (Addr<Counter>, Arc<AtomicUsize>) {
-    let handled = Arc::new(AtomicUsize::new(0));
-    (Counter(handled.clone()).start(), handled)
-}
-
-/// A raw peer that completed the real handshake: it writes frames (and a
-/// heartbeat every 100 ms, so that the node keeps the link) and never reads.
-struct FakePeer {
-    frames: tokio::sync::mpsc::UnboundedSender<BytesMut>,
-}
-
-impl FakePeer {
-    async fn dial(addr: SocketAddr, name: &str) -> FakePeer {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let mut framed = Framed::new(stream, FrameCodec::default());
-        let secret = handshake::Secret::new(SECRET.as_bytes()).expect("secret");
-        handshake::dial(&mut framed, name, &secret)
-            .await
-            .expect("the handshake succeeds");
-        let mut io = framed.into_inner();
-        let (frames, mut queued) = tokio::sync::mpsc::unbounded_channel::<BytesMut>();
-        actix_rt::spawn(async move {
-            let mut beat = tokio::time::interval(Duration::from_millis(100));
-            loop {
-                let frame = tokio::select! {
-                    frame = queued.recv() => match frame {
-                        Some(frame) => frame,
-                        None => break,
-                    },
-                    _ = beat.tick() => {
-                        let mut frame = BytesMut::new();
-                        wire::encode_heartbeat(&mut frame);
-                        frame
-                    }
-                };
-                if io.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
-        });
-        FakePeer { frames }
-    }
-
-    fn send(&self, control: Control) {
-        let mut frame = BytesMut::new();
-        control.encode(&mut frame, usize::MAX).expect("encode");
-        self.frames.send(frame).expect("the fake peer runs");
-    }
-}
 
 fn bridge(secret: &tempfile::NamedTempFile, join: &str, extra: &str) -> String {
     format!(
@@ -161,20 +53,7 @@ async fn a_peer_that_stops_reading_costs_at_most_queue_bytes_then_callers_are_ov
     // The attacker: an authenticated peer offering `far` and subscribing to `far.`,
     // which then never reads a byte.
     let fake = FakePeer::dial(addr, "a-fake").await;
-    fake.send(Control::Join {
-        member: Member {
-            name: "a-fake".into(),
-            role: "worker".into(),
-            bridge: "127.0.0.1:9".parse().unwrap(),
-            api: None,
-            services: vec![Offer {
-                name: "far".into(),
-                workers: 1,
-                capacity: 1_000_000,
-                timeout_ms: 30_000,
-            }],
-        },
-    });
+    fake.send(join_offering_far());
     fake.send(Control::Subscribed {
         prefix: "far.".into(),
     });
@@ -286,55 +165,6 @@ async fn a_subscriber_that_never_reads_holds_at_most_its_byte_bound() {
     node.shutdown(Duration::from_millis(100)).await;
 }
 
-/// What an HTTP subscribe client read.
-#[derive(Debug, PartialEq)]
-enum Seen {
-    Message(String),
-    Dropped(u64),
-}
-
-/// Reads a chunked `GET /v1/subscribe` body from `stream`, one JSON line at a
-/// time, into `seen`.
-async fn read_lines(
-    mut stream: tokio::net::TcpStream,
-    mut buf: BytesMut,
-    seen: Arc<Mutex<Vec<Seen>>>,
-) {
-    let mut body = BytesMut::new();
-    loop {
-        // Chunks: `SIZE-HEX\r\nDATA\r\n`.
-        while let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") {
-            let size = std::str::from_utf8(&buf[..eol])
-                .ok()
-                .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-                .expect("a chunk size");
-            if size == 0 {
-                return;
-            }
-            if buf.len() < eol + 2 + size + 2 {
-                break;
-            }
-            buf.advance(eol + 2);
-            body.extend_from_slice(&buf.split_to(size));
-            buf.advance(2);
-            while let Some(nl) = body.iter().position(|&b| b == b'\n') {
-                let line = body.split_to(nl + 1);
-                let json: serde_json::Value = serde_json::from_slice(&line).expect("a JSON line");
-                let item = match json.get("dropped") {
-                    Some(n) => Seen::Dropped(n.as_u64().expect("a count")),
-                    None => Seen::Message(json["topic"].as_str().expect("a topic").to_string()),
-                };
-                seen.lock().unwrap().push(item);
-            }
-        }
-        let mut chunk = [0u8; 64 * 1024];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
 #[actix_rt::test]
 async fn an_http_subscriber_that_stalls_holds_at_most_subscribe_buffer_and_hears_of_drops() {
     let _serial = serial().await;
@@ -417,11 +247,17 @@ async fn an_http_subscriber_that_stalls_holds_at_most_subscribe_buffer_and_hears
         assert_eq!(messages, accepted, "every message taken reaches the client");
         assert_eq!(reported, dropped as u64, "the client hears of every drop");
         assert_eq!(node.publish_dropped(), dropped as u64);
-        assert!(
-            matches!(seen.iter().rev().nth(1), Some(Seen::Dropped(_))),
-            "the drops are reported right before the next message: {:?}",
-            &seen[seen.len().saturating_sub(3)..]
-        );
+        let markers: Vec<usize> = (0..seen.len())
+            .filter(|&i| matches!(seen[i], Seen::Dropped(_)))
+            .collect();
+        assert!(!markers.is_empty(), "no {{\"dropped\":N}} line");
+        for i in markers {
+            assert!(
+                matches!(seen.get(i + 1), Some(Seen::Message(_))),
+                "a drop report is followed by the next message: {:?}",
+                &seen[i..seen.len().min(i + 2)]
+            );
+        }
     }
 
     // The node keeps serving.
@@ -574,4 +410,70 @@ async fn a_node_holds_at_most_ten_thousand_prefixes_its_own_or_a_peers() {
     .await;
     drop((again, room, subscriptions, fake));
     node.shutdown(Duration::from_millis(100)).await;
+}
+
+#[actix_rt::test]
+async fn a_peer_that_missed_a_change_while_its_queue_was_full_gets_the_whole_table_again() {
+    let _serial = serial().await;
+    let secret = secret_file(SECRET);
+    let master = start_node(&format!(
+        "node: {{ name: master, role: master, threads: 2 }}\n{}",
+        bridge(&secret, "", ", queue_bytes: 1048576")
+    ))
+    .await;
+    let mut fake = FakePeer::dial(master.bridge_addr().expect("bridge"), "a-fake").await;
+    fake.send(join_offering_far());
+    wait_until("requests for `far` go to a-fake", DEADLINE, || async {
+        master.tell("far", Secret { user: None }).await.is_ok()
+    })
+    .await;
+
+    // The peer stops reading: its queue fills to its last few bytes.
+    let before = rss();
+    for size in [64 * 1024, 1024, 16] {
+        let user = "x".repeat(size);
+        let mut refused = None;
+        for _ in 0..10_000 {
+            let told = master
+                .tell(
+                    "far",
+                    Secret {
+                        user: Some(user.clone()),
+                    },
+                )
+                .await;
+            if let Err(e) = told {
+                refused = Some(e);
+                break;
+            }
+        }
+        let refused = refused.expect("the queue fills");
+        assert_eq!(refused.kind, ErrorKind::Overloaded, "{refused}");
+    }
+    assert_grew_less_than(before, 64 * MB, "a stalled peer with 1 MiB of queue");
+
+    // A change that does not fit the queue is not lost: once the peer reads
+    // again, it gets the whole table, and then changes again.
+    let (sub, _) = counter();
+    let late = format!("late.{}", "x".repeat(1000));
+    let _late = master.subscribe(&late, sub.clone().recipient()).unwrap();
+    let learned = fake.read_subscriptions();
+    wait_until("a-fake learned the change it missed", DEADLINE, || async {
+        learned.lock().unwrap().table.get(&late) == Some(&1)
+    })
+    .await;
+    assert_eq!(
+        learned.lock().unwrap().tables,
+        2,
+        "the table when the link opened, and the table again"
+    );
+    let _later = master.subscribe("later.", sub.recipient()).unwrap();
+    wait_until("a-fake learns the next change", DEADLINE, || async {
+        learned.lock().unwrap().table.get("later.") == Some(&1)
+    })
+    .await;
+    assert_eq!(learned.lock().unwrap().table.len(), 2);
+    assert_eq!(learned.lock().unwrap().tables, 2);
+    drop(fake);
+    master.shutdown(Duration::from_millis(100)).await;
 }
