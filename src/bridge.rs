@@ -15,14 +15,15 @@
 //! - `handshake`: version agreement and the HMAC proof of the cluster secret.
 //! - `tls`: optional mutual TLS under the handshake.
 //! - `peer`: one live connection: send queue, heartbeats, requests in flight.
-//! - `subscriptions`: the topic prefixes a peer's subscribers hold, bounded.
+//! - `pubsub`: publications and subscription changes across links; the topic
+//!   prefixes a peer's subscribers hold, bounded.
 //!
 //! Connections run on the bridge's own arbiter thread, apart from the workers'.
 
 pub mod frame;
 pub mod handshake;
 pub(crate) mod peer;
-mod subscriptions;
+mod pubsub;
 pub(crate) mod tls;
 pub mod wire;
 
@@ -45,7 +46,7 @@ use crate::guard::Origin;
 use crate::holder::HOLDER_SERVICE;
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
-use crate::pubsub::{Announce, Change, Delivery, PubSub, PublishMeta};
+use crate::pubsub::{Announce, PubSub};
 use crate::router::Router;
 use crate::status::NodeStatus;
 use bytes::Bytes;
@@ -401,121 +402,6 @@ impl Bridge {
         if !self.counters.linked.lock().insert(peer.name.clone()) {
             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Tells every peer of a change to this node's subscriptions. Runs in turn
-    /// with every other change (see `PubSub::with_prefixes`). A peer whose queue
-    /// cannot take it gets the whole table again instead, from its link's next
-    /// heartbeat tick on (see [`Bridge::resync`]).
-    fn announce(&self, change: Change) {
-        let control = match change {
-            Change::Added(prefix) => Control::Subscribed { prefix },
-            Change::Removed(prefix) => Control::Unsubscribed { prefix },
-        };
-        let mut frame = BytesMut::new();
-        if let Err(e) = control.encode(&mut frame, self.config.max_frame) {
-            log::error!("bridge: subscription change does not fit a frame: {e}");
-            return;
-        }
-        let frame = frame.freeze();
-        for peer in self.peers() {
-            if peer.resync.load(Ordering::Acquire) {
-                continue;
-            }
-            if let Err(e) = peer.send(frame.clone()) {
-                log::warn!(
-                    "bridge: subscription change not sent to {} ({e}); it gets the whole table once its queue has room",
-                    peer.name
-                );
-                peer.resync.store(true, Ordering::Release);
-            }
-        }
-    }
-
-    /// Sends `peer` this node's whole subscription table, after a change could not
-    /// be queued to it; changes flow again once the table is queued.
-    pub(crate) fn resync(&self, peer: &Peer) {
-        self.pubsub.with_prefixes(|prefixes| {
-            if !peer.resync.load(Ordering::Acquire) {
-                return;
-            }
-            let mut frame = BytesMut::new();
-            if let Err(e) =
-                (Control::Subscriptions { prefixes }).encode(&mut frame, self.config.max_frame)
-            {
-                log::error!("bridge: subscription table does not fit a frame: {e}");
-                return;
-            }
-            if peer.send(frame.freeze()).is_ok() {
-                peer.resync.store(false, Ordering::Release);
-            }
-        });
-    }
-
-    /// Sends `delivery` to every peer with a matching subscriber; returns how many
-    /// subscribers hold it on the peers whose send queue took it. Those on a peer
-    /// whose queue was full are counted as dropped.
-    pub(crate) fn publish(&self, delivery: &Delivery) -> usize {
-        let mut frame: Option<bytes::Bytes> = None;
-        let mut reached = 0;
-        for peer in self.peers.read().values().filter(|p| p.is_up()) {
-            let wanted = peer.subscribers(&delivery.topic);
-            if wanted == 0 {
-                continue;
-            }
-            if frame.is_none() {
-                let mut buf = BytesMut::new();
-                let encoded = wire::encode_publish(
-                    &mut buf,
-                    self.config.max_frame,
-                    &delivery.topic,
-                    &delivery.meta.node,
-                    delivery.meta.worker.as_deref().unwrap_or(""),
-                    delivery.json_bytes(),
-                );
-                if let Err(e) = encoded {
-                    log::warn!("pubsub: message on {} not sent: {e}", delivery.topic);
-                    return reached;
-                }
-                frame = Some(buf.freeze());
-            }
-            if let Some(frame) = &frame {
-                match peer.send(frame.clone()) {
-                    Ok(()) => reached += wanted as usize,
-                    // Its subscribers miss it, as at their own high-water marks.
-                    Err(e) => self
-                        .pubsub
-                        .count_dropped(u64::from(wanted), &delivery.topic, || e.message),
-                }
-            }
-        }
-        reached
-    }
-
-    /// How many subscribers of other nodes want `topic`.
-    pub(crate) fn subscribers(&self, topic: &str) -> usize {
-        self.peers
-            .read()
-            .values()
-            .filter(|p| p.is_up())
-            .map(|p| p.subscribers(topic) as usize)
-            .sum()
-    }
-
-    /// A publication from another node, for this node's subscribers.
-    pub(crate) fn deliver(&self, frame: wire::PublishFrame) {
-        let worker = (!frame.worker.is_empty()).then_some(frame.worker);
-        let service = worker
-            .as_deref()
-            .and_then(|w| w.parse::<WorkerId>().ok())
-            .map(|w| w.service);
-        let meta = PublishMeta {
-            node: frame.node,
-            worker,
-            service,
-        };
-        let delivery = Arc::new(Delivery::json(frame.topic, meta, frame.payload));
-        self.pubsub.deliver(&delivery);
     }
 
     /// Traffic since the bridge started.

@@ -19,7 +19,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::{Framed, FramedRead};
 
 use super::frame::FrameCodec;
-use super::subscriptions::PeerSubscriptions;
+use super::pubsub::PeerSubscriptions;
 use super::wire::{self, Control, Message, Offer, RequestHead, ONE_WAY, TO_WORKER};
 use super::Bridge;
 use crate::error::{ErrorKind, ServiceError};
