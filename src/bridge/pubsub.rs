@@ -157,14 +157,16 @@ impl PeerSubscriptions {
         while table.len() > MAX_PREFIXES {
             table.pop_last();
         }
-        self.ignore(peer, before - table.len());
+        if table.len() < before {
+            self.ignore(peer);
+        }
         *self.prefixes.write() = table;
     }
 
     /// The peer's subscribers hold one more subscription to `prefix`.
     pub(crate) fn add(&self, peer: &str, prefix: String) {
         if prefix.len() > MAX_TOPIC {
-            return self.ignore(peer, 1);
+            return self.ignore(peer);
         }
         let mut prefixes = self.prefixes.write();
         if let Some(count) = prefixes.get_mut(&prefix) {
@@ -173,7 +175,7 @@ impl PeerSubscriptions {
             prefixes.insert(prefix, 1);
         } else {
             drop(prefixes);
-            self.ignore(peer, 1);
+            self.ignore(peer);
         }
     }
 
@@ -193,17 +195,17 @@ impl PeerSubscriptions {
         matching(&self.prefixes.read(), topic)
     }
 
-    fn ignore(&self, peer: &str, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let before = self.ignored.fetch_add(n as u64, Ordering::Relaxed);
-        let after = before.saturating_add(n as u64);
+    /// Counts an announcement (a table or a change) of which a part or all was
+    /// ignored.
+    fn ignore(&self, peer: &str) {
+        let before = self.ignored.fetch_add(1, Ordering::Relaxed);
         // The first time, then once per thousand: a hostile peer cannot flood the log.
-        if before == 0 || before / 1000 != after / 1000 {
+        if before.is_multiple_of(1000) {
             log::warn!(
                 "bridge: node {peer} announced subscriptions past the bounds of \
-                 {MAX_PREFIXES} prefixes of {MAX_TOPIC} bytes; {after} ignored so far"
+                 {MAX_PREFIXES} prefixes of at most {MAX_TOPIC} bytes; what is past them \
+                 is ignored ({} announcements so far)",
+                before + 1
             );
         }
     }
@@ -221,7 +223,7 @@ mod tests {
             .collect();
         subs.replace("peer", table);
         assert_eq!(subs.prefixes.read().len(), MAX_PREFIXES);
-        assert_eq!(subs.ignored.load(Ordering::Relaxed), 5);
+        assert_eq!(subs.ignored.load(Ordering::Relaxed), 1);
         assert_eq!(subs.matching("p000000.x"), 1);
         assert_eq!(subs.matching(&format!("p{:06}", MAX_PREFIXES)), 0);
 

@@ -140,7 +140,8 @@ impl Node {
         Ok(self.deliver(Arc::new(Delivery::local(topic, meta, msg))))
     }
 
-    /// Publishes a JSON message, as `POST /v1/publish` does.
+    /// Publishes a JSON message, as `POST /v1/publish` does; `delivered` counts as
+    /// [`publish`](Self::publish)'s answer does.
     pub(crate) fn publish_json(&self, topic: &str, json: Bytes) -> Result<usize, ServiceError> {
         check_topic(topic, "topic")?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&json)
