@@ -82,6 +82,11 @@ impl Peer {
         self.unsent.load(Ordering::Acquire) == 0
     }
 
+    /// Whether at most half of `bridge.queue_bytes` waits to be written.
+    pub(crate) fn half_empty(&self) -> bool {
+        self.unsent.load(Ordering::Acquire) <= self.queue_bytes / 2
+    }
+
     pub(crate) fn is_up(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
     }
@@ -405,7 +410,9 @@ where
                 wire::encode_heartbeat(&mut beat);
                 // A full queue carries traffic the peer hears instead of a beat.
                 let _ = peer.send(beat.freeze());
-                if peer.resync.load(Ordering::Acquire) {
+                // Only once the queue has drained to half: a table encoded for a
+                // queue that is still full would be thrown away each tick.
+                if peer.resync.load(Ordering::Acquire) && peer.half_empty() {
                     bridge.resync(&peer);
                 }
             },
