@@ -3,8 +3,9 @@
 //! stalls each cost at most their byte bound, and the overflow is refused
 //! (`Overloaded`) or dropped and counted, never held. Subscription changes cross
 //! the bridge as deltas, and a node holds at most 10,000 distinct prefixes, its own
-//! or a peer's. Each test checks the refusal or the count, that memory (VmRSS)
-//! stays bounded, and that the node keeps serving.
+//! or a peer's; a change a full link queue could not take reaches the peer as the
+//! whole table once it reads again. Each test checks the refusal or the count,
+//! that memory (VmRSS) stays bounded, and that the node keeps serving.
 
 mod common;
 #[path = "byte_bounds/support.rs"]
