@@ -347,8 +347,10 @@ async fn publish(
     }
 }
 
-/// JSON lines a slow `GET /v1/subscribe` client may have outstanding; past this it
-/// misses messages, as any subscriber past its high-water mark does.
+/// JSON lines a slow `GET /v1/subscribe` client may have outstanding, within the
+/// `api.subscribe_buffer` bytes it may hold; past either it misses messages, as any
+/// subscriber past its high-water mark does, and is told how many with a line
+/// `{"dropped":N}` before the next message it gets.
 const STREAM_BUFFER: usize = 1024;
 
 async fn subscribe_all(req: HttpRequest, state: web::Data<State>) -> HttpResponse {

@@ -17,6 +17,8 @@
 //! - `identity`: who may hold a link: one live link per name, one master, the
 //!   member table only from it, certificates that name their node.
 //! - `peer`: one live connection: send queue, heartbeats, requests in flight.
+//! - `pubsub`: publications and subscription changes across links; the topic
+//!   prefixes a peer's subscribers hold, bounded.
 //!
 //! Connections run on the bridge's own arbiter thread, apart from the workers'.
 
@@ -24,6 +26,7 @@ pub mod frame;
 pub mod handshake;
 mod identity;
 pub(crate) mod peer;
+mod pubsub;
 pub(crate) mod tls;
 pub mod wire;
 
@@ -46,7 +49,7 @@ use crate::guard::Origin;
 use crate::holder::HOLDER_SERVICE;
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
-use crate::pubsub::{Announce, Delivery, PubSub, PublishMeta};
+use crate::pubsub::{Announce, PubSub};
 use crate::router::Router;
 use crate::status::NodeStatus;
 use bytes::Bytes;
@@ -245,9 +248,9 @@ impl Bridge {
             }
         });
         let weak = Arc::downgrade(&bridge);
-        let announce: Arc<Announce> = Arc::new(move |prefixes| {
+        let announce: Arc<Announce> = Arc::new(move |change| {
             if let Some(bridge) = weak.upgrade() {
-                bridge.announce(prefixes);
+                bridge.announce(change);
             }
         });
         bridge.pubsub.on_change(Arc::downgrade(&announce));
@@ -408,89 +411,6 @@ impl Bridge {
         Ok(())
     }
 
-    /// Tells every peer which prefixes this node's subscribers hold now.
-    fn announce(&self, prefixes: BTreeMap<String, u32>) {
-        let mut frame = BytesMut::new();
-        if let Err(e) =
-            (Control::Subscriptions { prefixes }).encode(&mut frame, self.config.max_frame)
-        {
-            log::error!("bridge: subscription table does not fit a frame: {e}");
-            return;
-        }
-        let frame = frame.freeze();
-        for peer in self.peers() {
-            if let Err(e) = peer.send(frame.clone()) {
-                log::warn!("bridge: subscriptions not sent to {}: {e}", peer.name);
-            }
-        }
-    }
-
-    /// Sends `delivery` to every peer with a matching subscriber; returns how many
-    /// subscribers those peers hold for it.
-    pub(crate) fn publish(&self, delivery: &Delivery) -> usize {
-        let mut frame: Option<bytes::Bytes> = None;
-        let mut reached = 0;
-        for peer in self.peers.read().values().filter(|p| p.is_up()) {
-            let wanted = peer.subscribers(&delivery.topic);
-            if wanted == 0 {
-                continue;
-            }
-            if frame.is_none() {
-                let mut buf = BytesMut::new();
-                let encoded = wire::encode_publish(
-                    &mut buf,
-                    self.config.max_frame,
-                    &delivery.topic,
-                    &delivery.meta.node,
-                    delivery.meta.worker.as_deref().unwrap_or(""),
-                    delivery.json_bytes(),
-                );
-                if let Err(e) = encoded {
-                    log::warn!("pubsub: message on {} not sent: {e}", delivery.topic);
-                    return reached;
-                }
-                frame = Some(buf.freeze());
-            }
-            if let Some(frame) = &frame {
-                match peer.send(frame.clone()) {
-                    Ok(()) => reached += wanted as usize,
-                    Err(e) => log::warn!(
-                        "pubsub: message on {} not sent to node {}: {e}",
-                        delivery.topic,
-                        peer.name
-                    ),
-                }
-            }
-        }
-        reached
-    }
-
-    /// How many subscribers of other nodes want `topic`.
-    pub(crate) fn subscribers(&self, topic: &str) -> usize {
-        self.peers
-            .read()
-            .values()
-            .filter(|p| p.is_up())
-            .map(|p| p.subscribers(topic) as usize)
-            .sum()
-    }
-
-    /// A publication from another node, for this node's subscribers.
-    pub(crate) fn deliver(&self, frame: wire::PublishFrame) {
-        let worker = (!frame.worker.is_empty()).then_some(frame.worker);
-        let service = worker
-            .as_deref()
-            .and_then(|w| w.parse::<WorkerId>().ok())
-            .map(|w| w.service);
-        let meta = PublishMeta {
-            node: frame.node,
-            worker,
-            service,
-        };
-        let delivery = Arc::new(Delivery::json(frame.topic, meta, frame.payload));
-        self.pubsub.deliver(&delivery);
-    }
-
     /// Traffic since the bridge started.
     pub(crate) fn stats(&self) -> BridgeStats {
         let c = &self.counters;
@@ -565,7 +485,9 @@ impl Bridge {
             }
             Control::Members { .. } => self.table_refused(peer),
             Control::Refused { reason } => self.refused_by(peer, &reason),
-            Control::Subscriptions { prefixes } => peer.set_subscriptions(prefixes),
+            Control::Subscriptions { prefixes } => peer.subscriptions.replace(&peer.name, prefixes),
+            Control::Subscribed { prefix } => peer.subscriptions.add(&peer.name, prefix),
+            Control::Unsubscribed { prefix } => peer.subscriptions.remove(&prefix),
             other => log::warn!("bridge: unexpected message from {}: {other:?}", peer.name),
         }
     }

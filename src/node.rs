@@ -151,7 +151,7 @@ impl Node {
         let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
         let router = Router::new(&name);
         let events = EventBus::default();
-        let pubsub = Arc::new(PubSub::default());
+        let pubsub = Arc::new(PubSub::new(config.api.subscribe_buffer));
         // The master holds the cluster's queues and locks; a node alone holds its own.
         let role = config.role();
         let holds = role == Role::Master || config.bridge.is_none();

@@ -2,19 +2,25 @@
 //! under a topic; subscribers name a topic prefix and receive every message whose
 //! topic starts with it (the empty prefix receives everything).
 //!
-//! Filtering happens at the publishing node. Each node tells its peers which
-//! prefixes its subscribers hold (again after every reconnect), and a publisher
-//! sends a message over a link only when the node at the other end has a matching
-//! subscriber. A node with none receives nothing, not even to drop it.
+//! Filtering happens at the publishing node. When a link opens, each node sends
+//! the other the prefixes its subscribers hold, as one table; after that only the
+//! changes travel (a subscription added, one removed), in the order they were
+//! made, so a change costs the size of its prefix, not of the whole table. A
+//! publisher sends a message over a link only when the node at the other end has
+//! a matching subscriber. A node with none receives nothing, not even to drop it.
+//! A node holds at most [`MAX_PREFIXES`] distinct prefixes: a subscription to a
+//! new prefix past it gets `Overloaded`, and a peer's table is kept only up to it.
 //!
 //! In-process delivery never serializes: subscribers on the publisher's node get
 //! the value itself and [`Published::decode`] clones it out; the JSON is made
 //! once, and only when the message leaves the node.
 //!
-//! Every subscriber has a high-water mark of messages delivered but not yet
-//! handled ([`HIGH_WATER`]); past it, new messages to that subscriber are dropped
-//! and counted, as ZeroMQ's PUB socket does, so that a slow subscriber cannot
-//! grow a queue without bound or slow the publisher down.
+//! Every subscriber is bounded in messages and in bytes: an actor may hold
+//! [`HIGH_WATER`] messages or [`HIGH_WATER_BYTES`] bytes (measured as JSON)
+//! delivered but not yet handled, a `GET /v1/subscribe` stream `api.subscribe_buffer`
+//! bytes. Past either bound new messages to that subscriber are dropped and counted
+//! (`colony_publish_dropped_total`), as ZeroMQ's PUB socket does, so that a slow
+//! subscriber cannot grow a queue without bound or slow the publisher down.
 //!
 //! # Channels
 //!
@@ -22,23 +28,35 @@
 //! `public` reaches every worker and master that joined it, `group` every worker
 //! of one service, `private` one worker by id.
 
-use std::any::Any;
+mod delivery;
+mod lines;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use crate::error::ServiceError;
+pub(crate) use delivery::Delivery;
+use delivery::Payload;
+pub(crate) use lines::{line_queue, LineReceiver, LineSender};
 
 /// Messages a subscriber may hold delivered but not yet handled; past this,
 /// further messages to it are dropped and counted.
 pub const HIGH_WATER: usize = 10_000;
+
+/// Bytes (of the messages as JSON) an actor subscriber may hold delivered but not
+/// yet handled; past this, further messages to it are dropped and counted. A
+/// message always reaches a subscriber that holds none, whatever its size.
+pub const HIGH_WATER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Distinct prefixes a node's subscribers may hold at once; a subscription to a
+/// new prefix past it gets `Overloaded`. A peer's table is kept up to it too.
+pub const MAX_PREFIXES: usize = 10_000;
 
 /// Who published a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,89 +82,6 @@ impl PublishMeta {
             worker: worker.map(|w| w.to_string()),
         }
     }
-}
-
-/// The message of a publication: the value itself while it stays on its node,
-/// JSON once it has crossed a link.
-pub(crate) enum Payload {
-    Local(
-        Arc<dyn Any + Send + Sync>,
-        fn(&(dyn Any + Send + Sync)) -> Vec<u8>,
-    ),
-    Json,
-}
-
-/// One publication, shared by every subscriber it reaches.
-pub(crate) struct Delivery {
-    pub(crate) topic: String,
-    pub(crate) meta: PublishMeta,
-    payload: Payload,
-    json: OnceLock<Bytes>,
-}
-
-impl Delivery {
-    /// A publication of `msg` made on this node.
-    pub(crate) fn local<T: Serialize + Send + Sync + 'static>(
-        topic: &str,
-        meta: PublishMeta,
-        msg: T,
-    ) -> Delivery {
-        fn encode<T: Serialize + 'static>(value: &(dyn Any + Send + Sync)) -> Vec<u8> {
-            value
-                .downcast_ref::<T>()
-                .and_then(|v| serde_json::to_vec(v).ok())
-                .unwrap_or_else(|| b"null".to_vec())
-        }
-        Delivery {
-            topic: topic.to_string(),
-            meta,
-            payload: Payload::Local(Arc::new(msg), encode::<T>),
-            json: OnceLock::new(),
-        }
-    }
-
-    /// A publication that arrived as JSON (from another node or the HTTP API).
-    pub(crate) fn json(topic: String, meta: PublishMeta, json: Bytes) -> Delivery {
-        Delivery {
-            topic,
-            meta,
-            payload: Payload::Json,
-            json: OnceLock::from(json),
-        }
-    }
-
-    /// The message as JSON, encoded at most once.
-    pub(crate) fn json_bytes(&self) -> &Bytes {
-        self.json.get_or_init(|| match &self.payload {
-            Payload::Local(value, encode) => Bytes::from(encode(value.as_ref())),
-            Payload::Json => Bytes::from_static(b"null"),
-        })
-    }
-
-    /// The line `GET /v1/subscribe` streams for this publication.
-    pub(crate) fn json_line(&self) -> Bytes {
-        let data: Box<serde_json::value::RawValue> =
-            serde_json::from_slice(self.json_bytes()).unwrap_or_else(|_| null_raw());
-        let mut line = serde_json::to_vec(&Line {
-            topic: &self.topic,
-            meta: &self.meta,
-            data: &data,
-        })
-        .unwrap_or_default();
-        line.push(b'\n');
-        Bytes::from(line)
-    }
-}
-
-fn null_raw() -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    topic: &'a str,
-    meta: &'a PublishMeta,
-    data: &'a serde_json::value::RawValue,
 }
 
 /// A message an actor receives for its subscription: implement
@@ -201,12 +136,43 @@ impl std::fmt::Debug for Published {
     }
 }
 
-/// Counts a message against its subscriber's high-water mark until it is handled.
-struct Ticket(Arc<AtomicUsize>);
+/// What an actor subscriber holds delivered but not yet handled.
+#[derive(Default)]
+struct Pending {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Pending {
+    /// Counts a message of `size` bytes, unless it would pass a high-water mark.
+    fn admit(&self, size: usize) -> bool {
+        if self.messages.fetch_add(1, Ordering::AcqRel) >= HIGH_WATER {
+            self.messages.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let before = self.bytes.fetch_add(size, Ordering::AcqRel);
+        if before > 0 && before.saturating_add(size) > HIGH_WATER_BYTES {
+            self.release(size);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, size: usize) {
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a message against its subscriber's high-water marks until it is handled.
+struct Ticket {
+    pending: Arc<Pending>,
+    size: usize,
+}
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
+        self.pending.release(self.size);
     }
 }
 
@@ -214,103 +180,166 @@ impl Drop for Ticket {
 pub(crate) enum Sink {
     /// An actor.
     Actor(Recipient<Published>),
-    /// A bounded stream of JSON lines (`GET /v1/subscribe`).
-    Lines(mpsc::Sender<Bytes>),
+    /// A stream of JSON lines bounded in lines and bytes (`GET /v1/subscribe`).
+    Lines(LineSender),
 }
 
 struct Entry {
     id: u64,
     prefix: String,
     sink: Sink,
-    pending: Arc<AtomicUsize>,
+    pending: Arc<Pending>,
 }
 
-/// Called with the prefix table whenever it changes (the bridge tells peers).
-pub(crate) type Announce = dyn Fn(BTreeMap<String, u32>) + Send + Sync;
+/// A change to this node's subscriptions, as the peers are told it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A subscription to this prefix was added.
+    Added(String),
+    /// A subscription to this prefix ended.
+    Removed(String),
+}
 
-/// This node's subscriptions, and the hook that tells peers when their prefixes
-/// change.
+/// Called with every change to the subscriptions (the bridge tells peers).
+pub(crate) type Announce = dyn Fn(Change) + Send + Sync;
+
+/// The subscriptions, and how many hold each prefix.
 #[derive(Default)]
+struct Table {
+    entries: Vec<Entry>,
+    prefixes: BTreeMap<String, u32>,
+}
+
+/// This node's subscriptions, and the hook that tells peers when they change.
 pub(crate) struct PubSub {
-    entries: RwLock<Vec<Entry>>,
+    table: RwLock<Table>,
     next_id: AtomicU64,
     dropped: AtomicU64,
     announce: OnceLock<Weak<Announce>>,
-    /// Held from computing a prefix table until it is queued to the peers, so
-    /// that tables reach each peer in the order they were computed.
+    /// Held from changing the table until the change is queued to the peers, and
+    /// from taking the table until it is queued to a new peer: each peer gets one
+    /// table and then every later change, in order.
     announcing: Mutex<()>,
+    /// Bytes a stream of JSON lines may hold (`api.subscribe_buffer`).
+    stream_bytes: usize,
 }
 
 impl std::fmt::Debug for PubSub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PubSub")
-            .field("subscriptions", &self.entries.read().len())
+            .field("subscriptions", &self.table.read().entries.len())
             .finish()
     }
 }
 
 impl PubSub {
-    /// Calls `announce` with the prefix table whenever it changes.
+    /// No subscriptions yet; each stream of JSON lines holds at most
+    /// `stream_bytes` bytes.
+    pub(crate) fn new(stream_bytes: usize) -> PubSub {
+        PubSub {
+            table: RwLock::default(),
+            next_id: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            announce: OnceLock::new(),
+            announcing: Mutex::new(()),
+            stream_bytes,
+        }
+    }
+
+    /// Calls `announce` with every change to the subscriptions.
     pub(crate) fn on_change(&self, announce: Weak<Announce>) {
         let _ = self.announce.set(announce);
     }
 
     /// Adds a subscription; it lasts until the returned handle drops.
-    pub(crate) fn add(self: &Arc<Self>, prefix: &str, sink: Sink) -> Subscription {
+    /// `Overloaded` when `prefix` is new and [`MAX_PREFIXES`] are held already.
+    pub(crate) fn add(
+        self: &Arc<Self>,
+        prefix: &str,
+        sink: Sink,
+    ) -> Result<Subscription, ServiceError> {
+        let _in_turn = self.announcing.lock();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.entries.write().push(Entry {
-            id,
-            prefix: prefix.to_string(),
-            sink,
-            pending: Arc::default(),
-        });
-        self.changed();
-        Subscription {
+        {
+            let mut table = self.table.write();
+            if !table.prefixes.contains_key(prefix) && table.prefixes.len() >= MAX_PREFIXES {
+                return Err(ServiceError::overloaded(format!(
+                    "this node's subscribers hold {MAX_PREFIXES} distinct prefixes, the most it keeps; \
+                     subscribe to one of them or end a subscription first"
+                )));
+            }
+            let count = table.prefixes.entry(prefix.to_string()).or_insert(0);
+            *count = count.saturating_add(1);
+            table.entries.push(Entry {
+                id,
+                prefix: prefix.to_string(),
+                sink,
+                pending: Arc::default(),
+            });
+        }
+        self.announce(Change::Added(prefix.to_string()));
+        Ok(Subscription {
             pubsub: Arc::downgrade(self),
             id,
             prefix: prefix.to_string(),
-        }
+        })
+    }
+
+    /// A queue of JSON lines for a stream subscriber, holding at most `lines`
+    /// lines and `api.subscribe_buffer` bytes.
+    pub(crate) fn line_queue(&self, lines: usize) -> (LineSender, LineReceiver) {
+        line_queue(lines, self.stream_bytes)
     }
 
     fn remove(&self, id: u64) {
+        let _in_turn = self.announcing.lock();
         let removed = {
-            let mut entries = self.entries.write();
-            let before = entries.len();
-            entries.retain(|e| e.id != id);
-            entries.len() != before
+            let mut table = self.table.write();
+            let Some(at) = table.entries.iter().position(|e| e.id == id) else {
+                return;
+            };
+            let entry = table.entries.remove(at);
+            if let Some(count) = table.prefixes.get_mut(&entry.prefix) {
+                *count -= 1;
+                if *count == 0 {
+                    table.prefixes.remove(&entry.prefix);
+                }
+            }
+            entry
         };
-        if removed {
-            self.changed();
+        self.announce(Change::Removed(removed.prefix.clone()));
+    }
+
+    fn announce(&self, change: Change) {
+        if let Some(announce) = self.announce.get().and_then(Weak::upgrade) {
+            announce(change);
         }
     }
 
     /// Ends every subscription (at shutdown): streams of JSON lines finish.
     pub(crate) fn close(&self) {
-        self.entries.write().clear();
+        let mut table = self.table.write();
+        table.entries.clear();
+        table.prefixes.clear();
     }
 
     /// Every prefix subscribed here, with how many subscriptions hold it.
     pub(crate) fn prefixes(&self) -> BTreeMap<String, u32> {
-        let mut table = BTreeMap::new();
-        for entry in self.entries.read().iter() {
-            *table.entry(entry.prefix.clone()).or_insert(0) += 1;
-        }
-        table
+        self.table.read().prefixes.clone()
     }
 
-    /// Calls `send` with the prefix table, in turn with every other announcement
-    /// of it: a table computed later is also queued later, so that no peer keeps
-    /// an older table than the last one (a subscription added while another thread
-    /// announces, or while a link opens, would otherwise be lost to that peer).
+    /// How many subscriptions here want `topic`.
+    pub(crate) fn matching(&self, topic: &str) -> u32 {
+        matching(&self.table.read().prefixes, topic)
+    }
+
+    /// Calls `send` with the prefix table, in turn with every change: changes made
+    /// before are in the table, changes made after are announced after `send`
+    /// returns. A new link queues the table in `send`, so that it gets every change
+    /// exactly once.
     pub(crate) fn with_prefixes<R>(&self, send: impl FnOnce(BTreeMap<String, u32>) -> R) -> R {
         let _in_turn = self.announcing.lock();
         send(self.prefixes())
-    }
-
-    fn changed(&self) {
-        if let Some(announce) = self.announce.get().and_then(Weak::upgrade) {
-            self.with_prefixes(|prefixes| announce(prefixes));
-        }
     }
 
     /// Hands `delivery` to every local subscriber whose prefix matches; returns how
@@ -318,24 +347,18 @@ impl PubSub {
     pub(crate) fn deliver(&self, delivery: &Arc<Delivery>) -> usize {
         let mut delivered = 0;
         let mut gone = Vec::new();
-        for entry in self.entries.read().iter() {
+        for entry in self.table.read().entries.iter() {
             if !delivery.topic.starts_with(entry.prefix.as_str()) {
                 continue;
             }
             match self.offer(entry, delivery) {
                 Offered::Taken => delivered += 1,
-                Offered::Full => {
-                    // One line per thousand drops, not a flood.
-                    let before = self.dropped.fetch_add(1, Ordering::Relaxed);
-                    if before.is_multiple_of(1000) {
-                        log::warn!(
-                            "pubsub: a subscriber of `{}` is {HIGH_WATER} messages behind; message on {} dropped ({} dropped so far)",
-                            entry.prefix,
-                            delivery.topic,
-                            before + 1
-                        );
-                    }
-                }
+                Offered::Full => self.count_dropped(1, &delivery.topic, || {
+                    format!(
+                        "a subscriber of `{}` is past its bounds ({HIGH_WATER} messages or its bytes)",
+                        shown(&entry.prefix)
+                    )
+                }),
                 Offered::Gone => gone.push(entry.id),
             }
         }
@@ -345,38 +368,69 @@ impl PubSub {
         delivered
     }
 
+    /// Counts `n` subscribers that missed a message on `topic` because a bound was
+    /// reached (theirs, or a link's), for the reason `why` says.
+    pub(crate) fn count_dropped(&self, n: u64, topic: &str, why: impl FnOnce() -> String) {
+        let before = self.dropped.fetch_add(n, Ordering::Relaxed);
+        let after = before.saturating_add(n);
+        // The first, then one line per thousand drops, not a flood.
+        if before == 0 || before / 1000 != after / 1000 {
+            log::warn!(
+                "pubsub: {}; message on {} dropped ({after} dropped so far)",
+                why(),
+                shown(topic),
+            );
+        }
+    }
+
     fn offer(&self, entry: &Entry, delivery: &Arc<Delivery>) -> Offered {
         match &entry.sink {
             Sink::Actor(recipient) => {
-                if entry.pending.fetch_add(1, Ordering::AcqRel) >= HIGH_WATER {
-                    entry.pending.fetch_sub(1, Ordering::AcqRel);
+                let size = delivery.size();
+                if !entry.pending.admit(size) {
                     return Offered::Full;
                 }
                 if !recipient.connected() {
-                    entry.pending.fetch_sub(1, Ordering::AcqRel);
+                    entry.pending.release(size);
                     return Offered::Gone;
                 }
-                // The high-water mark above bounds what waits in the actor's
+                // The high-water marks above bound what waits in the actor's
                 // mailbox, whatever the mailbox's own capacity (actix's default
                 // of 16 would drop bursts).
                 recipient.do_send(Published {
                     delivery: delivery.clone(),
-                    _ticket: Ticket(entry.pending.clone()),
+                    _ticket: Ticket {
+                        pending: entry.pending.clone(),
+                        size,
+                    },
                 });
                 Offered::Taken
             }
-            Sink::Lines(tx) => match tx.try_send(delivery.json_line()) {
-                Ok(()) => Offered::Taken,
-                Err(mpsc::error::TrySendError::Full(_)) => Offered::Full,
-                Err(mpsc::error::TrySendError::Closed(_)) => Offered::Gone,
+            Sink::Lines(lines) => match lines
+                .drop_if_full(delivery.size())
+                .unwrap_or_else(|| lines.push(delivery.json_line()))
+            {
+                lines::Pushed::Taken => Offered::Taken,
+                lines::Pushed::Full => Offered::Full,
+                lines::Pushed::Gone => Offered::Gone,
             },
         }
     }
 
-    /// Messages dropped because a subscriber was past its high-water mark.
+    /// Messages dropped because a subscriber was past a bound: one per subscriber
+    /// that missed one.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// Text from outside as a log line shows it: escaped, and cut to 200 characters.
+fn shown(text: &str) -> String {
+    let mut shown: String = text.escape_debug().take(200).collect();
+    if shown.len() < text.escape_debug().count() {
+        shown.push('…');
+    }
+    shown
 }
 
 enum Offered {
@@ -385,13 +439,23 @@ enum Offered {
     Gone,
 }
 
-/// Whether a subscriber to any of `prefixes` wants `topic`, and how many do.
+/// How many subscribers to `prefixes` want `topic`.
 pub(crate) fn matching(prefixes: &BTreeMap<String, u32>, topic: &str) -> u32 {
-    prefixes
-        .iter()
-        .filter(|(prefix, _)| topic.starts_with(prefix.as_str()))
-        .map(|(_, n)| *n)
-        .sum()
+    // Scanning costs the table's size, looking up each prefix of the topic the
+    // topic's length: take the cheaper.
+    if prefixes.len() <= topic.len() + 1 {
+        prefixes
+            .iter()
+            .filter(|(prefix, _)| topic.starts_with(prefix.as_str()))
+            .fold(0, |sum, (_, n)| sum.saturating_add(*n))
+    } else {
+        topic
+            .char_indices()
+            .map(|(at, _)| at)
+            .chain([topic.len()])
+            .filter_map(|end| prefixes.get(&topic[..end]))
+            .fold(0, |sum, n| sum.saturating_add(*n))
+    }
 }
 
 /// A live subscription; dropping it unsubscribes. Keep it in the subscribing

@@ -19,6 +19,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::{Framed, FramedRead};
 
 use super::frame::FrameCodec;
+use super::pubsub::PeerSubscriptions;
 use super::wire::{self, Control, Message, Offer, RequestHead, ONE_WAY, TO_WORKER};
 use super::Bridge;
 use crate::error::{ErrorKind, ServiceError};
@@ -50,8 +51,11 @@ pub(crate) struct Peer {
     leaves: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// The peer is draining: no new requests go to it.
     pub(crate) leaving: AtomicBool,
-    /// Bytes queued for the peer and not yet written.
+    /// Bytes queued for the peer and not yet written: counted when a frame is
+    /// queued, released when the writer has written it.
     unsent: Arc<AtomicU64>,
+    /// At most this many bytes wait to be written (`bridge.queue_bytes`).
+    queue_bytes: u64,
     /// Orders routed requests against [`Control::LeavingAck`]: none is queued
     /// after the answer that says none will come.
     order: parking_lot::RwLock<()>,
@@ -60,7 +64,10 @@ pub(crate) struct Peer {
     /// What the peer runs, and how many of our requests each service holds now.
     pub(crate) offers: Mutex<Vec<(Offer, Arc<AtomicU64>)>>,
     /// The topic prefixes the peer's subscribers hold, with their counts.
-    subscriptions: parking_lot::RwLock<std::collections::BTreeMap<String, u32>>,
+    pub(crate) subscriptions: PeerSubscriptions,
+    /// A change to this node's subscriptions could not be queued to the peer: it
+    /// gets the whole table again (see [`Bridge::resync`]), and no change until then.
+    pub(crate) resync: AtomicBool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -73,6 +80,11 @@ impl Peer {
     /// Whether everything queued for the peer has been written.
     pub(crate) fn flushed(&self) -> bool {
         self.unsent.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether at most half of `bridge.queue_bytes` waits to be written.
+    pub(crate) fn half_empty(&self) -> bool {
+        self.unsent.load(Ordering::Acquire) <= self.queue_bytes / 2
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -104,13 +116,9 @@ impl Peer {
         *current = kept;
     }
 
-    pub(crate) fn set_subscriptions(&self, prefixes: std::collections::BTreeMap<String, u32>) {
-        *self.subscriptions.write() = prefixes;
-    }
-
     /// How many of the peer's subscribers want `topic`.
     pub(crate) fn subscribers(&self, topic: &str) -> u32 {
-        crate::pubsub::matching(&self.subscriptions.read(), topic)
+        self.subscriptions.matching(topic)
     }
 
     /// The peer's offer of `service` and our load on it.
@@ -129,18 +137,28 @@ impl Peer {
         )
     }
 
-    /// Queues an encoded frame; `Overloaded` when the send queue is full.
+    /// Queues an encoded frame; `Overloaded` when the send queue holds
+    /// `bridge.queue` frames or this frame would take it past `bridge.queue_bytes`
+    /// bytes. A frame always fits a queue with nothing unwritten, whatever its size.
     pub(crate) fn send(&self, frame: Bytes) -> Result<(), ServiceError> {
         if !self.is_up() {
             return Err(self.down_error("its link is closed"));
         }
         let len = frame.len() as u64;
-        self.unsent.fetch_add(len, Ordering::AcqRel);
+        let before = self.unsent.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before.saturating_add(len) > self.queue_bytes {
+            self.unsent.fetch_sub(len, Ordering::AcqRel);
+            return Err(ServiceError::overloaded(format!(
+                "the send queue to node {} is full: {before} bytes wait to be written, \
+                 at most {} (bridge.queue_bytes)",
+                self.name, self.queue_bytes
+            )));
+        }
         self.out.try_send(frame).map_err(|e| {
             self.unsent.fetch_sub(len, Ordering::AcqRel);
             match e {
                 mpsc::error::TrySendError::Full(_) => ServiceError::overloaded(format!(
-                    "the send queue to node {} is full",
+                    "the send queue to node {} is full (bridge.queue frames)",
                     self.name
                 )),
                 mpsc::error::TrySendError::Closed(_) => self.down_error("its link is closed"),
@@ -342,11 +360,13 @@ where
         leaves: Mutex::default(),
         leaving: AtomicBool::new(false),
         unsent: Arc::new(AtomicU64::new(0)),
+        queue_bytes: config.queue_bytes as u64,
         order: parking_lot::RwLock::new(()),
         closed: AtomicBool::new(false),
         close: Notify::new(),
         offers: Mutex::default(),
-        subscriptions: Default::default(),
+        subscriptions: PeerSubscriptions::default(),
+        resync: AtomicBool::new(false),
     });
     let parts = framed.into_parts();
     let codec = parts.codec.clone();
@@ -395,6 +415,11 @@ where
                 wire::encode_heartbeat(&mut beat);
                 // A full queue carries traffic the peer hears instead of a beat.
                 let _ = peer.send(beat.freeze());
+                // Only once the queue has drained to half: a table encoded for a
+                // queue that is still full would be thrown away each tick.
+                if peer.resync.load(Ordering::Acquire) && peer.half_empty() {
+                    bridge.resync(&peer);
+                }
             },
             _ = peer.close.notified() => break "closed by this node".to_string(),
         }
@@ -433,6 +458,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         };
         let Some(frame) = frame else { break };
         batch.extend_from_slice(&frame);
+        drop(frame);
         // Let the tasks that are ready add their frames too, so that one write
         // carries many replies instead of one each.
         tokio::task::yield_now().await;
@@ -457,6 +483,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         unsent.fetch_sub(batch.len() as u64, Ordering::AcqRel);
         batch.clear();
+        // A large frame grew the batch: give that memory back.
+        if batch.capacity() > 4 * BATCH {
+            batch = BytesMut::with_capacity(BATCH);
+        }
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;
 }

@@ -23,17 +23,22 @@
 //! Publish body: `topic_len u16 | topic | node_len u16 | node | worker_len u16 |
 //! worker (empty when no worker published) | payload (JSON, to the end)`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::frame::{encode_with, Frame, FrameError};
 use crate::error::ServiceError;
+use crate::pubsub::MAX_PREFIXES;
 use crate::status::NodeStatus;
 
-/// The protocol version both ends must speak, agreed in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version both ends must speak, agreed in the handshake. Version 2
+/// sends subscription changes ([`Control::Subscribed`], [`Control::Unsubscribed`])
+/// instead of whole tables.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Frame kinds.
 pub const CONTROL: u8 = 1;
@@ -105,10 +110,23 @@ pub enum Control {
         worker: String,
     },
     /// The topic prefixes the sender's subscribers hold, with how many hold each;
-    /// sent on every change and whenever a link opens.
+    /// sent once when a link opens (and again if a change could not be queued).
+    /// [`Control::Subscribed`] and [`Control::Unsubscribed`] carry the changes.
     Subscriptions {
-        /// Prefix to subscriber count.
-        prefixes: std::collections::BTreeMap<String, u32>,
+        /// Prefix to subscriber count. At most [`MAX_PREFIXES`] + 1 entries are
+        /// read from the wire; the rest are skipped unread.
+        #[serde(deserialize_with = "capped_table")]
+        prefixes: BTreeMap<String, u32>,
+    },
+    /// One more of the sender's subscribers holds `prefix`.
+    Subscribed {
+        /// The topic prefix.
+        prefix: String,
+    },
+    /// One fewer of the sender's subscribers holds `prefix`.
+    Unsubscribed {
+        /// The topic prefix.
+        prefix: String,
     },
     /// The sender is draining: send it no new requests, then answer
     /// [`Control::LeavingAck`]. Requests sent before the answer still reach it, and
@@ -138,6 +156,32 @@ pub enum Control {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ServiceError>,
     },
+}
+
+/// Reads a prefix table, keeping at most one entry past [`MAX_PREFIXES`] (so that
+/// the receiver knows the sender went past it) and skipping the rest unread.
+fn capped_table<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u32>, D::Error> {
+    struct Capped;
+    impl<'de> Visitor<'de> for Capped {
+        type Value = BTreeMap<String, u32>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of topic prefixes to subscriber counts")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut table = BTreeMap::new();
+            while table.len() <= MAX_PREFIXES {
+                match map.next_entry::<String, u32>()? {
+                    Some((prefix, count)) => table.insert(prefix, count),
+                    None => return Ok(table),
+                };
+            }
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(table)
+        }
+    }
+    d.deserialize_map(Capped)
 }
 
 /// A node of the cluster as the member table knows it.
@@ -508,6 +552,23 @@ mod tests {
             back.into_result().unwrap_err(),
             ServiceError::timeout("late")
         );
+    }
+
+    #[test]
+    fn a_prefix_table_past_the_cap_is_read_only_up_to_it() {
+        let table: BTreeMap<String, u32> = (0..MAX_PREFIXES + 100)
+            .map(|i| (format!("p{i:06}"), 1))
+            .collect();
+        let json = serde_json::to_vec(&Control::Subscriptions { prefixes: table }).unwrap();
+        let Control::Subscriptions { prefixes } = Control::decode(&json).unwrap() else {
+            panic!("not a table");
+        };
+        assert_eq!(prefixes.len(), MAX_PREFIXES + 1);
+        let change = Control::Subscribed {
+            prefix: "a.".into(),
+        };
+        let json = serde_json::to_vec(&change).unwrap();
+        assert_eq!(Control::decode(&json).unwrap(), change);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
 use super::Node;
 use crate::bridge::peer::Peer;
@@ -24,7 +23,9 @@ use crate::holder::{Holder, Op, HOLDER_SERVICE};
 use crate::jobs::{Answer, Given, QueueStatus};
 use crate::locks::Claim;
 use crate::message::WorkerId;
-use crate::pubsub::{channel, check_topic, Delivery, PublishMeta, Published, Sink, Subscription};
+use crate::pubsub::{
+    channel, check_topic, Delivery, LineReceiver, PublishMeta, Published, Sink, Subscription,
+};
 
 /// Extra time a call to the master gets beyond the wait it asks for.
 const MARGIN: Duration = Duration::from_secs(5);
@@ -121,6 +122,15 @@ impl Node {
     /// prefix it matches; returns how many subscribers it was handed to. The
     /// message carries who published it (this node, and the worker whose handler
     /// calls this). Never waits: a subscriber past its high-water mark misses it.
+    ///
+    /// The count is of accepted deliveries: this node's subscribers that took the
+    /// message within their bounds, plus, for each other node whose link queue took
+    /// it, the subscribers that node holds for the topic. Those that missed it here
+    /// (a subscriber past its bounds, a link whose queue is full) are not counted,
+    /// and are counted in `colony_publish_dropped_total` instead. Whether a remote
+    /// subscriber then drops it at its own bounds is not known when publishing (no
+    /// acknowledgement comes back): the remote node counts that drop in its own
+    /// `colony_publish_dropped_total`.
     pub fn publish<T>(&self, topic: &str, msg: T) -> Result<usize, ServiceError>
     where
         T: Serialize + Send + Sync + 'static,
@@ -130,7 +140,8 @@ impl Node {
         Ok(self.deliver(Arc::new(Delivery::local(topic, meta, msg))))
     }
 
-    /// Publishes a JSON message, as `POST /v1/publish` does.
+    /// Publishes a JSON message, as `POST /v1/publish` does; `delivered` counts as
+    /// [`publish`](Self::publish)'s answer does.
     pub(crate) fn publish_json(&self, topic: &str, json: Bytes) -> Result<usize, ServiceError> {
         check_topic(topic, "topic")?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&json)
@@ -152,13 +163,19 @@ impl Node {
     /// Delivers every message of the cluster whose topic starts with `prefix` to
     /// `recipient` (an actor implementing `Handler<`[`Published`]`>`), until the
     /// returned [`Subscription`] drops. Keep it in the actor's state.
+    ///
+    /// The actor may hold [`HIGH_WATER`](crate::pubsub::HIGH_WATER) messages or
+    /// [`HIGH_WATER_BYTES`](crate::pubsub::HIGH_WATER_BYTES) bytes delivered but not
+    /// yet handled; past either, messages to it are dropped and counted.
+    /// `Overloaded` when `prefix` is new and this node's subscribers hold
+    /// [`MAX_PREFIXES`](crate::pubsub::MAX_PREFIXES) distinct prefixes already.
     pub fn subscribe(
         &self,
         prefix: &str,
         recipient: Recipient<Published>,
     ) -> Result<Subscription, ServiceError> {
         check_topic(prefix, "prefix")?;
-        Ok(self.inner.pubsub.add(prefix, Sink::Actor(recipient)))
+        self.inner.pubsub.add(prefix, Sink::Actor(recipient))
     }
 
     /// Joins worker `worker` to clustr-node's three channels: public, its
@@ -174,26 +191,29 @@ impl Node {
             .collect()
     }
 
-    /// A subscription whose messages arrive as JSON lines on a bounded channel.
+    /// A subscription whose messages arrive as JSON lines on a queue of at most
+    /// `lines` lines and `api.subscribe_buffer` bytes; past either, messages are
+    /// dropped, and the reader gets a line `{"dropped":N}` before the next one.
     pub(crate) fn subscribe_lines(
         &self,
         prefix: &str,
-        capacity: usize,
-    ) -> Result<(Subscription, mpsc::Receiver<Bytes>), ServiceError> {
+        lines: usize,
+    ) -> Result<(Subscription, LineReceiver), ServiceError> {
         check_topic(prefix, "prefix")?;
-        let (tx, rx) = mpsc::channel(capacity);
-        Ok((self.inner.pubsub.add(prefix, Sink::Lines(tx)), rx))
+        let (tx, rx) = self.inner.pubsub.line_queue(lines);
+        Ok((self.inner.pubsub.add(prefix, Sink::Lines(tx))?, rx))
     }
 
     /// How many subscribers in the cluster a message on `topic` would reach now,
     /// as far as this node knows.
     pub fn subscribers(&self, topic: &str) -> usize {
-        let here = crate::pubsub::matching(&self.inner.pubsub.prefixes(), topic) as usize;
+        let here = self.inner.pubsub.matching(topic) as usize;
         here + self.bridge().map_or(0, |b| b.subscribers(topic))
     }
 
     /// Published messages this node dropped because a subscriber was past its
-    /// high-water mark.
+    /// high-water marks (in messages or bytes) or a link's send queue was full: one
+    /// per subscriber that missed a message.
     pub fn publish_dropped(&self) -> u64 {
         self.inner.pubsub.dropped()
     }
