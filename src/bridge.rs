@@ -41,6 +41,7 @@ use crate::config::{BridgeSection, Role};
 use crate::error::ServiceError;
 use crate::guard::Origin;
 use crate::holder::HOLDER_SERVICE;
+use crate::logging::{untrusted, Throttle, Verdict};
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
 use crate::pubsub::{Announce, Delivery, PubSub, PublishMeta};
@@ -439,7 +440,10 @@ impl Bridge {
                     delivery.json_bytes(),
                 );
                 if let Err(e) = encoded {
-                    log::warn!("pubsub: message on {} not sent: {e}", delivery.topic);
+                    log::warn!(
+                        "pubsub: message on {} not sent: {e}",
+                        untrusted(&delivery.topic)
+                    );
                     return reached;
                 }
                 frame = Some(buf.freeze());
@@ -449,7 +453,7 @@ impl Bridge {
                     Ok(()) => reached += wanted as usize,
                     Err(e) => log::warn!(
                         "pubsub: message on {} not sent to node {}: {e}",
-                        delivery.topic,
+                        untrusted(&delivery.topic),
                         peer.name
                     ),
                 }
@@ -510,7 +514,7 @@ impl Bridge {
         if self.stopping.load(Ordering::Acquire) {
             return;
         }
-        log::warn!("bridge: node {} is down: {why}", peer.name);
+        log::warn!("bridge: node {} is down: {}", peer.name, untrusted(why));
         self.local.node_down(&peer.name);
         self.events.publish(LifecycleEvent::NodeDown {
             node: peer.name.clone(),
@@ -529,7 +533,7 @@ impl Bridge {
                     log::warn!(
                         "bridge: node {} announced itself as {}; ignored",
                         peer.name,
-                        member.name
+                        untrusted(&member.name)
                     );
                     return;
                 }
@@ -550,7 +554,11 @@ impl Bridge {
             }
             Control::Members { members } => self.learn(members),
             Control::Subscriptions { prefixes } => peer.set_subscriptions(prefixes),
-            other => log::warn!("bridge: unexpected message from {}: {other:?}", peer.name),
+            other => log::warn!(
+                "bridge: unexpected message from {}: {}",
+                peer.name,
+                untrusted(&format!("{other:?}"))
+            ),
         }
     }
 
@@ -689,7 +697,23 @@ impl Bridge {
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// How often one remote address may have a refused connection logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How many remote addresses the refusal log remembers.
+const REFUSAL_LOG_ADDRESSES: usize = 1024;
+
+/// Accepts connections and runs their handshakes, at most
+/// `bridge.max_handshakes` at once: a connection beyond that is closed before
+/// anything is read from it, so strangers cannot hold memory or tasks. Refusals
+/// are logged at most once per address per [`REFUSAL_LOG_EVERY`].
 async fn accept_loop(bridge: Arc<Bridge>, listener: TcpListener) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(
+        bridge.config.max_handshakes.max(1),
+    ));
+    let refusals = Arc::new(Mutex::new(Throttle::new(
+        REFUSAL_LOG_EVERY,
+        REFUSAL_LOG_ADDRESSES,
+    )));
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -699,17 +723,50 @@ async fn accept_loop(bridge: Arc<Bridge>, listener: TcpListener) {
                 continue;
             }
         };
+        // Held until the handshake ends, whichever way.
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            drop(stream);
+            let why = format!(
+                "{} handshakes already running (bridge.max_handshakes)",
+                bridge.config.max_handshakes
+            );
+            log_refusal(&refusals, from, &why);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let bridge = bridge.clone();
+        let refusals = refusals.clone();
         actix_rt::spawn(async move {
-            match bridge.open(stream, false).await {
+            let opened = bridge.open(stream, false).await;
+            drop(permit);
+            match opened {
                 Ok((framed, name)) => {
                     let why = peer::run(bridge, framed, name.clone()).await;
-                    log::debug!("bridge: link from {name} ended: {why}");
+                    log::debug!("bridge: link from {name} ended: {}", untrusted(&why));
                 }
-                Err(why) => log::warn!("bridge: rejected connection from {from}: {why}"),
+                Err(why) => log_refusal(&refusals, from, &why),
             }
         });
+    }
+}
+
+/// Logs a refused connection, unless `from`'s address had one logged lately.
+fn log_refusal(refusals: &Mutex<Throttle<std::net::IpAddr>>, from: SocketAddr, why: &str) {
+    let verdict = refusals.lock().note(from.ip(), std::time::Instant::now());
+    match verdict {
+        Verdict::Line { suppressed: 0 } => {
+            log::warn!("bridge: rejected connection from {from}: {}", untrusted(why));
+        }
+        Verdict::Line { suppressed } => log::warn!(
+            "bridge: rejected connection from {from}: {} ({suppressed} more refused from {} since its last line)",
+            untrusted(why),
+            from.ip()
+        ),
+        Verdict::Overflow { suppressed } => log::warn!(
+            "bridge: refusing connections from over {REFUSAL_LOG_ADDRESSES} addresses; \
+             {suppressed} refused from new addresses since the last such line, not logged one by one"
+        ),
+        Verdict::Quiet => {}
     }
 }
 
@@ -734,9 +791,14 @@ async fn dial_loop(bridge: Arc<Bridge>, addr: SocketAddr, member: Option<String>
                     Ok((framed, name)) => {
                         backoff = BACKOFF_MIN;
                         let why = peer::run(bridge.clone(), framed, name.clone()).await;
-                        log::info!("bridge: link to {name} at {addr} ended: {why}");
+                        log::info!(
+                            "bridge: link to {name} at {addr} ended: {}",
+                            untrusted(&why)
+                        );
                     }
-                    Err(why) => log::warn!("bridge: connection to {addr} refused: {why}"),
+                    Err(why) => {
+                        log::warn!("bridge: connection to {addr} refused: {}", untrusted(&why))
+                    }
                 }
             }
             Ok(Err(e)) => log::debug!("bridge: cannot reach {addr}: {e}"),
