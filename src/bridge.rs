@@ -707,9 +707,11 @@ const REFUSAL_LOG_ADDRESSES: usize = 1024;
 /// anything is read from it, so strangers cannot hold memory or tasks. Refusals
 /// are logged at most once per address per [`REFUSAL_LOG_EVERY`].
 async fn accept_loop(bridge: Arc<Bridge>, listener: TcpListener) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(
-        bridge.config.max_handshakes.max(1),
-    ));
+    let cap = bridge
+        .config
+        .max_handshakes
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(cap));
     let refusals = Arc::new(Mutex::new(Throttle::new(
         REFUSAL_LOG_EVERY,
         REFUSAL_LOG_ADDRESSES,
