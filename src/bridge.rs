@@ -47,6 +47,7 @@ use crate::config::{BridgeSection, Role};
 use crate::error::ServiceError;
 use crate::guard::Origin;
 use crate::holder::HOLDER_SERVICE;
+use crate::logging::{untrusted, Throttle, Verdict};
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
 use crate::pubsub::{Announce, PubSub};
@@ -359,7 +360,9 @@ impl Bridge {
         if request.service == HOLDER_SERVICE {
             return self.local.holder(request.payload, from.to_string()).await;
         }
-        let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)));
+        // A peer's timeout is bounded as a local one is (at most an hour).
+        let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)))
+            .min(crate::config::limits::MAX_TIMEOUT);
         let worker = (request.flags & TO_WORKER != 0).then_some(request.worker as usize);
         let reply = self
             .router
@@ -437,7 +440,7 @@ impl Bridge {
         if self.stopping.load(Ordering::Acquire) {
             return;
         }
-        log::warn!("bridge: node {} is down: {why}", peer.name);
+        log::warn!("bridge: node {} is down: {}", peer.name, untrusted(why));
         self.local.node_down(&peer.name);
         self.events.publish(LifecycleEvent::NodeDown {
             node: peer.name.clone(),
@@ -456,7 +459,7 @@ impl Bridge {
                     log::warn!(
                         "bridge: node {} announced itself as {}; ignored",
                         peer.name,
-                        member.name
+                        untrusted(&member.name)
                     );
                     return;
                 }
@@ -488,7 +491,11 @@ impl Bridge {
             Control::Subscriptions { prefixes } => peer.subscriptions.replace(&peer.name, prefixes),
             Control::Subscribed { prefix } => peer.subscriptions.add(&peer.name, prefix),
             Control::Unsubscribed { prefix } => peer.subscriptions.remove(&prefix),
-            other => log::warn!("bridge: unexpected message from {}: {other:?}", peer.name),
+            other => log::warn!(
+                "bridge: unexpected message from {}: {}",
+                peer.name,
+                untrusted(&format!("{other:?}"))
+            ),
         }
     }
 
@@ -647,7 +654,25 @@ impl Bridge {
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// How often one remote address may have a refused connection logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How many remote addresses the refusal log remembers.
+const REFUSAL_LOG_ADDRESSES: usize = 1024;
+
+/// Accepts connections and runs their handshakes, at most
+/// `bridge.max_handshakes` at once: a connection beyond that is closed before
+/// anything is read from it, so strangers cannot hold memory or tasks. Refusals
+/// are logged at most once per address per [`REFUSAL_LOG_EVERY`].
 async fn accept_loop(bridge: Arc<Bridge>, listener: TcpListener) {
+    let cap = bridge
+        .config
+        .max_handshakes
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(cap));
+    let refusals = Arc::new(Mutex::new(Throttle::new(
+        REFUSAL_LOG_EVERY,
+        REFUSAL_LOG_ADDRESSES,
+    )));
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -657,17 +682,50 @@ async fn accept_loop(bridge: Arc<Bridge>, listener: TcpListener) {
                 continue;
             }
         };
+        // Held until the handshake ends, whichever way.
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            drop(stream);
+            let why = format!(
+                "{} handshakes already running (bridge.max_handshakes)",
+                bridge.config.max_handshakes
+            );
+            log_refusal(&refusals, from, &why);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let bridge = bridge.clone();
+        let refusals = refusals.clone();
         actix_rt::spawn(async move {
-            match bridge.open(stream, false).await {
+            let opened = bridge.open(stream, false).await;
+            drop(permit);
+            match opened {
                 Ok((framed, name)) => {
                     let why = peer::run(bridge, framed, name.clone()).await;
-                    log::debug!("bridge: link from {name} ended: {why}");
+                    log::debug!("bridge: link from {name} ended: {}", untrusted(&why));
                 }
-                Err(why) => log::warn!("bridge: rejected connection from {from}: {why}"),
+                Err(why) => log_refusal(&refusals, from, &why),
             }
         });
+    }
+}
+
+/// Logs a refused connection, unless `from`'s address had one logged lately.
+fn log_refusal(refusals: &Mutex<Throttle<std::net::IpAddr>>, from: SocketAddr, why: &str) {
+    let verdict = refusals.lock().note(from.ip(), std::time::Instant::now());
+    match verdict {
+        Verdict::Line { suppressed: 0 } => {
+            log::warn!("bridge: rejected connection from {from}: {}", untrusted(why));
+        }
+        Verdict::Line { suppressed } => log::warn!(
+            "bridge: rejected connection from {from}: {} ({suppressed} more refused from {} since its last line)",
+            untrusted(why),
+            from.ip()
+        ),
+        Verdict::Overflow { suppressed } => log::warn!(
+            "bridge: refusing connections from over {REFUSAL_LOG_ADDRESSES} addresses; \
+             {suppressed} refused from new addresses since the last such line, not logged one by one"
+        ),
+        Verdict::Quiet => {}
     }
 }
 
@@ -702,9 +760,14 @@ async fn dial_loop(bridge: Arc<Bridge>, addr: SocketAddr, member: Option<String>
                         if opened.elapsed() >= BACKOFF_MAX {
                             backoff = BACKOFF_MIN;
                         }
-                        log::info!("bridge: link to {name} at {addr} ended: {why}");
+                        log::info!(
+                            "bridge: link to {name} at {addr} ended: {}",
+                            untrusted(&why)
+                        );
                     }
-                    Err(why) => log::warn!("bridge: connection to {addr} refused: {why}"),
+                    Err(why) => {
+                        log::warn!("bridge: connection to {addr} refused: {}", untrusted(&why))
+                    }
                 }
             }
             Ok(Err(e)) => log::debug!("bridge: cannot reach {addr}: {e}"),

@@ -11,17 +11,24 @@
 //! ```
 //!
 //! `length` counts the kind byte and the body, never the prefix itself, and is at
-//! least 1. It is checked against the connection's maximum ([`DEFAULT_MAX_FRAME`],
-//! 16 MiB, unless `bridge.max_frame` says otherwise) as soon as its four bytes have
-//! arrived, before any buffer is reserved for the body: a peer announcing 4 GiB
-//! gets its connection closed, not an allocation. The protocol version is agreed
-//! once, in the handshake (see `wire`), not repeated per frame.
+//! least 1. It is checked against the connection's maximum as soon as its four
+//! bytes have arrived: [`HANDSHAKE_MAX_FRAME`] (4 KiB) until the peer has
+//! authenticated, then [`DEFAULT_MAX_FRAME`] (16 MiB) unless `bridge.max_frame`
+//! says otherwise. A peer announcing more gets its connection closed. Nothing is
+//! ever reserved from an announced length, even one under the maximum: the read
+//! buffer grows only as the body's bytes actually arrive, so a peer that announces
+//! 16 MiB and goes silent costs what it sent, not 16 MiB. The protocol version is
+//! agreed once, in the handshake (see `wire`), not repeated per frame.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// The largest frame accepted unless configured otherwise: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// The largest frame accepted before the peer has proved the cluster secret:
+/// 4 KiB, ample for a hello, a proof or a refusal.
+pub const HANDSHAKE_MAX_FRAME: usize = 4096;
 
 /// Bytes before the body: the length prefix and the kind.
 pub const HEADER_LEN: usize = 5;
@@ -73,6 +80,12 @@ impl FrameCodec {
     pub fn max(&self) -> usize {
         self.max
     }
+
+    /// Changes the largest frame accepted from now on (the handshake lowers it
+    /// until the peer has authenticated).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+    }
 }
 
 impl Default for FrameCodec {
@@ -89,16 +102,17 @@ impl Decoder for FrameCodec {
         let Some(prefix) = src.get(..4) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        let announced = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        let len = usize::try_from(announced).unwrap_or(usize::MAX);
         if len == 0 {
             return Err(FrameError::Empty);
         }
         if len > self.max {
             return Err(FrameError::TooLong { len, max: self.max });
         }
-        if src.len() < 4 + len {
-            // Checked above: the reservation is bounded by the maximum.
-            src.reserve(4 + len - src.len());
+        if src.len().saturating_sub(4) < len {
+            // No reservation for the rest: the caller's buffer grows as bytes
+            // arrive, so an announced length costs nothing until it is sent.
             return Ok(None);
         }
         src.advance(4);
@@ -123,12 +137,14 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let len = 1 + frame.body.len();
-        if len > self.max {
-            return Err(FrameError::TooLong { len, max: self.max });
-        }
-        dst.reserve(4 + len);
-        dst.put_u32(len as u32);
+        let len = frame.body.len().saturating_add(1);
+        let prefix = u32::try_from(len)
+            .ok()
+            .filter(|_| len <= self.max)
+            .ok_or(FrameError::TooLong { len, max: self.max })?;
+        // Our own frame, already checked against the maximum.
+        dst.reserve(len.saturating_add(4));
+        dst.put_u32(prefix);
         dst.put_u8(frame.kind);
         dst.extend_from_slice(&frame.body);
         Ok(())
@@ -147,12 +163,12 @@ pub fn encode_with(
     dst.put_u32(0);
     dst.put_u8(kind);
     write(dst);
-    let len = dst.len() - start - 4;
-    if len > max {
+    let len = dst.len().saturating_sub(start).saturating_sub(4);
+    let Some(prefix) = u32::try_from(len).ok().filter(|_| len <= max) else {
         dst.truncate(start);
         return Err(FrameError::TooLong { len, max });
-    }
-    dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    };
+    dst[start..start + 4].copy_from_slice(&prefix.to_be_bytes());
     Ok(())
 }
 
@@ -211,6 +227,44 @@ mod tests {
             decode_all(&mut codec, &[0, 0, 0, 0]),
             Err(FrameError::Empty)
         ));
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing_until_its_bytes_arrive() {
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::with_capacity(64);
+        buf.put_u32(DEFAULT_MAX_FRAME as u32);
+        buf.put_u8(7);
+        buf.extend_from_slice(b"first bytes");
+        let before = buf.capacity();
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert_eq!(buf.capacity(), before, "capacity reserved from the prefix");
+        assert_eq!(
+            buf.len(),
+            4 + 1 + 11,
+            "the partial frame stays in the buffer"
+        );
+    }
+
+    #[test]
+    fn the_maximum_can_be_lowered_and_raised() {
+        let mut codec = FrameCodec::new(HANDSHAKE_MAX_FRAME);
+        let mut wire = BytesMut::new();
+        let big = Frame {
+            kind: 1,
+            body: Bytes::from(vec![0u8; HANDSHAKE_MAX_FRAME]),
+        };
+        assert!(codec.encode(big.clone(), &mut wire).is_err());
+        codec.set_max(DEFAULT_MAX_FRAME);
+        codec.encode(big.clone(), &mut wire).unwrap();
+        codec.set_max(HANDSHAKE_MAX_FRAME);
+        assert!(matches!(
+            codec.decode(&mut wire.clone()),
+            Err(FrameError::TooLong { len, max: HANDSHAKE_MAX_FRAME }) if len == HANDSHAKE_MAX_FRAME + 1
+        ));
+        codec.set_max(DEFAULT_MAX_FRAME);
+        assert_eq!(codec.decode(&mut wire).unwrap(), Some(big));
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //! replayed on another connection or for another node. Proofs are compared in
 //! constant time (`Mac::verify_slice`). A side that finds a wrong proof sends
 //! `Refused` and closes, and both sides log why.
+//!
+//! Until the proofs are checked the peer is a stranger: the codec accepts frames
+//! of at most [`HANDSHAKE_MAX_FRAME`] (4 KiB) whatever `bridge.max_frame` says,
+//! and the node name in a hello must pass [`check_node_name`] before anything
+//! else reads it. The connection's own maximum comes back once the handshake
+//! succeeds.
 
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
@@ -23,7 +29,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
-use super::frame::{Frame, FrameCodec, FrameError};
+use super::frame::{Frame, FrameCodec, FrameError, HANDSHAKE_MAX_FRAME};
 use super::wire::{Control, Message, CONTROL, PROTOCOL_VERSION};
 
 /// The shared cluster secret.
@@ -63,7 +69,9 @@ impl Secret {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         for part in [label.as_bytes(), theirs, mine, name.as_bytes()] {
-            mac.update(&(part.len() as u32).to_be_bytes());
+            // Parts are at most a few hundred bytes (checked names, hex nonces).
+            let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+            mac.update(&len.to_be_bytes());
             mac.update(part);
         }
         mac
@@ -125,6 +133,11 @@ where
         Some(frame) => frame?,
         None => return Err(HandshakeError::Protocol("connection closed".into())),
     };
+    control(frame)
+}
+
+/// A handshake frame's message; a refusal from the peer is an error.
+fn control(frame: Frame) -> Result<Control, HandshakeError> {
     match Message::decode(frame) {
         Ok(Message::Control(Control::Refused { reason })) => Err(HandshakeError::Refused(reason)),
         Ok(Message::Control(control)) => Ok(control),
@@ -135,12 +148,41 @@ where
     }
 }
 
-/// A peer's hello, decoded.
-struct PeerHello {
-    version: u16,
-    node: String,
-    nonce: Vec<u8>,
-    proof: Option<Vec<u8>>,
+/// The longest node name a hello may carry.
+pub const MAX_NODE_NAME: usize = 64;
+
+/// Checks a node name from a hello: 1 to [`MAX_NODE_NAME`] characters of
+/// `A-Z a-z 0-9 . _ -`. The error never repeats the name itself, which may be
+/// megabytes long or hold a newline meant to forge a log line.
+pub fn check_node_name(name: &str) -> Result<(), HandshakeError> {
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if (1..=MAX_NODE_NAME).contains(&name.len()) && name.bytes().all(|b| allowed(&b)) {
+        return Ok(());
+    }
+    Err(HandshakeError::Protocol(format!(
+        "node name of {} bytes is not 1 to {MAX_NODE_NAME} characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+        name.len()
+    )))
+}
+
+/// A peer's hello, decoded and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerHello {
+    /// The peer's protocol version (compared with ours by the caller).
+    pub version: u16,
+    /// The peer's node name, checked by [`check_node_name`].
+    pub node: String,
+    /// The peer's nonce, at most 128 bytes.
+    pub nonce: Vec<u8>,
+    /// The acceptor's proof of the secret, at most 128 bytes.
+    pub proof: Option<Vec<u8>>,
+}
+
+/// Reads a hello out of a handshake frame: a control message of type hello
+/// with a valid node name and hex nonce and proof. (The fuzz target feeds
+/// arbitrary frames to it.)
+pub fn decode_hello(frame: Frame) -> Result<PeerHello, HandshakeError> {
+    hello(control(frame)?)
 }
 
 fn hello(control: Control) -> Result<PeerHello, HandshakeError> {
@@ -155,6 +197,7 @@ fn hello(control: Control) -> Result<PeerHello, HandshakeError> {
             "expected hello, got {control:?}"
         )));
     };
+    check_node_name(&node)?;
     let nonce =
         hex_decode(&nonce).ok_or_else(|| HandshakeError::Protocol("nonce is not hex".into()))?;
     let proof = match proof {
@@ -176,7 +219,11 @@ async fn receive_hello<S>(framed: &mut Framed<S, FrameCodec>) -> Result<PeerHell
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hello = hello(receive(framed).await?)?;
+    let hello = match receive(framed).await.and_then(hello) {
+        Ok(hello) => hello,
+        Err(error @ HandshakeError::Protocol(_)) => return Err(refuse(framed, error).await),
+        Err(error) => return Err(error),
+    };
     if hello.version != PROTOCOL_VERSION {
         let theirs = hello.version;
         return Err(refuse(framed, HandshakeError::Version { theirs }).await);
@@ -197,8 +244,31 @@ where
     error
 }
 
-/// Opens a connection as the dialer; returns the acceptor's node name.
+/// Lowers the codec's maximum to [`HANDSHAKE_MAX_FRAME`] for the handshake;
+/// returns the connection's own maximum, restored once the handshake succeeds.
+fn lower_max<S>(framed: &mut Framed<S, FrameCodec>) -> usize {
+    let max = framed.codec().max();
+    framed.codec_mut().set_max(max.min(HANDSHAKE_MAX_FRAME));
+    max
+}
+
+/// Opens a connection as the dialer; returns the acceptor's node name. Frames
+/// over [`HANDSHAKE_MAX_FRAME`] end it; the codec's maximum is restored after.
 pub async fn dial<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    me: &str,
+    secret: &Secret,
+) -> Result<String, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max = lower_max(framed);
+    let peer = dialing(framed, me, secret).await?;
+    framed.codec_mut().set_max(max);
+    Ok(peer)
+}
+
+async fn dialing<S>(
     framed: &mut Framed<S, FrameCodec>,
     me: &str,
     secret: &Secret,
@@ -251,8 +321,23 @@ where
     }
 }
 
-/// Answers a connection as the acceptor; returns the dialer's node name.
+/// Answers a connection as the acceptor; returns the dialer's node name. Frames
+/// over [`HANDSHAKE_MAX_FRAME`] end it; the codec's maximum is restored after.
 pub async fn accept<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    me: &str,
+    secret: &Secret,
+) -> Result<String, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max = lower_max(framed);
+    let peer = accepting(framed, me, secret).await?;
+    framed.codec_mut().set_max(max);
+    Ok(peer)
+}
+
+async fn accepting<S>(
     framed: &mut Framed<S, FrameCodec>,
     me: &str,
     secret: &Secret,
@@ -313,55 +398,4 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn pair(
-        a: &[u8],
-        b: &[u8],
-    ) -> (
-        Result<String, HandshakeError>,
-        Result<String, HandshakeError>,
-    ) {
-        let (x, y) = tokio::io::duplex(4096);
-        let (sa, sb) = (Secret::new(a).unwrap(), Secret::new(b).unwrap());
-        let dialer =
-            async move { dial(&mut Framed::new(x, FrameCodec::default()), "dialer", &sa).await };
-        let acceptor = async move {
-            accept(&mut Framed::new(y, FrameCodec::default()), "acceptor", &sb).await
-        };
-        tokio::join!(dialer, acceptor)
-    }
-
-    #[actix_rt::test]
-    async fn the_same_secret_opens_the_connection_both_ways() {
-        let (d, a) = pair(b"0123456789abcdef-secret", b"0123456789abcdef-secret").await;
-        assert_eq!(d.unwrap(), "acceptor");
-        assert_eq!(a.unwrap(), "dialer");
-    }
-
-    #[actix_rt::test]
-    async fn a_wrong_secret_is_refused_by_the_side_that_checks_first() {
-        let (d, a) = pair(b"0123456789abcdef-secret", b"0123456789abcdef-other!").await;
-        // The dialer checks the acceptor's proof first and refuses it.
-        assert!(
-            matches!(d, Err(HandshakeError::WrongSecret { ref peer }) if peer == "acceptor"),
-            "{d:?}"
-        );
-        assert!(
-            matches!(a, Err(HandshakeError::Refused(ref why)) if why == "wrong cluster secret"),
-            "{a:?}"
-        );
-    }
-
-    #[test]
-    fn short_secrets_are_refused_and_hex_round_trips() {
-        assert!(Secret::new(b"  short \n").is_err());
-        assert_eq!(
-            hex_decode(&hex_encode(&[0, 1, 254, 255])).unwrap(),
-            vec![0, 1, 254, 255]
-        );
-        assert!(hex_decode("abc").is_none());
-        assert!(hex_decode("zz").is_none());
-    }
-}
+mod tests;

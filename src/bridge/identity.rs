@@ -23,23 +23,10 @@ use super::peer::Peer;
 use super::wire::{Control, Member};
 use super::Bridge;
 use crate::config::Role;
+use crate::logging::untrusted;
 
-/// Text from a peer as it may appear in a log line: escaped, and cut to this many
-/// characters.
-const LOGGED: usize = 200;
-
-/// `text` from outside, fit for one log line.
-pub(crate) fn logged(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(LOGGED)
-        .flat_map(char::escape_debug)
-        .collect();
-    if text.chars().nth(LOGGED).is_some() {
-        out.push('…');
-    }
-    out
-}
+/// Members a table may list.
+const MAX_MEMBERS: usize = 10_000;
 
 fn master() -> String {
     Role::Master.to_string()
@@ -168,6 +155,21 @@ impl Bridge {
     /// The entries of `from`'s member table this node takes: none that makes a
     /// node other than `from` a master.
     pub(super) fn vet_table(&self, from: &str, members: Vec<Member>) -> Vec<Member> {
+        let offered = members.len();
+        // Names are checked as a Hello's are, and the table is bounded: each
+        // member becomes a map entry and a dial loop.
+        let members: Vec<Member> = members
+            .into_iter()
+            .filter(|m| super::handshake::check_node_name(&m.name).is_ok())
+            .take(MAX_MEMBERS)
+            .collect();
+        if members.len() < offered {
+            log::warn!(
+                "bridge: the member table of node {from} has {} entries with bad names or \
+                 past {MAX_MEMBERS}; they are ignored",
+                offered - members.len()
+            );
+        }
         let (kept, dropped): (Vec<Member>, Vec<Member>) = members
             .into_iter()
             .partition(|m| m.role != master() || m.name == from);
@@ -176,7 +178,7 @@ impl Bridge {
                 "bridge: the member table of node {from} makes {} other node(s) a master \
                  (node {} first); those entries are ignored",
                 dropped.len(),
-                logged(&first.name)
+                untrusted(&first.name)
             );
         }
         kept
@@ -196,7 +198,7 @@ impl Bridge {
         log::error!(
             "bridge: node {} refused the link: {}",
             peer.name,
-            logged(reason)
+            untrusted(reason)
         );
         self.forget(peer);
         peer.shut();
@@ -219,20 +221,5 @@ pub(super) fn tell_refused(peer: &Peer, reason: &str) {
     };
     if refused.encode(&mut frame, usize::MAX).is_ok() {
         let _ = peer.send(frame.freeze());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::logged;
-
-    #[test]
-    fn text_from_peers_is_escaped_and_cut_for_the_log() {
-        assert_eq!(logged("evil\nFORGED line"), "evil\\nFORGED line");
-        let long = "x".repeat(5000);
-        let shown = logged(&long);
-        assert_eq!(shown.chars().count(), 201);
-        assert!(shown.ends_with('…'));
-        assert_eq!(logged(&"y".repeat(200)), "y".repeat(200));
     }
 }

@@ -512,7 +512,11 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
                 let answer = bridge.serve(request, &peer.name).await;
                 if one_way {
                     if let Err(e) = answer {
-                        log::warn!("one-way request from {} failed: {e}", peer.name);
+                        log::warn!(
+                            "one-way request from {} failed: {}",
+                            peer.name,
+                            crate::logging::untrusted(&e.to_string())
+                        );
                     }
                     return;
                 }

@@ -96,7 +96,10 @@ impl Bridge {
                     delivery.json_bytes(),
                 );
                 if let Err(e) = encoded {
-                    log::warn!("pubsub: message on {} not sent: {e}", delivery.topic);
+                    log::warn!(
+                        "pubsub: message on {} not sent: {e}",
+                        crate::logging::untrusted(&delivery.topic)
+                    );
                     return reached;
                 }
                 frame = Some(buf.freeze());
