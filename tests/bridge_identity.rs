@@ -404,7 +404,8 @@ async fn with_tls_a_certificate_must_name_the_node_its_hello_names() {
             "round {round}"
         );
     }
-    assert!(logged(&["the TLS certificate of node y5 is for another name"]) >= 10);
+    // Refusals from one address are logged at most once per 10 s, with a count.
+    assert!(logged(&["the TLS certificate of node", "is for another name"]) >= 1);
 
     // An acceptor with a good certificate, for x5, that says it is fake5: the node
     // v5 dialing it refuses, and tells it why.
