@@ -160,16 +160,6 @@ pub fn parse(buf: &[u8], closed: bool) -> Answer {
     }
 }
 
-/// A line of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
-pub fn proc_kb(pid: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Growth of this process's memory a test tolerates: far less than any body it
 /// announces (tests share the process, so this is not tight).
 const MEMORY_SLACK_KB: u64 = 96 * 1024;

@@ -13,7 +13,7 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -23,7 +23,6 @@ use colony::bridge::wire::{self, Control};
 use colony::Node;
 use common::*;
 use futures::{SinkExt, StreamExt};
-use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -37,54 +36,14 @@ const RSS_BOUND: u64 = 64 * MIB;
 /// Longest log line accepted (200 characters of peer text plus the line's own).
 const MAX_LINE: usize = 300;
 
-/// Every log record of this test process, as one string each.
-fn log_lines() -> &'static Mutex<Vec<String>> {
-    static LINES: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
-    LINES.get_or_init(Mutex::default)
-}
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            let line = format!("{} {}: {}", record.level(), record.target(), record.args());
-            log_lines().lock().push(line);
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn capture_logs() {
-    static CAPTURE: Capture = Capture;
-    if log::set_logger(&CAPTURE).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
-}
-
 /// The captured lines that mention connections from `ip`.
 fn lines_from(ip: IpAddr) -> Vec<String> {
-    let needle = format!("from {ip}");
-    log_lines()
-        .lock()
-        .iter()
-        .filter(|l| l.contains(&needle))
-        .cloned()
-        .collect()
+    log_lines_with(&[&format!("from {ip}")])
 }
 
 /// Resident memory of this process (the nodes run in it), in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
+    rss_kb() * 1024
 }
 
 /// A connection to `to` from the loopback address 127.0.0.`n`.
@@ -342,7 +301,7 @@ async fn forged_and_huge_node_names_are_refused_and_never_reach_the_log_raw() {
     );
     // No line of this process holds a raw newline or runs long, and the forged
     // text never became a line of its own.
-    for line in log_lines().lock().iter() {
+    for line in log_lines_with(&[]) {
         assert!(!line.contains('\n'), "a raw newline in the log: {line:?}");
         assert!(line.len() <= MAX_LINE, "a line of {} bytes", line.len());
         assert!(!line.contains("FORGED"), "{line:?}");

@@ -38,12 +38,7 @@ fn check(config: &NodeConfig) -> Result<(), ConfigError> {
 
 /// The peak resident memory of this process, in KiB.
 fn peak_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status")
+    proc_kb("self", "VmHWM")
 }
 
 fn service(body: &str) -> String {

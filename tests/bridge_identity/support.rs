@@ -13,7 +13,6 @@ use colony::bridge::frame::{Frame, FrameCodec};
 use colony::bridge::handshake::{self, Secret as ClusterSecret};
 use colony::bridge::wire::{self, Control, Member, Offer};
 use futures::StreamExt;
-use parking_lot::Mutex;
 use tempfile::TempDir;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -27,51 +26,9 @@ pub const PROMPTLY: Duration = Duration::from_secs(5);
 /// How much this process may grow over a series of attacks.
 pub const MEMORY_BOUND_KB: u64 = 64 * 1024;
 
-// ---- log capture ----
-
-static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            LINES
-                .lock()
-                .push(format!("{} {}", record.level(), record.args()));
-        }
-    }
-    fn flush(&self) {}
-}
-
-static CAPTURE: Capture = Capture;
-
-pub fn capture_logs() {
-    if log::set_logger(&CAPTURE).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
-}
-
-/// How many captured log lines contain every one of `parts`.
-pub fn logged(parts: &[&str]) -> usize {
-    LINES
-        .lock()
-        .iter()
-        .filter(|line| parts.iter().all(|p| line.contains(p)))
-        .count()
-}
-
 /// This process's resident memory, in kB.
 pub fn vm_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
+    super::common::rss_kb()
 }
 
 pub fn assert_memory_bounded(before: u64, what: &str) {

@@ -29,13 +29,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// This process's resident memory, in bytes.
 pub fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kb * 1024
+    super::common::rss_kb() * 1024
 }
 
 pub fn assert_grew_less_than(before: u64, limit: u64, what: &str) {

@@ -16,6 +16,10 @@ use colony::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+mod watch;
+#[allow(unused_imports)]
+pub use watch::*;
+
 /// Starts a node from YAML text inside the current actix System.
 pub async fn start_node(yaml: &str) -> Node {
     let config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
