@@ -10,6 +10,8 @@
 //! others, and the dialer reconnects with exponential backoff and jitter (100 ms
 //! up to 5 s). Node up and down are lifecycle events.
 //!
+//! - `accept`: incoming connections before authentication: the caps on
+//!   handshakes, overall and per source, and the refusal log.
 //! - `frame`: length-prefixed frames with a maximum checked before allocation.
 //! - `wire`: the messages inside frames.
 //! - `handshake`: version agreement and the HMAC proof of the cluster secret.
@@ -22,6 +24,7 @@
 //!
 //! Connections run on the bridge's own arbiter thread, apart from the workers'.
 
+mod accept;
 pub mod frame;
 pub mod handshake;
 mod identity;
@@ -47,7 +50,7 @@ use crate::config::{BridgeSection, Role};
 use crate::error::ServiceError;
 use crate::guard::Origin;
 use crate::holder::HOLDER_SERVICE;
-use crate::logging::{untrusted, Throttle, Verdict};
+use crate::logging::untrusted;
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
 use crate::pubsub::{Announce, PubSub};
@@ -244,7 +247,7 @@ impl Bridge {
         let accepting = bridge.clone();
         handle.spawn(async move {
             match TcpListener::from_std(listener) {
-                Ok(listener) => accept_loop(accepting, listener).await,
+                Ok(listener) => accept::accept_loop(accepting, listener).await,
                 Err(e) => log::error!("bridge listener unusable: {e}"),
             }
         });
@@ -653,81 +656,6 @@ impl Bridge {
 /// A byte stream the bridge can run a connection over: TCP or TLS.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// How often one remote address may have a refused connection logged.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-/// How many remote addresses the refusal log remembers.
-const REFUSAL_LOG_ADDRESSES: usize = 1024;
-
-/// Accepts connections and runs their handshakes, at most
-/// `bridge.max_handshakes` at once: a connection beyond that is closed before
-/// anything is read from it, so strangers cannot hold memory or tasks. Refusals
-/// are logged at most once per address per [`REFUSAL_LOG_EVERY`].
-async fn accept_loop(bridge: Arc<Bridge>, listener: TcpListener) {
-    let cap = bridge
-        .config
-        .max_handshakes
-        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(cap));
-    let refusals = Arc::new(Mutex::new(Throttle::new(
-        REFUSAL_LOG_EVERY,
-        REFUSAL_LOG_ADDRESSES,
-    )));
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                log::warn!("bridge: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Held until the handshake ends, whichever way.
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            drop(stream);
-            let why = format!(
-                "{} handshakes already running (bridge.max_handshakes)",
-                bridge.config.max_handshakes
-            );
-            log_refusal(&refusals, from, &why);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let bridge = bridge.clone();
-        let refusals = refusals.clone();
-        actix_rt::spawn(async move {
-            let opened = bridge.open(stream, false).await;
-            drop(permit);
-            match opened {
-                Ok((framed, name)) => {
-                    let why = peer::run(bridge, framed, name.clone()).await;
-                    log::debug!("bridge: link from {name} ended: {}", untrusted(&why));
-                }
-                Err(why) => log_refusal(&refusals, from, &why),
-            }
-        });
-    }
-}
-
-/// Logs a refused connection, unless `from`'s address had one logged lately.
-fn log_refusal(refusals: &Mutex<Throttle<std::net::IpAddr>>, from: SocketAddr, why: &str) {
-    let verdict = refusals.lock().note(from.ip(), std::time::Instant::now());
-    match verdict {
-        Verdict::Line { suppressed: 0 } => {
-            log::warn!("bridge: rejected connection from {from}: {}", untrusted(why));
-        }
-        Verdict::Line { suppressed } => log::warn!(
-            "bridge: rejected connection from {from}: {} ({suppressed} more refused from {} since its last line)",
-            untrusted(why),
-            from.ip()
-        ),
-        Verdict::Overflow { suppressed } => log::warn!(
-            "bridge: refusing connections from over {REFUSAL_LOG_ADDRESSES} addresses; \
-             {suppressed} refused from new addresses since the last such line, not logged one by one"
-        ),
-        Verdict::Quiet => {}
-    }
-}
 
 /// Keeps a link to `addr` open: reconnects with backoff and jitter until the
 /// bridge stops or, for a member, until it leaves the table or links otherwise.

@@ -1,12 +1,13 @@
 //! Strangers on a node's bridge port, before they prove the cluster secret:
 //! 60 connections announcing 16 MiB frames, 200 connections at once against a
-//! small `bridge.max_handshakes`, hellos with a forged or a 2 MB node name, and
-//! a storm of wrong secrets. Each is refused, the node's memory stays bounded,
-//! its log stays one short line per refusal and address, and a real peer still
-//! joins and is served afterwards.
+//! small `bridge.max_handshakes`, one address stalling more handshakes than its
+//! share, hellos with a forged or a 2 MB node name, bad hellos from 100
+//! addresses of one network, and a storm of wrong secrets. Each is refused, the
+//! node's memory stays bounded, its log stays one short line per refusal and
+//! network (/24), and a real peer still joins and is served.
 //!
 //! Log lines are captured in-process by a logger installed for this file; each
-//! attack connects from its own loopback address (127.0.0.N) so that its lines
+//! attack connects from its own loopback addresses (127.0.C.D) so that its lines
 //! can be told apart from those of the tests running beside it.
 
 mod common;
@@ -37,8 +38,13 @@ const RSS_BOUND: u64 = 64 * MIB;
 const MAX_LINE: usize = 300;
 
 /// The captured lines that mention connections from `ip`.
-fn lines_from(ip: IpAddr) -> Vec<String> {
-    log_lines_with(&[&format!("from {ip}")])
+fn lines_from(ip: Ipv4Addr) -> Vec<String> {
+    log_lines_with(&[&format!("from {ip}:")])
+}
+
+/// The loopback address 127.0.`c`.`d`.
+fn lo(c: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, c, d)
 }
 
 /// Resident memory of this process (the nodes run in it), in bytes.
@@ -46,11 +52,11 @@ fn rss() -> u64 {
     rss_kb() * 1024
 }
 
-/// A connection to `to` from the loopback address 127.0.0.`n`.
-async fn connect_from(n: u8, to: SocketAddr) -> TcpStream {
+/// A connection to `to` from the loopback address `from`.
+async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
-        .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0))
+        .bind(SocketAddr::new(IpAddr::V4(from), 0))
         .expect("bind a loopback source address");
     timeout(Duration::from_secs(5), socket.connect(to))
         .await
@@ -123,7 +129,7 @@ async fn announced_16_mib_frames_are_refused_without_reserving_them() {
     let announce = announce.freeze();
     let mut strangers = Vec::new();
     for _ in 0..60 {
-        let mut stream = connect_from(2, addr).await;
+        let mut stream = connect_from(lo(0, 2), addr).await;
         // The node may close it mid-write: the read below sees that.
         let _ = stream.write_all(&announce).await;
         strangers.push(stream);
@@ -144,7 +150,7 @@ async fn announced_16_mib_frames_are_refused_without_reserving_them() {
         "the node grew by {} MiB under 60 announced 16 MiB frames",
         grown / MIB
     );
-    let from = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let from = lo(0, 2);
     wait_until("the refusal is logged", Duration::from_secs(5), || async {
         !lines_from(from).is_empty()
     })
@@ -175,12 +181,15 @@ async fn connections_past_max_handshakes_are_closed_at_once() {
     let addr = master.bridge_addr().expect("a bridge");
     let before = rss();
 
-    // 200 strangers connect and send nothing: CAP of them hold a handshake
-    // (until its timeout), every other one is closed by the node unread.
+    // 200 strangers, each from its own address of 127.0.1.0/24 (so that the
+    // cap per address does not refuse them first), connect and send nothing:
+    // CAP of them hold a handshake (until the Hello timeout), every other one
+    // is closed by the node unread.
     let closed = Arc::new(AtomicUsize::new(0));
     let mut holders = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let mut stream = connect_from(3, addr).await;
+    for n in 1..=CONNECTIONS {
+        let d = u8::try_from(n).expect("200 addresses");
+        let mut stream = connect_from(lo(1, d), addr).await;
         let closed = closed.clone();
         holders.push(actix_rt::spawn(async move {
             let mut buf = [0u8; 64];
@@ -209,14 +218,15 @@ async fn connections_past_max_handshakes_are_closed_at_once() {
     let grown = rss().saturating_sub(before);
     eprintln!("{}: RSS +{} KiB", line!(), grown / 1024);
     assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
-    let from = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    // One line for the whole network, naming it and the cap.
+    let network = "127.0.1.0/24";
     wait_until("the refusal is logged", Duration::from_secs(5), || async {
-        !lines_from(from).is_empty()
+        logged(&[network]) > 0
     })
     .await;
-    let refusals = lines_from(from);
+    let refusals = log_lines_with(&[network]);
     assert!(
-        refusals.len() == 1 && refusals[0].contains("max_handshakes"),
+        refusals.len() == 1 && refusals[0].contains("(bridge.max_handshakes)"),
         "{refusals:?}"
     );
 
@@ -229,10 +239,102 @@ async fn connections_past_max_handshakes_are_closed_at_once() {
     master.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Opens a connection from `from` that sends the first 3 bytes of a frame
+/// header and stalls; `closed` counts it once the node closes it.
+async fn stall_from(from: Ipv4Addr, to: SocketAddr, closed: Arc<AtomicUsize>) {
+    let mut stream = connect_from(from, to).await;
+    // The node may already have closed it.
+    let _ = stream.write_all(&[0, 0, 0]).await;
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    closed.fetch_add(1, Ordering::SeqCst);
+}
+
+#[actix_rt::test]
+async fn one_address_holds_at_most_its_share_of_handshakes_and_a_real_peer_still_joins() {
+    capture_logs();
+    // An eighth of bridge.max_handshakes per address.
+    const CAP: usize = 16;
+    const PER_ADDRESS: usize = CAP / 8;
+    const CONNECTIONS: usize = 20;
+    let secret = secret_file(SECRET);
+    let master = master(&secret, &format!(", max_handshakes: {CAP}")).await;
+    let addr = master.bridge_addr().expect("a bridge");
+    let attacker = lo(0, 50);
+    let before = rss();
+
+    // 20 stalled handshakes from one address: 2 are held (until the Hello
+    // timeout), the other 18 are closed at once, unread. (With only the global
+    // cap, 16 would be held and every real peer refused.)
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut stalls = Vec::new();
+    for _ in 0..CONNECTIONS {
+        stalls.push(actix_rt::spawn(stall_from(attacker, addr, closed.clone())));
+    }
+    wait_until(
+        "every connection past the address's share is closed",
+        Duration::from_secs(4),
+        || async { closed.load(Ordering::SeqCst) >= CONNECTIONS - PER_ADDRESS },
+    )
+    .await;
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        CONNECTIONS - PER_ADDRESS,
+        "exactly {PER_ADDRESS} handshakes from one address are held"
+    );
+    wait_until("the refusal is logged", Duration::from_secs(5), || async {
+        !lines_from(attacker).is_empty()
+    })
+    .await;
+    let refusals = lines_from(attacker);
+    assert!(
+        refusals.len() == 1 && refusals[0].contains("from 127.0.0.50/32 (at most 2 per address"),
+        "{refusals:?}"
+    );
+
+    // The attack goes on, re-opening stalled handshakes as the node closes
+    // them, while a real peer (from 127.0.0.1) joins and is served.
+    let opened = Arc::new(AtomicUsize::new(CONNECTIONS));
+    let attack = {
+        let (closed, opened) = (closed.clone(), opened.clone());
+        actix_rt::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                pace.tick().await;
+                // At most CONNECTIONS open at once.
+                if opened.load(Ordering::SeqCst) - closed.load(Ordering::SeqCst) < CONNECTIONS {
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    actix_rt::spawn(stall_from(attacker, addr, closed.clone()));
+                }
+            }
+        })
+    };
+    let worker = real_peer_is_served(&secret, &master, 5).await;
+    let reopened = opened.load(Ordering::SeqCst) - CONNECTIONS;
+    attack.abort();
+    let grown = rss().saturating_sub(before);
+    eprintln!(
+        "{}: RSS +{} KiB; {reopened} stalled handshakes re-opened during the join",
+        line!(),
+        grown / 1024
+    );
+    assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
+    for stall in stalls {
+        stall.abort();
+    }
+    worker.shutdown(Duration::from_secs(1)).await;
+    master.shutdown(Duration::from_secs(1)).await;
+}
+
 /// Sends a hello naming itself `name`; a hello back is answered with a forged
 /// proof (the old node only checked the name then). Returns the node's answer
 /// to the hello, if any came.
-async fn hello_as(from: u8, addr: SocketAddr, name: &str) -> Option<Control> {
+async fn hello_as(from: Ipv4Addr, addr: SocketAddr, name: &str) -> Option<Control> {
     let mut framed = Framed::new(
         connect_from(from, addr).await,
         FrameCodec::new(4 * MIB as usize),
@@ -267,7 +369,12 @@ async fn forged_and_huge_node_names_are_refused_and_never_reach_the_log_raw() {
     let addr = master.bridge_addr().expect("a bridge");
     let before = rss();
 
-    let answer = hello_as(4, addr, "evil\nFORGED 00:00:00 INFO the node was hacked").await;
+    let answer = hello_as(
+        lo(4, 1),
+        addr,
+        "evil\nFORGED 00:00:00 INFO the node was hacked",
+    )
+    .await;
     match answer {
         Some(Control::Refused { reason }) => assert!(reason.contains("node name"), "{reason}"),
         other => panic!("expected a refusal of the name, got {other:?}"),
@@ -275,14 +382,12 @@ async fn forged_and_huge_node_names_are_refused_and_never_reach_the_log_raw() {
     // A 2 MB name: the hello is far over the 4 KiB a handshake frame may hold.
     let huge = "n".repeat(2_000_000);
     assert!(!matches!(
-        hello_as(5, addr, &huge).await,
+        hello_as(lo(5, 1), addr, &huge).await,
         Some(Control::Hello { .. })
     ));
 
-    let (forged, huge) = (
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)),
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)),
-    );
+    // From two networks, so that neither refusal's line waits for the other's.
+    let (forged, huge) = (lo(4, 1), lo(5, 1));
     // The node logs a refusal just after it closes the connection.
     wait_until(
         "both refusals are logged",
@@ -315,9 +420,9 @@ async fn forged_and_huge_node_names_are_refused_and_never_reach_the_log_raw() {
     master.shutdown(Duration::from_secs(1)).await;
 }
 
-/// Opens a connection from 127.0.0.`from` holding another cluster's secret;
+/// Opens a connection from `from` holding another cluster's secret;
 /// the stranger, dialing, finds the node's proof wrong and refuses it.
-async fn wrong_secret_dial(from: u8, addr: SocketAddr) {
+async fn wrong_secret_dial(from: Ipv4Addr, addr: SocketAddr) {
     let other = Secret::new(b"another-cluster-secret-0123456789").expect("secret");
     let mut framed = Framed::new(connect_from(from, addr).await, FrameCodec::default());
     let dialed = handshake::dial(&mut framed, "stranger", &other).await;
@@ -328,16 +433,16 @@ async fn wrong_secret_dial(from: u8, addr: SocketAddr) {
 }
 
 #[actix_rt::test]
-async fn a_storm_of_wrong_secrets_logs_one_line_per_address_and_period_with_a_count() {
+async fn a_storm_of_wrong_secrets_logs_one_line_per_network_and_period_with_a_count() {
     capture_logs();
     let secret = secret_file(SECRET);
     let master = master(&secret, "").await;
     let addr = master.bridge_addr().expect("a bridge");
-    let from = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+    let from = lo(0, 6);
     let before = rss();
 
     for _ in 0..100 {
-        wrong_secret_dial(6, addr).await;
+        wrong_secret_dial(from, addr).await;
     }
     wait_until(
         "the first refusal is logged",
@@ -351,7 +456,7 @@ async fn a_storm_of_wrong_secrets_logs_one_line_per_address_and_period_with_a_co
         "100 refusals logged as {lines:?}"
     );
 
-    // The storm goes on until the address's next line (10 s after its first),
+    // The storm goes on until the network's next line (10 s after its first),
     // which counts the refusals left out in between.
     let mut dialed = 100;
     let counted = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -363,13 +468,13 @@ async fn a_storm_of_wrong_secrets_logs_one_line_per_address_and_period_with_a_co
             lines_from(from)
         );
         pace.tick().await;
-        wrong_secret_dial(6, addr).await;
+        wrong_secret_dial(from, addr).await;
         dialed += 1;
     }
     let lines = lines_from(from);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let count: usize = lines[1]
-        .split(" more refused from 127.0.0.6")
+        .split(" more refused from 127.0.0.0/24")
         .next()
         .and_then(|head| head.rsplit('(').next())
         .and_then(|n| n.parse().ok())
@@ -383,6 +488,40 @@ async fn a_storm_of_wrong_secrets_logs_one_line_per_address_and_period_with_a_co
     assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
 
     let worker = real_peer_is_served(&secret, &master, 4).await;
+    worker.shutdown(Duration::from_secs(1)).await;
+    master.shutdown(Duration::from_secs(1)).await;
+}
+
+#[actix_rt::test]
+async fn bad_hellos_from_100_addresses_of_one_network_log_one_line_for_it() {
+    capture_logs();
+    let secret = secret_file(SECRET);
+    let master = master(&secret, "").await;
+    let addr = master.bridge_addr().expect("a bridge");
+    let network = "127.0.3.0/24";
+    let before = rss();
+
+    // 100 hellos with a bad node name, each from its own address.
+    for d in 1..=100 {
+        match hello_as(lo(3, d), addr, "bad name!").await {
+            Some(Control::Refused { reason }) => assert!(reason.contains("node name"), "{reason}"),
+            other => panic!("expected a refusal of the name, got {other:?}"),
+        }
+    }
+    wait_until("the refusal is logged", Duration::from_secs(5), || async {
+        logged(&[network]) > 0
+    })
+    .await;
+    let lines = log_lines_with(&[network]);
+    assert!(
+        (1..=2).contains(&lines.len()) && lines[0].contains("node name"),
+        "100 refusals from one network logged as {lines:?}"
+    );
+    let grown = rss().saturating_sub(before);
+    eprintln!("{}: RSS +{} KiB", line!(), grown / 1024);
+    assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
+
+    let worker = real_peer_is_served(&secret, &master, 6).await;
     worker.shutdown(Duration::from_secs(1)).await;
     master.shutdown(Duration::from_secs(1)).await;
 }

@@ -321,7 +321,12 @@ where
     }
 }
 
-/// Answers a connection as the acceptor; returns the dialer's node name. Frames
+/// How long the acceptor waits for the dialer's Hello, the first frame of the
+/// handshake (after TLS, if any).
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Answers a connection as the acceptor; the dialer's Hello must arrive within
+/// [`HELLO_TIMEOUT`]; returns the dialer's node name. Frames
 /// over [`HANDSHAKE_MAX_FRAME`] end it; the codec's maximum is restored after.
 pub async fn accept<S>(
     framed: &mut Framed<S, FrameCodec>,
@@ -345,11 +350,20 @@ async fn accepting<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // A stranger that connects and stalls holds a handshake slot: its Hello
+    // must come soon, well before the whole handshake's deadline.
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, receive_hello(framed)).await {
+        Ok(hello) => hello?,
+        Err(_) => {
+            let late = HandshakeError::Protocol(format!("no Hello within {HELLO_TIMEOUT:?}"));
+            return Err(refuse(framed, late).await);
+        }
+    };
     let PeerHello {
         node: peer,
         nonce: theirs,
         ..
-    } = receive_hello(framed).await?;
+    } = hello;
     let mine = nonce()?;
     let proof = secret
         .proof("acceptor", &theirs, &mine, me)
