@@ -121,6 +121,8 @@ pub struct ApiSection {
     pub max_connections: usize,
     /// Bytes one `GET /v1/subscribe` stream may hold for a slow client; past it,
     /// messages are dropped and the client is told with a line `{"dropped":N}`.
+    /// All the streams together hold at most 8 times this
+    /// ([`STREAM_BUDGET_BUFFERS`](crate::pubsub::STREAM_BUDGET_BUFFERS)).
     #[serde(
         default = "default_subscribe_buffer",
         deserialize_with = "input::integer"
