@@ -21,6 +21,12 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+/// The most of a line handed to the HTTP server at once. The server copies what
+/// it takes into its write buffer, outside any budget, and takes more only while
+/// that buffer is small: in pieces, a stalled client costs it a few of them, not
+/// a whole line of any size.
+const PIECE: usize = 16 * 1024;
+
 /// What the queue holds: a message line, or how many were dropped at that place.
 enum Item {
     Line(Bytes),
@@ -189,18 +195,26 @@ impl Drop for LineSender {
 }
 
 impl LineReceiver {
-    /// The next line: a message, or `{"dropped":N}` where N messages were lost.
-    /// `None` once the subscription ended and every line was read.
+    /// The next line, or the next [`PIECE`] bytes of it: a message, or
+    /// `{"dropped":N}` where N messages were lost. `None` once the subscription
+    /// ended and every line was read.
     pub(crate) async fn recv(&mut self) -> Option<Bytes> {
         loop {
             {
                 let mut state = self.0.state.lock();
                 match state.items.pop_front() {
-                    Some(Item::Line(line)) => {
-                        state.lines -= 1;
-                        state.bytes -= line.len();
-                        self.0.budget.give_back(line.len());
-                        return Some(line);
+                    Some(Item::Line(mut line)) => {
+                        let piece = if line.len() > PIECE {
+                            let piece = line.split_to(PIECE);
+                            state.items.push_front(Item::Line(line));
+                            piece
+                        } else {
+                            state.lines -= 1;
+                            line
+                        };
+                        state.bytes -= piece.len();
+                        self.0.budget.give_back(piece.len());
+                        return Some(piece);
                     }
                     Some(Item::Dropped(n)) => {
                         return Some(Bytes::from(format!("{{\"dropped\":{n}}}\n")));
@@ -309,5 +323,22 @@ mod tests {
         );
         assert_eq!(c_rx.recv().await.unwrap(), Bytes::from_static(b"c\n"));
         assert_eq!(budget.held(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_long_line_is_read_in_pieces_that_give_back_their_bytes() {
+        let budget = Arc::new(Budget::new(usize::MAX));
+        let (tx, mut rx) = line_queue(100, usize::MAX, budget.clone());
+        let long = Bytes::from(vec![b'x'; PIECE * 2 + 5]);
+        assert!(matches!(tx.push(long.clone()), Pushed::Taken));
+        assert!(matches!(tx.push(Bytes::from_static(b"y\n")), Pushed::Taken));
+        let mut read = Vec::new();
+        for left in [PIECE + 7, 7, 2, 0] {
+            read.extend_from_slice(&rx.recv().await.unwrap());
+            assert_eq!(budget.held(), left);
+        }
+        assert_eq!(read.len(), long.len() + 2);
+        drop(tx);
+        assert!(rx.recv().await.is_none());
     }
 }
