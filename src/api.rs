@@ -348,7 +348,8 @@ async fn publish(
 }
 
 /// JSON lines a slow `GET /v1/subscribe` client may have outstanding, within the
-/// `api.subscribe_buffer` bytes it may hold; past either it misses messages, as any
+/// `api.subscribe_buffer` bytes it may hold (and within the budget all streams
+/// share, 8 such buffers); past either it misses messages, as any
 /// subscriber past its high-water mark does, and is told how many with a line
 /// `{"dropped":N}` before the next message it gets.
 const STREAM_BUFFER: usize = 1024;

@@ -121,6 +121,8 @@ pub struct ApiSection {
     pub max_connections: usize,
     /// Bytes one `GET /v1/subscribe` stream may hold for a slow client; past it,
     /// messages are dropped and the client is told with a line `{"dropped":N}`.
+    /// All the streams together hold at most 8 times this
+    /// ([`STREAM_BUDGET_BUFFERS`](crate::pubsub::STREAM_BUDGET_BUFFERS)).
     #[serde(
         default = "default_subscribe_buffer",
         deserialize_with = "input::integer"
@@ -299,6 +301,15 @@ pub struct QueueConfig {
     /// Dead letters kept; past this the oldest is dropped, with an error in the log.
     #[serde(default = "default_dead_letters", deserialize_with = "input::integer")]
     pub dead_letters: usize,
+    /// Bytes of job JSON the queue holds, waiting or leased (a leased job may come
+    /// back); a push beyond is `Overloaded`. Its dead letters are kept within as
+    /// many bytes again, past which the oldest is dropped. Without it `capacity`
+    /// 1 MB jobs would be 100 GB.
+    #[serde(
+        default = "default_queue_max_bytes",
+        deserialize_with = "input::integer"
+    )]
+    pub max_bytes: usize,
 }
 
 impl Default for QueueConfig {
@@ -308,6 +319,7 @@ impl Default for QueueConfig {
             capacity: default_queue_capacity(),
             lease: default_lease(),
             dead_letters: default_dead_letters(),
+            max_bytes: default_queue_max_bytes(),
         }
     }
 }
@@ -323,6 +335,9 @@ fn default_lease() -> Duration {
 }
 fn default_dead_letters() -> usize {
     1000
+}
+fn default_queue_max_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 /// `services.NAME:` — how many workers, how they take work, how they restart.

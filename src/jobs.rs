@@ -28,7 +28,11 @@
 //! the work but died before its answer reached the holder. Exactly one answer
 //! completes each job; later answers for it are ignored.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod queue;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -41,6 +45,7 @@ use tokio::time::Instant;
 use crate::config::QueueConfig;
 use crate::error::{ErrorKind, ServiceError};
 use crate::messages::{EventBus, LifecycleEvent};
+use queue::{Buried, Job, Queue, Taker};
 
 /// A job handed to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,39 +100,11 @@ pub struct QueueStatus {
     /// Deliveries that failed and were retried or buried (not counting jobs handed
     /// back unrun because their worker's node was stopping or its worker exited).
     pub failures: u64,
+    /// Bytes of JSON of the jobs queued and leased (at most `queues.NAME.max_bytes`).
+    #[serde(default)]
+    pub bytes: usize,
     /// Jobs that failed `max_attempts` times, oldest first.
     pub dead: Vec<DeadLetter>,
-}
-
-struct Job {
-    id: u64,
-    json: Box<RawValue>,
-    attempts: u32,
-}
-
-struct Lease {
-    job: Job,
-    node: String,
-    worker: String,
-    expires: Instant,
-}
-
-struct Taker {
-    id: u64,
-    node: String,
-    worker: String,
-    tx: oneshot::Sender<Given>,
-}
-
-struct Queue {
-    config: QueueConfig,
-    ready: VecDeque<Job>,
-    leased: HashMap<u64, Lease>,
-    takers: VecDeque<Taker>,
-    pushed: u64,
-    completed: u64,
-    failures: u64,
-    dead: VecDeque<DeadLetter>,
 }
 
 /// The queues a node holds.
@@ -189,20 +166,16 @@ impl JobQueues {
         check_name(name)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.with_queue(name, |queue| {
-            if queue.ready.len() >= queue.config.capacity {
-                return Err(ServiceError::overloaded(format!(
-                    "queue {name} holds {} jobs, its capacity",
-                    queue.config.capacity
-                )));
-            }
-            queue.pushed += 1;
-            queue.offer(Job {
-                id,
-                json,
-                attempts: 0,
-            });
-            Ok(id)
-        })?
+            queue.push(
+                name,
+                Job {
+                    id,
+                    json,
+                    attempts: 0,
+                },
+            )
+        })??;
+        Ok(id)
     }
 
     /// Waits up to `wait` for a job for `worker` of `node`; `None` when none came.
@@ -267,6 +240,7 @@ impl JobQueues {
             match answer.error {
                 None => {
                     queue.completed += 1;
+                    queue.release(&lease.job);
                     None
                 }
                 Some(error) => queue.failed(lease.job, error, answer.counts),
@@ -345,27 +319,15 @@ impl JobQueues {
         }
     }
 
-    fn bury(&self, name: &str, dead: DeadLetter) {
+    fn bury(&self, name: &str, dead: Buried) {
         self.events.publish(LifecycleEvent::JobDead {
             queue: name.to_string(),
-            job: dead.id,
-            attempts: dead.attempts,
-            error: dead.error.to_string(),
+            job: dead.letter.id,
+            attempts: dead.letter.attempts,
+            error: dead.letter.error.to_string(),
         });
-        self.with_queue(name, |queue| {
-            if queue.dead.len() >= queue.config.dead_letters {
-                if let Some(old) = queue.dead.pop_front() {
-                    log::error!(
-                        "queue {name}: dead letters are full ({}); the oldest, job {}, is dropped: {}",
-                        queue.config.dead_letters,
-                        old.id,
-                        old.job
-                    );
-                }
-            }
-            queue.dead.push_back(dead);
-        })
-        .unwrap_or_else(|e| log::error!("dead letter lost: {e}"));
+        self.with_queue(name, |queue| queue.bury(name, dead))
+            .unwrap_or_else(|e| log::error!("dead letter lost: {e}"));
     }
 
     /// Every queue, by name.
@@ -381,89 +343,12 @@ impl JobQueues {
                 pushed: q.pushed,
                 completed: q.completed,
                 failures: q.failures,
-                dead: q.dead.iter().cloned().collect(),
+                bytes: q.bytes,
+                dead: q.dead.iter().map(|d| d.letter.clone()).collect(),
             })
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
-    }
-}
-
-impl Queue {
-    fn new(config: QueueConfig) -> Queue {
-        Queue {
-            config,
-            ready: VecDeque::new(),
-            leased: HashMap::new(),
-            takers: VecDeque::new(),
-            pushed: 0,
-            completed: 0,
-            failures: 0,
-            dead: VecDeque::new(),
-        }
-    }
-
-    /// Hands `job` to the first ready worker, or puts it in line.
-    fn offer(&mut self, mut job: Job) {
-        while let Some(taker) = self.takers.pop_front() {
-            match self.lease(job, taker) {
-                Ok(_) => return,
-                Err(back) => job = back,
-            }
-        }
-        self.ready.push_back(job);
-    }
-
-    /// Leases `job` to `taker`; gives the job back when the taker is gone.
-    fn lease(&mut self, mut job: Job, taker: Taker) -> Result<Given, Job> {
-        job.attempts += 1;
-        let given = Given {
-            id: job.id,
-            attempt: job.attempts,
-            job: job.json.clone(),
-        };
-        if taker.tx.send(given.clone()).is_err() {
-            job.attempts -= 1;
-            return Err(job);
-        }
-        self.leased.insert(
-            job.id,
-            Lease {
-                job,
-                node: taker.node,
-                worker: taker.worker,
-                expires: crate::deadline::tokio_after(self.config.lease),
-            },
-        );
-        Ok(given)
-    }
-
-    /// A delivery failed: the job goes back in line, first, or is returned to be
-    /// buried when it has used its attempts.
-    fn failed(&mut self, mut job: Job, error: ServiceError, counts: bool) -> Option<DeadLetter> {
-        if counts {
-            self.failures += 1;
-        } else {
-            job.attempts = job.attempts.saturating_sub(1);
-        }
-        if job.attempts >= self.config.max_attempts {
-            return Some(DeadLetter {
-                id: job.id,
-                job: serde_json::from_str(job.json.get()).unwrap_or_default(),
-                attempts: job.attempts,
-                error,
-            });
-        }
-        log::debug!("job {} failed (delivery {}): {error}", job.id, job.attempts);
-        let mut job = job;
-        while let Some(taker) = self.takers.pop_front() {
-            match self.lease(job, taker) {
-                Ok(_) => return None,
-                Err(back) => job = back,
-            }
-        }
-        self.ready.push_front(job);
-        None
     }
 }
 

@@ -18,7 +18,8 @@
 //! Every subscriber is bounded in messages and in bytes: an actor may hold
 //! [`HIGH_WATER`] messages or [`HIGH_WATER_BYTES`] bytes (measured as JSON)
 //! delivered but not yet handled, a `GET /v1/subscribe` stream `api.subscribe_buffer`
-//! bytes. Past either bound new messages to that subscriber are dropped and counted
+//! bytes, and all such streams of a node together [`STREAM_BUDGET_BUFFERS`] times
+//! that. Past any bound new messages to that subscriber are dropped and counted
 //! (`colony_publish_dropped_total`), as ZeroMQ's PUB socket does, so that a slow
 //! subscriber cannot grow a queue without bound or slow the publisher down.
 //!
@@ -43,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ServiceError;
 pub(crate) use delivery::Delivery;
 use delivery::Payload;
+use lines::Budget;
 pub(crate) use lines::{line_queue, LineReceiver, LineSender};
 
 /// Messages a subscriber may hold delivered but not yet handled; past this,
@@ -53,6 +55,12 @@ pub const HIGH_WATER: usize = 10_000;
 /// yet handled; past this, further messages to it are dropped and counted. A
 /// message always reaches a subscriber that holds none, whatever its size.
 pub const HIGH_WATER_BYTES: usize = 8 * 1024 * 1024;
+
+/// How many `api.subscribe_buffer`s all the `GET /v1/subscribe` streams of a node
+/// may hold together (64 MiB with the default buffer of 8 MiB): past it a message
+/// to any stream is dropped and counted, as one past the stream's own buffer is,
+/// so that many stalled streams cost no more than this.
+pub const STREAM_BUDGET_BUFFERS: usize = 8;
 
 /// Distinct prefixes a node's subscribers may hold at once; a subscription to a
 /// new prefix past it gets `Overloaded`. A peer's table is kept up to it too.
@@ -222,6 +230,8 @@ pub(crate) struct PubSub {
     announcing: Mutex<()>,
     /// Bytes a stream of JSON lines may hold (`api.subscribe_buffer`).
     stream_bytes: usize,
+    /// Bytes all the streams of JSON lines may hold together.
+    stream_budget: Arc<Budget>,
 }
 
 impl std::fmt::Debug for PubSub {
@@ -234,7 +244,8 @@ impl std::fmt::Debug for PubSub {
 
 impl PubSub {
     /// No subscriptions yet; each stream of JSON lines holds at most
-    /// `stream_bytes` bytes.
+    /// `stream_bytes` bytes, and all of them together [`STREAM_BUDGET_BUFFERS`]
+    /// times as many.
     pub(crate) fn new(stream_bytes: usize) -> PubSub {
         PubSub {
             table: RwLock::default(),
@@ -243,6 +254,9 @@ impl PubSub {
             announce: OnceLock::new(),
             announcing: Mutex::new(()),
             stream_bytes,
+            stream_budget: Arc::new(Budget::new(
+                stream_bytes.saturating_mul(STREAM_BUDGET_BUFFERS),
+            )),
         }
     }
 
@@ -286,9 +300,9 @@ impl PubSub {
     }
 
     /// A queue of JSON lines for a stream subscriber, holding at most `lines`
-    /// lines and `api.subscribe_buffer` bytes.
+    /// lines and `api.subscribe_buffer` bytes, within the budget all streams share.
     pub(crate) fn line_queue(&self, lines: usize) -> (LineSender, LineReceiver) {
-        line_queue(lines, self.stream_bytes)
+        line_queue(lines, self.stream_bytes, self.stream_budget.clone())
     }
 
     fn remove(&self, id: u64) {

@@ -1,12 +1,15 @@
 //! Every queue is bounded in bytes, not only in items: a peer that stops reading,
 //! a subscriber that never handles its messages and an HTTP subscribe client that
-//! stalls each cost at most their byte bound, and the overflow is refused
+//! stalls each cost at most their byte bound (so do a job queue, and all of a
+//! node's HTTP subscribe streams together, in `budgets`), and the overflow is refused
 //! (`Overloaded`) or dropped and counted, never held. Subscription changes cross
 //! the bridge as deltas, and a node holds at most 10,000 distinct prefixes, its own
 //! or a peer's; a change a full link queue could not take reaches the peer as the
 //! whole table once it reads again. Each test checks the refusal or the count,
 //! that memory (VmRSS) stays bounded, and that the node keeps serving.
 
+#[path = "byte_bounds/budgets.rs"]
+mod budgets;
 mod common;
 #[path = "byte_bounds/support.rs"]
 mod support;

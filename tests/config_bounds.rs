@@ -64,6 +64,14 @@ fn counts_past_their_bounds_are_refused_with_the_bound_named() {
             "node: { name: alpha }\nqueues: { jobs: { capacity: 10000001 } }\n".to_string(),
             "queues.jobs.capacity",
         ),
+        (
+            "node: { name: alpha }\nqueues: { jobs: { max_bytes: 4294967297 } }\n".to_string(),
+            "queues.jobs.max_bytes",
+        ),
+        (
+            "node: { name: alpha }\nqueues: { jobs: { max_bytes: 0 } }\n".to_string(),
+            "queues.jobs.max_bytes",
+        ),
     ];
     for (yaml, key) in cases {
         let err = refused(&yaml);

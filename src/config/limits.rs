@@ -21,7 +21,8 @@ pub const MAX_CREDITS: usize = 1_000_000;
 pub const MAX_QUEUE: usize = 10_000_000;
 /// Largest bridge frame.
 pub const MAX_FRAME: usize = 256 * 1024 * 1024;
-/// Largest request body, subscribe buffer and per-peer send queue, in bytes.
+/// Largest request body, subscribe buffer, per-peer send queue and job queue, in
+/// bytes.
 pub const MAX_BYTES: usize = 4 * 1024 * 1024 * 1024;
 /// Connections and handshakes at once.
 pub const MAX_CONNECTIONS: usize = 100_000;
@@ -121,6 +122,7 @@ impl NodeConfig {
             let key = |field: &str| format!("queues.{name}.{field}");
             at_most(&key("capacity"), queue.capacity, MAX_QUEUE)?;
             at_most(&key("dead_letters"), queue.dead_letters, MAX_QUEUE)?;
+            at_most(&key("max_bytes"), queue.max_bytes, MAX_BYTES)?;
             no_longer(&key("lease"), queue.lease, MAX_DURATION)?;
         }
         for (i, child) in self.spawn.iter().enumerate() {

@@ -152,6 +152,9 @@ impl NodeConfig {
             if cfg.capacity == 0 {
                 return err(&key("capacity"), "must be at least 1".into());
             }
+            if cfg.max_bytes == 0 {
+                return err(&key("max_bytes"), "must be at least 1".into());
+            }
             if cfg.lease.is_zero() {
                 return err(&key("lease"), "must be longer than 0".into());
             }
