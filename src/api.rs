@@ -48,9 +48,11 @@ struct State {
 /// The longest `?timeout=` a request may ask for.
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Reads a bearer token file: its first line, trimmed, must not be empty.
+/// Reads a bearer token file, private as [`crate::config::files::read_private`]
+/// requires: its first line, trimmed, must not be empty.
 pub(crate) fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = crate::config::files::read_private(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
     let token = text.lines().next().unwrap_or("").trim().to_string();
     if token.is_empty() {
         return Err("is empty".into());
@@ -420,7 +422,7 @@ async fn wrong_method(req: HttpRequest) -> HttpResponse {
         format!(
             "{} {}: this endpoint does not take {0}",
             req.method(),
-            req.path().escape_debug()
+            crate::logging::untrusted(req.path())
         ),
     )
     .response()
@@ -430,6 +432,6 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     error_response(&ServiceError::no_such_service(format!(
         "no endpoint {} {}",
         req.method(),
-        req.path().escape_debug()
+        crate::logging::untrusted(req.path())
     )))
 }

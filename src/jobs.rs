@@ -155,7 +155,7 @@ impl JobQueues {
             Some(queue) => Ok(f(queue)),
             None => Err(ServiceError::no_such_service(format!(
                 "no queue `{}` is declared (queues: in the config of node {})",
-                name.escape_debug(),
+                crate::logging::untrusted(name),
                 self.node
             ))),
         }

@@ -76,7 +76,10 @@ impl Handler<Kill> for Master {
 
     fn handle(&mut self, msg: Kill, _: &mut Context<Self>) -> Self::Result {
         let id = msg.0;
-        let not_running = ServiceError::no_such_service(format!("worker {id} is not running"));
+        let not_running = ServiceError::no_such_service(format!(
+            "worker {} is not running",
+            crate::logging::untrusted(&id.to_string())
+        ));
         let supervisor = match self.supervisors.get(&id.service) {
             Some(s) if id.node == self.node => s.clone(),
             _ => return Box::pin(async move { Err(not_running) }),

@@ -54,7 +54,8 @@ impl Router {
         let mut running: Vec<String> = self.services.read().keys().cloned().collect();
         running.sort();
         Err(ServiceError::no_such_service(format!(
-            "no worker of service `{name}` exists (node {} runs: {})",
+            "no worker of service `{}` exists (node {} runs: {})",
+            crate::logging::untrusted(name),
             self.node,
             running.join(", ")
         )))
@@ -105,7 +106,8 @@ impl Router {
     ) -> Result<(Arc<LocalService>, Arc<Incarnation>), ServiceError> {
         let not_running = || {
             ServiceError::no_such_service(format!(
-                "worker {id} is not running on node {}",
+                "worker {} is not running on node {}",
+                crate::logging::untrusted(&id.to_string()),
                 self.node
             ))
         };

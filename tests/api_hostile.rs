@@ -99,6 +99,12 @@ impl Req {
         self
     }
 
+    /// Adds one more `name` header, keeping those already there.
+    pub fn also(mut self, name: &str, value: &str) -> Req {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
     /// The request's bytes; the body is sent as given, whatever Content-Length says.
     pub fn bytes(&self) -> Vec<u8> {
         let mut text = format!("{}\r\n", self.head);
@@ -256,6 +262,8 @@ async fn a_rebound_host_name_is_misdirected() {
         format!("evil.example:{port}"),
         format!("localhost.evil.example:{port}"),
         format!("10.1.2.3:{port}"),
+        format!("[::1]evil.example:{port}"),
+        format!("[::1]:{port}evil"),
     ] {
         let answer = Req::get(addr, "/v1/status")
             .header("Host", &host)
@@ -282,6 +290,53 @@ async fn a_rebound_host_name_is_misdirected() {
             .await;
         assert_eq!(answer.status, 200, "Host {host}: {answer:?}");
     }
+
+    assert_memory_bounded(memory);
+    assert_serving(&node).await;
+    node.shutdown(Duration::from_millis(200)).await;
+}
+
+#[actix_rt::test]
+async fn repeated_headers_are_bad_requests() {
+    let node = start_node(&config("")).await;
+    all_running(&node).await;
+    let addr = node.api_addr().unwrap();
+    let memory = proc_kb("self", "VmRSS");
+
+    // A second Host, Origin or Content-Type could be read by one layer and not
+    // by another: a request that carries two is refused whole.
+    let kill = || Req::post(addr, "/v1/kill", r#"{"worker":"hostile/calc/0"}"#);
+    for (name, value) in [
+        ("Host", "evil.example".to_string()),
+        ("Host", addr.to_string()),
+        ("Origin", "http://evil.example".to_string()),
+        ("Origin", format!("http://{addr}")),
+        ("Content-Type", "text/plain".to_string()),
+        ("Content-Type", "application/json".to_string()),
+    ] {
+        let answer = kill()
+            .header("Origin", &format!("http://{addr}"))
+            .also(name, &value)
+            .send(addr)
+            .await;
+        if name == "Host" {
+            // actix-http itself refuses a second Host, before any check runs.
+            assert_eq!(answer.status, 400, "{name}: {answer:?}");
+            continue;
+        }
+        answer.refused(400, "BadRequest");
+        assert!(
+            answer.json()["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("more than one")),
+            "{name}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        worker_status(&node, "hostile/calc/0").restarts,
+        0,
+        "a kill with a repeated header killed the worker"
+    );
 
     assert_memory_bounded(memory);
     assert_serving(&node).await;
@@ -462,6 +517,13 @@ async fn made_up_endpoints_and_services_leave_no_trace() {
     assert!(!after.contains("svc-"), "{after}");
     let other = "colony_call_failures_total{node=\"hostile\",service=\"(other)\",kind=\"NoSuchService\"} 1001";
     assert!(after.contains(other), "{after}");
+    // A long name from the URL is cut in the message, not echoed whole.
+    let long = "s".repeat(16 * 1024);
+    let answer = Req::post(addr, &format!("/v1/request/{long}/x"), "{}")
+        .send(addr)
+        .await;
+    answer.refused(404, "NoSuchService");
+    assert!(answer.body.len() < 1024, "{} bytes", answer.body.len());
 
     assert_memory_bounded(memory);
     assert_serving(&node).await;

@@ -107,6 +107,47 @@ fn counts_must_be_whole_numbers() {
     }
     let config = parse(&service("{ workers: 3 }")).expect("an integer is fine");
     assert_eq!(config.services["calc"].workers, Some(3));
+
+    // A number in quotes is text, and a number past u64 says it is too large,
+    // not that it is a fraction.
+    let err = refused(&service(r#"{ workers: "3" }"#));
+    assert_eq!(err.key, "services.calc.workers", "{err}");
+    assert!(err.problem.contains("without quotes"), "{err}");
+    let err = refused(&service("{ concurrency: 18446744073709551616 }"));
+    assert!(err.problem.contains("too large"), "{err}");
+    let err = refused(&service("{ workers: 1.0 }"));
+    assert!(err.problem.contains("1.0 is not a whole number"), "{err}");
+}
+
+#[test]
+fn durations_too_short_to_work_are_refused() {
+    let err = refused("node: { name: alpha }\napi: { read_timeout: 1ms }\n");
+    assert_eq!(err.key, "api.read_timeout", "{err}");
+    assert!(
+        err.problem.contains("shorter than the least allowed"),
+        "{err}"
+    );
+    let err = refused(
+        "node: { name: alpha }\nbridge: { listen: 127.0.0.1:0, secret_file: s, heartbeat: 1ms }\n",
+    );
+    assert_eq!(err.key, "bridge.heartbeat", "{err}");
+    assert!(
+        err.problem.contains("shorter than the least allowed"),
+        "{err}"
+    );
+    parse("node: { name: alpha }\napi: { read_timeout: 100ms }\n").expect("100ms is enough");
+}
+
+#[test]
+fn a_huge_node_name_is_cut_in_the_message() {
+    let name = "x".repeat(1_000_000);
+    let err = refused(&format!("node: {{ name: \"{name}\" }}\n"));
+    assert_eq!(err.key, "node.name", "{err}");
+    assert!(
+        err.to_string().len() < 1000,
+        "{} bytes",
+        err.to_string().len()
+    );
 }
 
 #[test]
@@ -244,6 +285,29 @@ async fn missing_or_exposed_secret_files_are_refused_by_check_and_start_alike() 
     let err = check(&parse(&with_token).expect("parses")).unwrap_err();
     assert_eq!(err.key, "api.token_file", "{err}");
     assert!(err.problem.contains("chmod 600"), "{err}");
+
+    // Not a regular file (a FIFO would block the reader, a directory is no
+    // secret), or too large to be one.
+    let fifo = dir.path().join("fifo.secret");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let huge = dir.path().join("huge.secret");
+    std::fs::write(&huge, vec![b'k'; 64 * 1024 + 1]).expect("write");
+    std::fs::set_permissions(&huge, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    for (path, problem) in [
+        (&fifo, "not a regular file"),
+        (&dir.path().to_path_buf(), "not a regular file"),
+        (&huge, "at most 65536"),
+    ] {
+        let config = parse(&with_secret(path)).expect("parses");
+        let err = check(&config).unwrap_err();
+        assert!(err.problem.contains(problem), "{err}");
+        assert!(Node::start(test_app(), config).await.is_err());
+    }
 
     // Fixed, the same configs start and serve.
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");

@@ -1,6 +1,9 @@
 //! Who may talk to the API, checked for every request before any handler runs
 //! (one middleware, so no endpoint can forget a check). In this order:
 //!
+//! 0. `Host`, `Origin`, `Authorization`, `Content-Type` and `Content-Length`
+//!    each appear at most once; else 400, so no two parts of the stack can read
+//!    different values.
 //! 1. `Host` (port stripped) is a loopback name or address, the node's own listen
 //!    address, or listed in `api.allowed_hosts`; else 421. A page that rebinds its
 //!    own DNS name to 127.0.0.1 cannot reach the API.
@@ -77,6 +80,21 @@ impl Access {
     /// Runs every check on `req`, in the order of the module doc.
     pub(crate) fn check(&self, req: &ServiceRequest) -> Result<(), Refusal> {
         let headers = req.headers();
+        for name in [
+            header::HOST,
+            header::ORIGIN,
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+        ] {
+            if headers.get_all(&name).nth(1).is_some() {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::BadRequest,
+                    format!("the request has more than one {name} header"),
+                ));
+            }
+        }
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -100,12 +118,13 @@ impl Access {
     }
 
     fn check_host(&self, host: &str) -> Result<(), Refusal> {
-        let name = host_name(host);
-        let allowed = is_loopback_name(&name)
-            || name
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback() || (ip == self.listen_ip && !ip.is_unspecified()))
-            || self.allowed_hosts.contains(&name);
+        let name = host_name(host).unwrap_or_default();
+        let allowed = !name.is_empty()
+            && (is_loopback_name(&name)
+                || name.parse::<IpAddr>().is_ok_and(|ip| {
+                    ip.is_loopback() || (ip == self.listen_ip && !ip.is_unspecified())
+                })
+                || self.allowed_hosts.contains(&name));
         if allowed {
             return Ok(());
         }
@@ -223,18 +242,24 @@ fn check_json(content_type: Option<&header::HeaderValue>) -> Result<(), Refusal>
     ))
 }
 
-/// `Host` without its port, lowercased, without a trailing dot and IPv6 brackets.
-fn host_name(host: &str) -> String {
+/// `Host` without its port, lowercased, without a trailing dot and IPv6 brackets;
+/// `None` when it is not `NAME`, `NAME:PORT`, `[IPV6]` or `[IPV6]:PORT`.
+fn host_name(host: &str) -> Option<String> {
     let host = host.trim();
+    let is_port = |port: &str| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
     let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
+        let (name, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        name
     } else {
         match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some((name, port)) if is_port(port) => name,
             _ => host,
         }
     };
-    name.trim_end_matches('.').to_ascii_lowercase()
+    Some(name.trim_end_matches('.').to_ascii_lowercase())
 }
 
 fn is_loopback_name(name: &str) -> bool {
@@ -243,7 +268,7 @@ fn is_loopback_name(name: &str) -> bool {
 
 /// Normalizes an `api.allowed_hosts` entry as `Host` headers are.
 pub(crate) fn allowed_host(entry: &str) -> String {
-    host_name(entry)
+    host_name(entry).unwrap_or_else(|| entry.trim().to_ascii_lowercase())
 }
 
 /// Text from a header, fit for an error message: control characters escaped and
@@ -266,10 +291,16 @@ mod tests {
 
     #[test]
     fn host_names_lose_port_brackets_case_and_trailing_dot() {
-        assert_eq!(host_name("LocalHost:8000"), "localhost");
-        assert_eq!(host_name("[::1]:8000"), "::1");
-        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
-        assert_eq!(host_name("app.localhost.:80"), "app.localhost");
+        let name = |host| host_name(host).unwrap_or_else(|| "(refused)".into());
+        assert_eq!(name("LocalHost:8000"), "localhost");
+        assert_eq!(name("[::1]:8000"), "::1");
+        assert_eq!(name("[::1]"), "::1");
+        assert_eq!(name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(name("app.localhost.:80"), "app.localhost");
+        assert_eq!(name("[::1]evil.example"), "(refused)");
+        assert_eq!(name("[::1]:80evil"), "(refused)");
+        assert_eq!(name("[::1]:"), "(refused)");
+        assert_eq!(name("[::1"), "(refused)");
         assert!(is_loopback_name("a.b.localhost"));
         assert!(!is_loopback_name("localhost.evil.example"));
     }

@@ -58,9 +58,10 @@ impl Secret {
         Ok(Secret(trimmed.to_vec()))
     }
 
-    /// Reads the secret file at `path`.
+    /// Reads the secret file at `path`, private as
+    /// [`crate::config::files::read_private`] requires.
     pub fn read(path: &std::path::Path) -> Result<Secret, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let bytes = crate::config::files::read_private(path)?;
         Secret::new(&bytes)
     }
 

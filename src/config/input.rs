@@ -92,12 +92,22 @@ impl Visitor<'_> for Integer {
         u64::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
-        Err(E::custom(format!("{v} is not a whole number")))
+        // YAML reads an integer past u64 as a float: say what is wrong with it.
+        if v.is_finite() && v.fract() == 0.0 && v.abs() >= u64::MAX as f64 {
+            return Err(E::custom(format!(
+                "{v:e} is too large; the most any number may be is {}",
+                u64::MAX
+            )));
+        }
+        Err(E::custom(format!("{v:?} is not a whole number")))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-        v.trim()
-            .parse::<u64>()
-            .map_err(|_| E::custom(format!("`{v}` is not a whole number")))
+        let shown = crate::logging::untrusted(v);
+        Err(E::custom(match v.trim().parse::<u128>() {
+            Ok(n) if n > u128::from(u64::MAX) => format!("{shown} is too large"),
+            Ok(_) => format!("\"{shown}\" is text, not a number: write it without quotes"),
+            Err(_) => format!("`{shown}` is not a whole number"),
+        }))
     }
 }
 

@@ -28,6 +28,10 @@ pub const MAX_BYTES: usize = 4 * 1024 * 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 100_000;
 /// Longest request timeout, here as in `?timeout=`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Shortest `api.read_timeout`: a slower client still gets its request in.
+pub const MIN_READ_TIMEOUT: Duration = Duration::from_millis(100);
+/// Shortest `bridge.heartbeat`: a link does not spend itself on heartbeats.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// Longest of every other duration (leases, windows, heartbeats, backoffs).
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -61,6 +65,21 @@ impl NodeConfig {
                 Ok(())
             }
         };
+        let no_shorter = |key: &str, value: Duration, min: Duration| {
+            if value < min {
+                Err(ConfigError::new(
+                    path,
+                    key,
+                    format!(
+                        "{} is shorter than the least allowed, {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(min)
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
         if let Some(threads) = self.node.threads {
             at_most("node.threads", threads, MAX_THREADS)?;
         }
@@ -72,6 +91,7 @@ impl NodeConfig {
         )?;
         at_most("api.subscribe_buffer", self.api.subscribe_buffer, MAX_BYTES)?;
         no_longer("api.read_timeout", self.api.read_timeout, MAX_TIMEOUT)?;
+        no_shorter("api.read_timeout", self.api.read_timeout, MIN_READ_TIMEOUT)?;
         if let Some(bridge) = &self.bridge {
             at_most("bridge.max_frame", bridge.max_frame, MAX_FRAME)?;
             at_most("bridge.queue", bridge.queue, MAX_QUEUE)?;
@@ -86,6 +106,7 @@ impl NodeConfig {
                 bridge.heartbeat,
                 Duration::from_secs(60),
             )?;
+            no_shorter("bridge.heartbeat", bridge.heartbeat, MIN_HEARTBEAT)?;
             if bridge.tls.is_none() && !bridge.insecure {
                 let exposed = std::iter::once(&bridge.listen)
                     .chain(&bridge.join)

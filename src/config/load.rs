@@ -83,7 +83,10 @@ impl NodeConfig {
         if !name_ok {
             return err(
                 "node.name",
-                format!("`{name}` is not 1 to 32 characters of a-z, 0-9 and -"),
+                format!(
+                    "`{}` is not 1 to 32 characters of a-z, 0-9 and -",
+                    crate::logging::untrusted(name)
+                ),
             );
         }
         self.check_limits(path)?;
@@ -99,9 +102,6 @@ impl NodeConfig {
             }
         }
         if let Some(bridge) = &self.bridge {
-            if bridge.heartbeat.is_zero() {
-                return err("bridge.heartbeat", "must be longer than 0".into());
-            }
             if bridge.max_frame < 1024 {
                 return err("bridge.max_frame", "must be at least 1024".into());
             }

@@ -205,8 +205,9 @@ impl Node {
                 .and_then(|b| b.peer(&worker.node))
                 .ok_or_else(|| {
                     ServiceError::no_such_service(format!(
-                        "worker {worker} is not running: node {} is not connected",
-                        worker.node
+                        "worker {} is not running: node {} is not connected",
+                        crate::logging::untrusted(&worker.to_string()),
+                        crate::logging::untrusted(&worker.node)
                     ))
                 })?;
             let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;

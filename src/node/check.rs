@@ -10,7 +10,6 @@ use crate::api;
 use crate::app::App;
 use crate::bridge::handshake::Secret;
 use crate::bridge::tls::Tls;
-use crate::config::files::check_private;
 use crate::config::{ConfigError, NodeConfig};
 
 /// Checks `config` (read from `file`) and the configs it spawns; returns those.
@@ -36,12 +35,10 @@ fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
         problem: format!("{}: {problem}", path.display()),
     };
     if let Some(path) = &config.api.token_file {
-        check_private(path).map_err(|p| fail("api.token_file", path, p))?;
         api::read_token(path).map_err(|p| fail("api.token_file", path, p))?;
     }
     if let Some(bridge) = &config.bridge {
         let path = &bridge.secret_file;
-        check_private(path).map_err(|p| fail("bridge.secret_file", path, p))?;
         Secret::read(path).map_err(|p| fail("bridge.secret_file", path, p))?;
         if let Some(tls) = &bridge.tls {
             Tls::load(tls, &config.node.name).map_err(|problem| ConfigError {
