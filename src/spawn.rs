@@ -543,7 +543,9 @@ impl Watcher {
                     _ => notifying = false,
                 },
                 _ = probe.tick(), if !online => {
-                    if (self.probe)(name.clone()).await {
+                    // Online follows listening: the probe counts once the
+                    // child's notice is read (or its notice pipe is closed).
+                    if (listening || !notifying) && (self.probe)(name.clone()).await {
                         online = true;
                         self.went_online(pid, reload);
                     } else if Instant::now() > online_by {
