@@ -6,16 +6,20 @@
 //! Every request passes [`access`] first (Host, Origin, token, content type, body
 //! size); [`limits`] keeps connections within the node's file descriptors. A body
 //! must arrive within `api.read_timeout` and is capped at `api.max_body` bytes
-//! while it is read.
+//! while it is read. Connections are [`paced`]: of a client that pipelines
+//! requests without reading the answers, little is read, and its connection
+//! closes once the node could write nothing to it for `api.read_timeout`.
 
 pub(crate) mod access;
 pub(crate) mod limits;
+mod paced;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _};
 use actix_web::dev::{ServerHandle, Service as _};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -92,43 +96,81 @@ pub(crate) fn serve(
             config.max_connections
         );
     }
-    let server = actix_web::HttpServer::new(move || {
-        let access = access.clone();
-        actix_web::App::new()
-            .app_data(state.clone())
-            .wrap_fn(move |req, srv| match access.check(&req) {
-                Ok(()) => Either::Left(srv.call(req).map(|r| r.map(|r| r.map_into_left_body()))),
-                Err(refusal) => Either::Right(ready(Ok(req
-                    .into_response(refusal.response())
-                    .map_into_right_body()))),
+    let read_timeout = config.read_timeout;
+    // Accepted connections inherit it.
+    socket2::SockRef::from(&listener).set_send_buffer_size(paced::SEND_BUFFER)?;
+    let builder = actix_server::Server::build();
+    let shutdown = builder.graceful_shutdown_signal();
+    let server = builder
+        .workers(WORKERS)
+        // actix counts connections per worker.
+        .max_concurrent_connections((connections / WORKERS).max(1))
+        .disable_signals()
+        .shutdown_timeout(10)
+        .listen("colony-api", listener, move || {
+            let access = access.clone();
+            let app = actix_web::App::new()
+                .app_data(state.clone())
+                .wrap_fn(move |mut req, srv| {
+                    // Until the answer is ready (a refusal's at once).
+                    let in_flight = paced::Pace::of(req.request()).map(|p| p.start(&mut req));
+                    match access.check(&req) {
+                        Ok(()) => Either::Left(srv.call(req).map(move |r| {
+                            drop(in_flight);
+                            r.map(|r| r.map_into_left_body())
+                        })),
+                        Err(refusal) => Either::Right(ready(Ok(req
+                            .into_response(refusal.response())
+                            .map_into_right_body()))),
+                    }
+                })
+                .service(endpoint("/v1/health", web::get().to(health)))
+                .service(endpoint("/v1/status", web::get().to(status)))
+                .service(endpoint(
+                    "/v1/request/{service}/{subject}",
+                    web::post().to(request),
+                ))
+                .service(endpoint("/v1/kill", web::post().to(kill)))
+                .service(endpoint("/v1/reload", web::post().to(reload)))
+                .service(endpoint("/metrics", web::get().to(metrics)))
+                .service(endpoint("/v1/publish/{topic:.*}", web::post().to(publish)))
+                .service(endpoint("/v1/subscribe", web::get().to(subscribe_all)))
+                .service(endpoint(
+                    "/v1/subscribe/{prefix:.*}",
+                    web::get().to(subscribe),
+                ))
+                .service(endpoint("/v1/push/{queue}", web::post().to(push)))
+                .service(endpoint("/v1/queues", web::get().to(queues)))
+                .default_service(web::to(not_found))
+                .into_factory()
+                .map_err(|e| e.error_response());
+            let shutdown = shutdown.clone();
+            let http = actix_http::HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
+                })
+                .client_request_timeout(read_timeout)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                .on_connect_ext(|io: &paced::Paced, data| {
+                    data.insert(io.pace());
+                })
+                .finish(actix_service::map_config(app, move |_| {
+                    actix_web::dev::AppConfig::default()
+                }));
+            actix_service::fn_service(move |io: tokio::net::TcpStream| async move {
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((
+                    paced::Paced::new(io, read_timeout),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
             })
-            .service(endpoint("/v1/health", web::get().to(health)))
-            .service(endpoint("/v1/status", web::get().to(status)))
-            .service(endpoint(
-                "/v1/request/{service}/{subject}",
-                web::post().to(request),
-            ))
-            .service(endpoint("/v1/kill", web::post().to(kill)))
-            .service(endpoint("/v1/reload", web::post().to(reload)))
-            .service(endpoint("/metrics", web::get().to(metrics)))
-            .service(endpoint("/v1/publish/{topic:.*}", web::post().to(publish)))
-            .service(endpoint("/v1/subscribe", web::get().to(subscribe_all)))
-            .service(endpoint(
-                "/v1/subscribe/{prefix:.*}",
-                web::get().to(subscribe),
-            ))
-            .service(endpoint("/v1/push/{queue}", web::post().to(push)))
-            .service(endpoint("/v1/queues", web::get().to(queues)))
-            .default_service(web::to(not_found))
-    })
-    .workers(WORKERS)
-    // actix counts connections per worker.
-    .max_connections((connections / WORKERS).max(1))
-    .client_request_timeout(config.read_timeout)
-    .disable_signals()
-    .shutdown_timeout(10)
-    .listen(listener)?
-    .run();
+            .and_then(http)
+        })?
+        .run();
     let handle = server.handle();
     actix_rt::spawn(server);
     Ok(ApiServer { handle, addr })

@@ -1,8 +1,8 @@
 //! The HTTP API against the clients it must refuse: a web page the user opened
 //! (cross-site simple requests, DNS rebinding), a client without or with the
 //! wrong token, oversized and never-arriving bodies, absurd timeouts, made-up
-//! endpoints and service names, and a flood of connections under a 1,024-fd
-//! limit. Each test asserts the refusal, that memory stays bounded (VmRSS) and
+//! endpoints and service names, a flood of connections under a 1,024-fd limit,
+//! and pipelined requests whose answers are never read. Each test asserts the refusal, that memory stays bounded (VmRSS) and
 //! that the node keeps serving.
 //!
 //! Requests are written by hand on raw TCP, so every header (`Host`, `Origin`,
@@ -22,6 +22,8 @@ use tokio::time::timeout;
 
 #[path = "api_hostile/flood.rs"]
 mod flood;
+#[path = "api_hostile/pipelining.rs"]
+mod pipelining;
 
 /// How long any one exchange may take before the test fails.
 const EXCHANGE: Duration = Duration::from_secs(15);
@@ -541,4 +543,17 @@ async fn health_answers_through_a_flood_under_a_1024_fd_limit() {
 #[ignore = "started by health_answers_through_a_flood_under_a_1024_fd_limit"]
 fn flood_child_node() {
     flood::child_node();
+}
+
+#[actix_rt::test]
+async fn pipelining_without_reading_holds_little_and_is_closed() {
+    pipelining::pipelining_without_reading().await;
+}
+
+/// The node process of the pipelining test; does nothing unless that test
+/// started it.
+#[test]
+#[ignore = "started by pipelining_without_reading_holds_little_and_is_closed"]
+fn pipelining_child_node() {
+    pipelining::child_node();
 }
