@@ -37,7 +37,9 @@ use actix::prelude::*;
 use crate::guard::{Guard, Meta, Rejection};
 use crate::message::{Request, WorkerId};
 use crate::node::Node;
+use crate::router::call_json;
 use crate::service::{Route, ServiceDef};
+use crate::worker::{start_worker, StartWorker};
 
 /// The name of the service that answers [`Node::request_master`]; it runs one worker
 /// on the master node.
@@ -78,10 +80,21 @@ where
     }
 }
 
+/// What starts the workers of one service on a node: the app's factory, bound to
+/// the node that runs them, its actor type erased.
+pub(crate) type WorkerFactory = Arc<dyn Fn(&Node) -> StartWorker + Send + Sync>;
+
+/// One service of an application: its definition and how its workers are built.
+pub(crate) struct AppService {
+    pub(crate) def: ServiceDef,
+    /// Binds the app's factory to the node that runs the service.
+    pub(crate) bind: WorkerFactory,
+}
+
 /// The services of an application. A node runs the ones its config lists.
 #[derive(Default)]
 pub struct App {
-    pub(crate) services: Vec<ServiceDef>,
+    pub(crate) services: Vec<AppService>,
 }
 
 impl App {
@@ -105,17 +118,24 @@ impl App {
         A: Actor<Context = Context<A>>,
     {
         assert!(
-            self.services.iter().all(|s| s.name != name),
+            self.services.iter().all(|s| s.def.name != name),
             "service `{name}` is defined twice"
         );
         let factory = Arc::new(factory);
-        let def = ServiceDef::new::<A>(
-            name.to_string(),
-            Arc::new(move |context| factory.build(context)),
-        );
+        let bind: WorkerFactory = Arc::new(move |node: &Node| {
+            let factory = factory.clone();
+            let node = node.clone();
+            start_worker::<A>(Arc::new(move |id| {
+                factory.build(WorkerContext {
+                    id,
+                    node: node.clone(),
+                })
+            }))
+        });
         ServiceBuilder {
             app: self,
-            def,
+            def: ServiceDef::new(name.to_string()),
+            bind,
             actor: PhantomData,
         }
     }
@@ -131,18 +151,21 @@ impl App {
 
     /// The names of the app's services, in the order they were added.
     pub fn service_names(&self) -> Vec<&str> {
-        self.services.iter().map(|s| s.name.as_str()).collect()
+        self.services.iter().map(|s| s.def.name.as_str()).collect()
     }
 
     pub(crate) fn has_service(&self, name: &str) -> bool {
-        self.services.iter().any(|s| s.name == name)
+        self.services.iter().any(|s| s.def.name == name)
     }
 }
 
 impl fmt::Debug for App {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("App")
-            .field("services", &self.services)
+            .field(
+                "services",
+                &self.services.iter().map(|s| &s.def).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -152,6 +175,7 @@ impl fmt::Debug for App {
 pub struct ServiceBuilder<A> {
     app: App,
     def: ServiceDef,
+    bind: WorkerFactory,
     actor: PhantomData<fn() -> A>,
 }
 
@@ -245,7 +269,7 @@ where
             .def
             .routes
             .entry(M::SUBJECT)
-            .or_insert_with(Route::new::<A, M>);
+            .or_insert_with(|| Route::new::<A, M>(call_json::<M>));
         assert!(
             route.is_type::<M>(),
             "service `{}`: subject `{}` is taken by {}",
@@ -260,7 +284,10 @@ where
 impl<A> From<ServiceBuilder<A>> for App {
     fn from(builder: ServiceBuilder<A>) -> App {
         let mut app = builder.app;
-        app.services.push(builder.def);
+        app.services.push(AppService {
+            def: builder.def,
+            bind: builder.bind,
+        });
         app
     }
 }

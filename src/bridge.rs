@@ -48,11 +48,11 @@ use tokio_util::codec::Framed;
 
 use crate::config::{BridgeSection, Role};
 use crate::error::ServiceError;
+use crate::events::{EventBus, LifecycleEvent};
 use crate::guard::Origin;
 use crate::holder::HOLDER_SERVICE;
 use crate::logging::untrusted;
 use crate::message::WorkerId;
-use crate::messages::{EventBus, LifecycleEvent};
 use crate::pubsub::{Announce, PubSub};
 use crate::router::Router;
 use crate::status::NodeStatus;

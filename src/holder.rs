@@ -16,9 +16,9 @@ use serde_json::value::RawValue;
 use crate::config::QueueConfig;
 use crate::confirm::Confirmations;
 use crate::error::ServiceError;
+use crate::events::EventBus;
 use crate::jobs::{Answer, JobQueues};
 use crate::locks::{Claim, Locks};
-use crate::messages::EventBus;
 
 /// The reserved service name that carries [`Op`]s to the holder.
 pub(crate) const HOLDER_SERVICE: &str = "@cluster";

@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 use crate::config::QueueConfig;
 use crate::error::{ErrorKind, ServiceError};
-use crate::messages::{EventBus, LifecycleEvent};
+use crate::events::{EventBus, LifecycleEvent};
 use queue::{Buried, Job, Queue, Taker};
 
 /// A job handed to a worker.

@@ -11,7 +11,7 @@
 //! - `node` bootstraps a config's services and is the handle for every call
 //!   ([`Node::request`], [`Node::tell`], [`Node::broadcast`], …); [`node::run`] is
 //!   the long-running entry point.
-//! - `master` is the root actor of a node; it starts one `supervisor` actor per
+//! - `root` is the root actor of a node; it starts one `supervisor` actor per
 //!   service, which starts and restarts that service's workers.
 //! - `remote` decides, by the service's routing, whether a call stays on this node
 //!   or crosses to another that runs the service.
@@ -23,7 +23,7 @@
 //! - [`pubsub`] is publish/subscribe across the cluster (prefix filtering at the
 //!   publisher, clustr-node's channels); [`jobs`] (job queues), `locks` and `confirm`
 //!   are kept by the master in `holder`, which other nodes reach over the bridge.
-//! - [`messages`] holds the lifecycle events every actor can subscribe to.
+//! - [`events`] holds the lifecycle events every actor can subscribe to.
 //! - [`error`] is the error every failed call returns, with its kinds.
 //! - `spawn` starts the node processes of a config's `spawn:` list and keeps them
 //!   running (pm2's backoff and crash-loop guard, rolling reloads).
@@ -44,18 +44,18 @@ mod confirm;
 mod deadline;
 mod dealer;
 pub mod error;
+pub mod events;
 pub mod guard;
 mod holder;
 pub mod jobs;
 mod locks;
 pub mod logging;
-mod master;
 pub mod message;
-pub mod messages;
 mod metrics;
 pub mod node;
 pub mod pubsub;
 mod remote;
+mod root;
 mod router;
 mod service;
 mod spawn;
@@ -66,10 +66,11 @@ mod worker;
 pub use app::{App, ServiceBuilder, ServiceFactory, WorkerContext, MASTER_SERVICE};
 pub use config::{ConfigError, NodeConfig};
 pub use error::{ErrorKind, ServiceError};
+pub use events::{ExitReason, LifecycleEvent};
 pub use guard::{Guard, Meta, Origin, Rejection};
 pub use jobs::{DeadLetter, QueueStatus};
+pub use logging::current_worker;
 pub use message::{Outcome, ReplyOf, Request, WorkerId};
-pub use messages::LifecycleEvent;
 pub use node::{LockGuard, LockOptions, Node, StartError};
 pub use pubsub::{channel, PublishMeta, Published, Subscription};
-pub use worker::{current_worker, ExitReason, WorkerState};
+pub use worker::WorkerState;

@@ -1,8 +1,11 @@
 //! Log lines through `env_logger`, `RUST_LOG` respected (default `info`), each line
 //! naming the node and, inside a worker's code, the worker.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use crate::message::WorkerId;
 
 static NODE: OnceLock<String> = OnceLock::new();
 
@@ -12,7 +15,7 @@ pub fn init(node: &str) {
     let _already_installed =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
             .format(move |buf, record| {
-                let worker = crate::worker::current_worker();
+                let worker = current_worker();
                 let who = match &worker {
                     Some(id) => id.to_string(),
                     None => node.clone(),
@@ -27,6 +30,37 @@ pub fn init(node: &str) {
                 )
             })
             .try_init();
+}
+
+thread_local! {
+    static CURRENT_WORKER: RefCell<Option<Arc<WorkerId>>> = const { RefCell::new(None) };
+}
+
+/// The worker whose code runs on this thread right now, if any (used by the log format).
+pub fn current_worker() -> Option<Arc<WorkerId>> {
+    CURRENT_WORKER.with(|w| w.borrow().clone())
+}
+
+/// Restores the previous current worker when dropped, also while unwinding.
+struct CurrentWorkerGuard(Option<Arc<WorkerId>>);
+
+impl CurrentWorkerGuard {
+    fn enter(id: &Arc<WorkerId>) -> Self {
+        CurrentWorkerGuard(CURRENT_WORKER.with(|w| w.replace(Some(id.clone()))))
+    }
+}
+
+impl Drop for CurrentWorkerGuard {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CURRENT_WORKER.with(|w| *w.borrow_mut() = previous);
+    }
+}
+
+/// Runs `f` with `id` as the current worker of this thread.
+pub(crate) fn with_current_worker<R>(id: &Arc<WorkerId>, f: impl FnOnce() -> R) -> R {
+    let _guard = CurrentWorkerGuard::enter(id);
+    f()
 }
 
 /// The most characters of outside text one log line carries (see [`untrusted`]).

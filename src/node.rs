@@ -1,4 +1,4 @@
-//! The node: bootstraps a config's services on arbiter threads under the master,
+//! The node: bootstraps a config's services on arbiter threads under its root actor,
 //! serves the HTTP API, and is the handle through which actors and tasks make calls.
 //!
 //! [`Node::start`] and [`run`] must be called inside an actix `System`.
@@ -14,20 +14,21 @@ use actix_rt::Arbiter;
 use parking_lot::Mutex;
 
 use crate::api;
-use crate::app::{App, MASTER_SERVICE};
+use crate::app::{App, AppService, MASTER_SERVICE};
 use crate::bridge::wire::{Member, Offer};
 use crate::bridge::{Bridge, BridgeError, LocalNode};
 use crate::config::{ConfigError, NodeConfig, Role, ServiceConfig};
 use crate::dealer::{Availability, Dealer};
 use crate::error::ServiceError;
+use crate::events::{EventBus, LifecycleEvent};
 use crate::holder::Holder;
-use crate::master::{Master, Shutdown, StopActor, Subscribe};
 use crate::message::WorkerId;
-use crate::messages::{EventBus, LifecycleEvent};
 use crate::pubsub::PubSub;
 use crate::remote::{self, Target};
-use crate::router::{LocalService, Router};
-use crate::spawn::{self, Spawner};
+use crate::root::{Root, Shutdown, StopActor, Subscribe};
+use crate::router::Router;
+use crate::service::LocalService;
+use crate::spawn::{self, NodeSpawner};
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
 use crate::supervisor::Supervisor;
 use crate::worker::{WorkerSlot, WorkerState};
@@ -78,7 +79,7 @@ struct Inner {
     role: Role,
     started: Instant,
     router: Router,
-    master: Mutex<Option<Addr<Master>>>,
+    root: Mutex<Option<Addr<Root>>>,
     arbiters: Mutex<Vec<Arbiter>>,
     api: Mutex<Option<api::ApiServer>>,
     api_addr: Option<SocketAddr>,
@@ -92,7 +93,7 @@ struct Inner {
     /// Numbers this node's lock claims.
     next_claim: std::sync::atomic::AtomicU64,
     /// The child node processes this node spawned.
-    spawner: std::sync::OnceLock<Spawner>,
+    spawner: std::sync::OnceLock<NodeSpawner>,
     /// How often this node's parent restarted it.
     restarts: u64,
     /// Calls from this node that failed on the way to another node.
@@ -162,7 +163,7 @@ impl Node {
                 role,
                 started: Instant::now(),
                 router: router.clone(),
-                master: Mutex::new(None),
+                root: Mutex::new(None),
                 arbiters: Mutex::new(arbiters),
                 api: Mutex::new(None),
                 api_addr,
@@ -181,7 +182,7 @@ impl Node {
         let mut supervisors = Vec::new();
         let mut consumers = Vec::new();
         let mut spread = 0;
-        for def in app.services {
+        for AppService { def, bind } in app.services {
             let service_config = if def.name == MASTER_SERVICE {
                 if role != Role::Master {
                     continue;
@@ -216,8 +217,13 @@ impl Node {
             let mut arbiters = handles.clone();
             arbiters.rotate_left(spread % handles.len());
             spread += workers;
-            let supervisor =
-                Supervisor::new(service.clone(), node.clone(), arbiters, events.clone());
+            let supervisor = Supervisor::new(
+                service.clone(),
+                bind(&node),
+                &name,
+                arbiters,
+                events.clone(),
+            );
             supervisors.push((service.name.clone(), supervisor));
         }
         let offers: Vec<Offer> = router
@@ -259,8 +265,8 @@ impl Node {
             };
             let _ = node.inner.bridge.set(bridge);
         }
-        let master = Master::new(&name, events.clone(), supervisors).start();
-        *node.inner.master.lock() = Some(master);
+        let root = Root::new(&name, events.clone(), supervisors).start();
+        *node.inner.root.lock() = Some(root);
         for (service, spread) in consumers {
             consumer::start(&node, &service, &handles, spread);
         }
@@ -287,7 +293,7 @@ impl Node {
                     }
                 })
             });
-            let spawner = Spawner::start(&config, spawned, events, probe, node.bridge_addr());
+            let spawner = NodeSpawner::start(&config, spawned, events, probe, node.bridge_addr());
             let _ = node.inner.spawner.set(spawner);
         }
         Ok(node)
@@ -329,7 +335,7 @@ impl Node {
         &self,
         subscriber: Recipient<LifecycleEvent>,
     ) -> Result<(), ServiceError> {
-        self.master()?
+        self.root()?
             .send(Subscribe(subscriber))
             .await
             .map_err(|_| node_stopped(self.name()))
@@ -481,11 +487,11 @@ impl Node {
             // Graceful: in-flight HTTP requests complete before the server stops.
             api.handle.stop(true).await;
         }
-        let master = self.inner.master.lock().take();
-        if let Some(master) = master {
-            // A master already gone has nothing left to drain.
-            let _ = master.send(Shutdown { deadline }).await;
-            master.do_send(StopActor);
+        let root = self.inner.root.lock().take();
+        if let Some(root) = root {
+            // A root already gone has nothing left to drain.
+            let _ = root.send(Shutdown { deadline }).await;
+            root.do_send(StopActor);
         }
         // Whatever still waits past the drain gets an answer, not a hang.
         for service in self.inner.router.services() {
@@ -514,9 +520,9 @@ impl Node {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn master(&self) -> Result<Addr<Master>, ServiceError> {
+    fn root(&self) -> Result<Addr<Root>, ServiceError> {
         self.inner
-            .master
+            .root
             .lock()
             .clone()
             .ok_or_else(|| node_stopped(self.name()))

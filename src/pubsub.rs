@@ -83,7 +83,7 @@ impl PublishMeta {
     /// The meta of a message published on `node` by the code running now: a
     /// worker's handler, or any other task.
     pub(crate) fn here(node: &str) -> PublishMeta {
-        let worker = crate::worker::current_worker();
+        let worker = crate::logging::current_worker();
         PublishMeta {
             node: node.to_string(),
             service: worker.as_ref().map(|w| w.service.clone()),

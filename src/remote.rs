@@ -15,7 +15,8 @@ use crate::bridge::Bridge;
 use crate::config::Routing;
 use crate::error::ServiceError;
 use crate::message::{ReplyOf, Request, WorkerId};
-use crate::router::{LocalService, Router};
+use crate::router::Router;
+use crate::service::LocalService;
 
 /// Where a request goes.
 pub(crate) enum Target {

@@ -13,19 +13,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 
-use crate::config::ServiceConfig;
-use crate::dealer::{Acquired, Dealer};
+use crate::dealer::Acquired;
 use crate::error::ServiceError;
+use crate::events::ExitReason;
 use crate::guard::{Meta, Origin};
 use crate::message::{Outcome, ReplyOf, Request, WorkerId};
-use crate::service::{SendFn, ServiceDef};
-use crate::worker::{ExitReason, Incarnation, WorkerSlot};
+use crate::service::{JsonFn, LocalService, SendFn};
+use crate::worker::Incarnation;
 
 /// Resolves service names to the services running on this node.
 #[derive(Debug, Clone)]
@@ -120,16 +120,41 @@ impl Router {
     }
 }
 
-/// A service running on this node: its definition, config, dealer and worker slots.
-#[derive(Debug)]
-pub(crate) struct LocalService {
-    pub(crate) name: String,
-    pub(crate) def: Arc<ServiceDef>,
-    pub(crate) config: ServiceConfig,
-    pub(crate) dealer: Dealer,
-    pub(crate) slots: Vec<Arc<WorkerSlot>>,
-    /// Requests served, errors by kind and latency, for `GET /metrics`.
-    pub(crate) metrics: crate::metrics::ServiceMetrics,
+/// The JSON entry of `M`'s route: decodes the request, carries it down the typed
+/// path and encodes the reply.
+pub(crate) fn call_json<M: Request>(
+    service: Arc<LocalService>,
+    body: Vec<u8>,
+    timeout: Option<Duration>,
+    origin: Origin,
+    worker: Option<Arc<Incarnation>>,
+) -> BoxFuture<'static, Result<Value, ServiceError>> {
+    Box::pin(async move {
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &body
+        };
+        let msg: M = serde_json::from_slice(body).map_err(|e| {
+            ServiceError::bad_request(format!(
+                "{}/{}: payload does not fit {}: {e}",
+                service.name,
+                M::SUBJECT,
+                short_type_name::<M>()
+            ))
+        })?;
+        let reply = match worker {
+            Some(worker) => service.request_worker(worker, msg, timeout, origin).await?,
+            None => service.request(msg, timeout, origin).await?,
+        };
+        serde_json::to_value(reply)
+            .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
+    })
+}
+
+fn short_type_name<M>() -> &'static str {
+    let full = std::any::type_name::<M>();
+    full.rsplit("::").next().unwrap_or(full)
 }
 
 impl LocalService {
@@ -233,7 +258,7 @@ impl LocalService {
     }
 
     /// Looks up the JSON entry of `subject`.
-    pub(crate) fn route_json(&self, subject: &str) -> Result<crate::service::JsonFn, ServiceError> {
+    pub(crate) fn route_json(&self, subject: &str) -> Result<JsonFn, ServiceError> {
         match self.def.routes.get(subject) {
             Some(route) => Ok(route.json),
             None => {

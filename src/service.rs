@@ -1,5 +1,6 @@
-//! A service's definition with its actor type erased: how to start a worker, and one
-//! [`Route`] per subject. Routes keep the typed pieces (the send function and the
+//! A service's definition with its actor type erased: one [`Route`] per subject,
+//! and [`LocalService`], the service as it runs on this node (the router carries
+//! requests through it). Routes keep the typed pieces (the send function and the
 //! guard chain of message type `M`) behind `Any`, and get them back by `TypeId`
 //! when a typed call arrives, so in-process calls never serialize.
 
@@ -14,11 +15,13 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::config::ServiceConfig;
+use crate::dealer::Dealer;
 use crate::error::ServiceError;
 use crate::guard::{GuardChain, Meta, Origin, Rejection};
 use crate::message::Request;
-use crate::router::LocalService;
-use crate::worker::{self, Factory, Incarnation, KillSwitch, Mailbox, SpawnArgs};
+use crate::metrics::ServiceMetrics;
+use crate::worker::{self, Incarnation, Mailbox, WorkerSlot};
 
 /// Hands `msg` to a worker's mailbox, or gives it back if the mailbox is closed.
 pub(crate) type SendFn<M> = fn(&Mailbox, M) -> Result<oneshot::Receiver<<M as Message>::Result>, M>;
@@ -35,9 +38,6 @@ pub(crate) type JsonFn = fn(
 /// A service-wide guard: sees every request's [`Meta`], whatever its subject.
 pub(crate) type ServiceGuard = Arc<dyn Fn(&Meta<'_>) -> Result<(), Rejection> + Send + Sync>;
 
-/// Starts one worker incarnation of the service.
-pub(crate) type Spawner = Arc<dyn Fn(SpawnArgs) -> (Arc<Incarnation>, KillSwitch) + Send + Sync>;
-
 /// One subject of a service.
 pub(crate) struct Route {
     pub(crate) subject: &'static str,
@@ -49,8 +49,9 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    /// The route of message type `M`, handled by actor `A`.
-    pub(crate) fn new<A, M>() -> Self
+    /// The route of message type `M`, handled by actor `A`, whose JSON requests
+    /// `json` serves.
+    pub(crate) fn new<A, M>(json: JsonFn) -> Self
     where
         A: Actor<Context = Context<A>> + Handler<M>,
         M: Request,
@@ -61,7 +62,7 @@ impl Route {
             type_name: std::any::type_name::<M>(),
             send: Box::new(send_to::<A, M> as SendFn<M>),
             guards: Box::new(GuardChain::<M>::new()),
-            json: call_json::<M>,
+            json,
         }
     }
 
@@ -110,45 +111,9 @@ where
     }
 }
 
-fn call_json<M: Request>(
-    service: Arc<LocalService>,
-    body: Vec<u8>,
-    timeout: Option<Duration>,
-    origin: Origin,
-    worker: Option<Arc<Incarnation>>,
-) -> BoxFuture<'static, Result<Value, ServiceError>> {
-    Box::pin(async move {
-        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &body
-        };
-        let msg: M = serde_json::from_slice(body).map_err(|e| {
-            ServiceError::bad_request(format!(
-                "{}/{}: payload does not fit {}: {e}",
-                service.name,
-                M::SUBJECT,
-                short_type_name::<M>()
-            ))
-        })?;
-        let reply = match worker {
-            Some(worker) => service.request_worker(worker, msg, timeout, origin).await?,
-            None => service.request(msg, timeout, origin).await?,
-        };
-        serde_json::to_value(reply)
-            .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
-    })
-}
-
-fn short_type_name<M>() -> &'static str {
-    let full = std::any::type_name::<M>();
-    full.rsplit("::").next().unwrap_or(full)
-}
-
-/// A service as the app defines it: name, worker spawner, routes and guards.
+/// A service as the app defines it: name, routes and guards.
 pub(crate) struct ServiceDef {
     pub(crate) name: String,
-    pub(crate) spawner: Spawner,
     pub(crate) routes: HashMap<&'static str, Route>,
     pub(crate) guards: Vec<ServiceGuard>,
     /// The job queues its workers take from, with the subject each job is.
@@ -156,13 +121,9 @@ pub(crate) struct ServiceDef {
 }
 
 impl ServiceDef {
-    pub(crate) fn new<A>(name: String, factory: Factory<A>) -> Self
-    where
-        A: Actor<Context = Context<A>>,
-    {
+    pub(crate) fn new(name: String) -> Self {
         ServiceDef {
             name,
-            spawner: Arc::new(move |args| worker::spawn(factory.clone(), args)),
             routes: HashMap::new(),
             guards: Vec::new(),
             consumes: Vec::new(),
@@ -179,4 +140,16 @@ impl fmt::Debug for ServiceDef {
             .field("subjects", &subjects)
             .finish()
     }
+}
+
+/// A service running on this node: its definition, config, dealer and worker slots.
+#[derive(Debug)]
+pub(crate) struct LocalService {
+    pub(crate) name: String,
+    pub(crate) def: Arc<ServiceDef>,
+    pub(crate) config: ServiceConfig,
+    pub(crate) dealer: Dealer,
+    pub(crate) slots: Vec<Arc<WorkerSlot>>,
+    /// Requests served, errors by kind and latency, for `GET /metrics`.
+    pub(crate) metrics: ServiceMetrics,
 }

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::config::{NodeConfig, SpawnConfig};
 use crate::error::ServiceError;
-use crate::messages::{EventBus, LifecycleEvent};
+use crate::events::{EventBus, LifecycleEvent};
 use crate::status::NodeStatus;
 
 /// The environment variable that names the child's notify pipe.
@@ -68,7 +68,7 @@ const PROBE_SLOW: Duration = Duration::from_secs(1);
 pub(crate) type Probe = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// The children of one node.
-pub(crate) struct Spawner {
+pub(crate) struct NodeSpawner {
     children: Vec<Arc<Child>>,
     stopping: Arc<AtomicBool>,
     reloading: tokio::sync::Mutex<()>,
@@ -157,7 +157,7 @@ struct Listening {
     bridge: Option<std::net::SocketAddr>,
 }
 
-impl Spawner {
+impl NodeSpawner {
     /// Starts every child of `config` (whose configs are `spawned`, in order).
     /// Call inside the actix system whose main thread lives as long as the node:
     /// the children's parent-death signal is tied to it.
@@ -167,7 +167,7 @@ impl Spawner {
         events: EventBus,
         probe: Probe,
         bridge: Option<std::net::SocketAddr>,
-    ) -> Spawner {
+    ) -> NodeSpawner {
         let stopping = Arc::new(AtomicBool::new(false));
         let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony"));
         let children = config
@@ -204,7 +204,7 @@ impl Spawner {
                 child
             })
             .collect();
-        Spawner {
+        NodeSpawner {
             children,
             stopping,
             reloading: tokio::sync::Mutex::new(()),

@@ -2,7 +2,7 @@
 //! service's policy, strategy, intensity and backoff.
 //!
 //! ```text
-//!                     Master  (one per node; starts supervisors, owns the event bus)
+//!                      Root   (one per node; starts supervisors, owns the event bus)
 //!                        |
 //!          +-------------+--------------+
 //!          |                            |
@@ -23,8 +23,8 @@
 //! every worker of the service, `rest_for_one`: itself and the workers started after
 //! it); the restart waits an exponential backoff (`backoff.min` doubling up to
 //! `backoff.max`). More than `max_restarts` failures within `within` fail the
-//! service: its workers stop, every request gets `ServiceFailed`, and the master
-//! and the logs say so. What dies with a worker: the requests in its mailbox and
+//! service: its workers stop, every request gets `ServiceFailed`, and a
+//! `service_failed` lifecycle event and the logs say so. What dies with a worker: the requests in its mailbox and
 //! in its actor futures (`ResponseActFuture`); their callers get `HandlerPanicked`.
 //! Requests waiting at the dealer stay in line for the restarted worker or a
 //! sibling. A handler's detached future (`ResponseFuture`) is a task of its own
@@ -40,14 +40,14 @@ use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use futures::future::join_all;
 
-use crate::app::WorkerContext;
 use crate::config::{Policy, Strategy};
 use crate::dealer::Availability;
 use crate::error::ServiceError;
-use crate::messages::{EventBus, LifecycleEvent};
-use crate::node::Node;
-use crate::router::LocalService;
-use crate::worker::{ExitReason, Incarnation, KillSwitch, SpawnArgs, WorkerState};
+use crate::events::{EventBus, LifecycleEvent};
+use crate::service::LocalService;
+use crate::worker::{
+    Incarnation, KillSwitch, SpawnArgs, StartWorker, WorkerExited, WorkerOnline, WorkerState,
+};
 
 /// How long a draining supervisor waits for stopped workers to end.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -55,7 +55,10 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Supervises the workers of one service on this node.
 pub(crate) struct Supervisor {
     service: Arc<LocalService>,
-    node: Node,
+    /// Starts an incarnation of one of the service's workers.
+    start: StartWorker,
+    /// The name of this node.
+    node: String,
     arbiters: Vec<ArbiterHandle>,
     events: EventBus,
     children: Vec<Child>,
@@ -78,14 +81,16 @@ struct Child {
 impl Supervisor {
     pub(crate) fn new(
         service: Arc<LocalService>,
-        node: Node,
+        start: StartWorker,
+        node: &str,
         arbiters: Vec<ArbiterHandle>,
         events: EventBus,
     ) -> Self {
         let children = service.slots.iter().map(|_| Child::default()).collect();
         Supervisor {
             service,
-            node,
+            start,
+            node: node.to_string(),
             arbiters,
             events,
             children,
@@ -109,15 +114,12 @@ impl Supervisor {
         });
         let args = SpawnArgs {
             arbiter: self.arbiters[index % self.arbiters.len()].clone(),
-            context: WorkerContext {
-                id: slot.id.clone(),
-                node: self.node.clone(),
-            },
             slot,
             generation: child.generation,
-            supervisor: ctx.address(),
+            online: ctx.address().recipient(),
+            exited: ctx.address().recipient(),
         };
-        let (incarnation, kill) = (self.service.def.spawner)(args);
+        let (incarnation, kill) = (self.start)(args);
         child.running = Some((incarnation, kill));
     }
 
@@ -193,7 +195,7 @@ impl Supervisor {
             .dealer
             .shut(Availability::Failed(reason.clone()), error);
         self.events.publish(LifecycleEvent::ServiceFailed {
-            node: self.node.name().to_string(),
+            node: self.node.clone(),
             service: self.service.name.clone(),
             reason,
         });
@@ -216,14 +218,6 @@ impl Actor for Supervisor {
     }
 }
 
-/// A worker's actor is built and runs on its arbiter.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct WorkerOnline {
-    pub(crate) index: usize,
-    pub(crate) generation: u64,
-}
-
 impl Handler<WorkerOnline> for Supervisor {
     type Result = ();
 
@@ -244,15 +238,6 @@ impl Handler<WorkerOnline> for Supervisor {
             worker: slot.id.clone(),
         });
     }
-}
-
-/// A worker's actor ended, however it ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct WorkerExited {
-    pub(crate) index: usize,
-    pub(crate) generation: u64,
-    pub(crate) reason: ExitReason,
 }
 
 impl Handler<WorkerExited> for Supervisor {

@@ -13,7 +13,6 @@
 //! can never be mistaken for the current one.
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -30,38 +29,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use crate::app::WorkerContext;
+use crate::events::ExitReason;
+use crate::logging::with_current_worker;
 use crate::message::WorkerId;
-use crate::supervisor::{Supervisor, WorkerExited, WorkerOnline};
-
-/// Why a worker's actor ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "reason", content = "message", rename_all = "snake_case")]
-pub enum ExitReason {
-    /// The actor stopped itself (or was stopped by a graceful shutdown).
-    Stopped,
-    /// A handler (or the factory) panicked; the panic's message.
-    Panicked(String),
-    /// The worker was killed: by `colony kill`, or by its supervisor's strategy.
-    Killed,
-}
-
-impl ExitReason {
-    /// Whether the exit was a failure, which restarts a `transient` worker.
-    pub fn is_abnormal(&self) -> bool {
-        !matches!(self, ExitReason::Stopped)
-    }
-}
-
-impl std::fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitReason::Stopped => f.write_str("stopped"),
-            ExitReason::Panicked(msg) => write!(f, "panicked: {msg}"),
-            ExitReason::Killed => f.write_str("killed"),
-        }
-    }
-}
 
 /// The state of a worker as shown in status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -161,22 +131,52 @@ impl KillSwitch {
     }
 }
 
-/// Builds a worker of actor type `A` for a service definition.
-pub(crate) type Factory<A> = Arc<dyn Fn(WorkerContext) -> A + Send + Sync>;
-
-/// Everything needed to start one incarnation.
-pub(crate) struct SpawnArgs {
-    pub(crate) arbiter: ArbiterHandle,
-    pub(crate) context: WorkerContext,
-    pub(crate) slot: Arc<WorkerSlot>,
+/// A worker's actor is built and runs on its arbiter.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerOnline {
+    pub(crate) index: usize,
     pub(crate) generation: u64,
-    pub(crate) supervisor: Addr<Supervisor>,
 }
 
-/// Starts one incarnation of an `A` worker on `args.arbiter`. The supervisor hears
-/// `WorkerOnline` once the actor is built and `WorkerExited` when it ends, however
-/// it ends; if the arbiter is gone, the exit comes at once.
-pub(crate) fn spawn<A>(factory: Factory<A>, args: SpawnArgs) -> (Arc<Incarnation>, KillSwitch)
+/// A worker's actor ended, however it ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerExited {
+    pub(crate) index: usize,
+    pub(crate) generation: u64,
+    pub(crate) reason: ExitReason,
+}
+
+/// Builds the actor of type `A` for the worker with the given id. The app's factory
+/// is made into one for each node, with whatever else it is given bound in.
+pub(crate) type Factory<A> = Arc<dyn Fn(WorkerId) -> A + Send + Sync>;
+
+/// Starts one incarnation of a service's worker, its actor type erased.
+pub(crate) type StartWorker =
+    Arc<dyn Fn(SpawnArgs) -> (Arc<Incarnation>, KillSwitch) + Send + Sync>;
+
+/// What starts incarnations of `A` workers built by `factory`.
+pub(crate) fn start_worker<A>(factory: Factory<A>) -> StartWorker
+where
+    A: Actor<Context = Context<A>>,
+{
+    Arc::new(move |args| spawn(factory.clone(), args))
+}
+
+/// Everything needed to start one incarnation, and who hears how it goes.
+pub(crate) struct SpawnArgs {
+    pub(crate) arbiter: ArbiterHandle,
+    pub(crate) slot: Arc<WorkerSlot>,
+    pub(crate) generation: u64,
+    pub(crate) online: Recipient<WorkerOnline>,
+    pub(crate) exited: Recipient<WorkerExited>,
+}
+
+/// Starts one incarnation of an `A` worker on `args.arbiter`. `args.online` hears
+/// once the actor is built and `args.exited` when it ends, however it ends; if the
+/// arbiter is gone, the exit comes at once.
+fn spawn<A>(factory: Factory<A>, args: SpawnArgs) -> (Arc<Incarnation>, KillSwitch)
 where
     A: Actor<Context = Context<A>>,
 {
@@ -193,20 +193,20 @@ where
     });
     let index = args.slot.id.index;
     let generation = args.generation;
-    let supervisor = args.supervisor.clone();
+    let online = args.online;
+    let exited = args.exited.clone();
     let inc = incarnation.clone();
-    let context = args.context;
     let spawned = args.arbiter.spawn_fn(move || {
         let id = Arc::new(inc.slot.id.clone());
         let built = with_current_worker(&id, || {
-            std::panic::catch_unwind(AssertUnwindSafe(|| factory(context)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| factory(inc.slot.id.clone())))
         });
         let actor = match built {
             Ok(actor) => actor,
             Err(payload) => {
                 let reason = ExitReason::Panicked(panic_message(payload.as_ref()));
                 inc.record_exit(reason.clone());
-                supervisor.do_send(WorkerExited {
+                exited.do_send(WorkerExited {
                     index,
                     generation,
                     reason,
@@ -218,7 +218,7 @@ where
             id,
             inner: Context::with_receiver(rx).into_future(actor),
         };
-        supervisor.do_send(WorkerOnline { index, generation });
+        online.do_send(WorkerOnline { index, generation });
         actix_rt::spawn(async move {
             let mut run = AssertUnwindSafe(run).catch_unwind();
             let mut kill_rx = kill_rx;
@@ -233,7 +233,7 @@ where
             // finds the reason already there.
             inc.record_exit(reason.clone());
             drop(run);
-            supervisor.do_send(WorkerExited {
+            exited.do_send(WorkerExited {
                 index,
                 generation,
                 reason,
@@ -243,7 +243,7 @@ where
     if !spawned {
         let reason = ExitReason::Panicked("its arbiter thread is gone".into());
         incarnation.alive.store(false, Ordering::Release);
-        args.supervisor.do_send(WorkerExited {
+        args.exited.do_send(WorkerExited {
             index,
             generation,
             reason: reason.clone(),
@@ -264,36 +264,6 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-thread_local! {
-    static CURRENT_WORKER: RefCell<Option<Arc<WorkerId>>> = const { RefCell::new(None) };
-}
-
-/// The worker whose code runs on this thread right now, if any (used by the log format).
-pub fn current_worker() -> Option<Arc<WorkerId>> {
-    CURRENT_WORKER.with(|w| w.borrow().clone())
-}
-
-/// Restores the previous current worker when dropped, also while unwinding.
-struct CurrentWorkerGuard(Option<Arc<WorkerId>>);
-
-impl CurrentWorkerGuard {
-    fn enter(id: &Arc<WorkerId>) -> Self {
-        CurrentWorkerGuard(CURRENT_WORKER.with(|w| w.replace(Some(id.clone()))))
-    }
-}
-
-impl Drop for CurrentWorkerGuard {
-    fn drop(&mut self) {
-        let previous = self.0.take();
-        CURRENT_WORKER.with(|w| *w.borrow_mut() = previous);
-    }
-}
-
-fn with_current_worker<R>(id: &Arc<WorkerId>, f: impl FnOnce() -> R) -> R {
-    let _guard = CurrentWorkerGuard::enter(id);
-    f()
-}
-
 /// Marks the thread as running worker `id` while the inner future is polled.
 struct Tagged<F> {
     id: Arc<WorkerId>,
@@ -305,8 +275,7 @@ impl<F: Future + Unpin> Future for Tagged<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        let _guard = CurrentWorkerGuard::enter(&this.id);
-        Pin::new(&mut this.inner).poll(cx)
+        with_current_worker(&this.id, || Pin::new(&mut this.inner).poll(cx))
     }
 }
 

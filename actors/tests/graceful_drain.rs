@@ -93,7 +93,7 @@ fn sigterm_to_a_spawned_node_drains_its_request_and_the_master_restarts_it() {
         &node,
         "the master logs the exit",
         Duration::from_secs(10),
-        || line_of(&node, "[master] colony::messages:", &exit).is_some(),
+        || line_of(&node, "[master] colony::events:", &exit).is_some(),
     );
     let mut status = serde_json::Value::Null;
     wait_until(
@@ -119,13 +119,13 @@ fn sigterm_to_a_spawned_node_drains_its_request_and_the_master_restarts_it() {
         "node worker-a is leaving; no new requests go to it",
     );
     let stopped = at("[worker-a] colony::node:", stop);
-    let exited = at("[master] colony::messages:", &exit);
+    let exited = at("[master] colony::events:", &exit);
     let fork = at(
-        "[master] colony::messages:",
+        "[master] colony::events:",
         &format!("node worker-a: fork (pid {new})"),
     );
     let online = at(
-        "[master] colony::messages:",
+        "[master] colony::events:",
         &format!("node worker-a: online (pid {new})"),
     );
     assert!(
@@ -170,7 +170,7 @@ fn sigterm_to_the_master_drains_a_request_its_child_holds_and_stops_both() {
     );
     let exit = format!("node worker-a: exit (pid {child}, code 0)");
     assert!(
-        line_of(&node, "[master] colony::messages:", &exit).is_some(),
+        line_of(&node, "[master] colony::events:", &exit).is_some(),
         "no `{exit}` (without a restart) from the master; stderr:\n{}",
         node.log()
     );

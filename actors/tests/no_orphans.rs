@@ -55,7 +55,7 @@ fn sigterm_to_the_master_stops_its_children_first() {
     for (name, pid) in ["worker-a", "worker-b"].into_iter().zip(pids) {
         let exit = format!("node {name}: exit (pid {pid}, code 0)");
         assert!(
-            line_of(&node, "[master] colony::messages:", &exit).is_some(),
+            line_of(&node, "[master] colony::events:", &exit).is_some(),
             "no `{exit}` (without a restart) from the master; stderr:\n{}",
             node.log()
         );

@@ -13,7 +13,7 @@ use common::*;
 
 const CHILD_SERVICES: &str = "{ math: { workers: 1 }, chaos: { workers: 1 } }";
 /// The tag of the master's spawner lines.
-const MESSAGES: &str = "[master] colony::messages:";
+const MESSAGES: &str = "[master] colony::events:";
 
 /// A master (one math worker, round robin) spawning worker-a and worker-b, each
 /// with a math and a chaos worker; returns once all three nodes run.

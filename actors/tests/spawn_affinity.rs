@@ -78,7 +78,7 @@ fn spawned_children_are_forked_listening_online_and_pinned() {
     for name in CHILDREN {
         master.wait_logged(&format!("the master's `node {name}: online` line"), |l| {
             l.contains(&format!(
-                "[master] colony::messages: node {name}: online (pid "
+                "[master] colony::events: node {name}: online (pid "
             ))
         });
     }

@@ -8,7 +8,7 @@
 //! - `colony kill NODE --code 7` makes the child exit with code 7, and it is
 //!   restarted.
 //!
-//! Every check reads the master's `[master] colony::messages` lines and its
+//! Every check reads the master's `[master] colony::events` lines and its
 //! `status --json`; the other child is never touched.
 
 mod common;

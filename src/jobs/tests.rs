@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::{Answer, JobQueues};
 use crate::config::QueueConfig;
 use crate::error::{ErrorKind, ServiceError};
-use crate::messages::EventBus;
+use crate::events::EventBus;
 
 const NOW: Duration = Duration::from_millis(1);
 

@@ -10,9 +10,9 @@ use crate::bridge::Bridge;
 use crate::deadline;
 use crate::error::{ErrorKind, ServiceError};
 use crate::guard::Origin;
-use crate::master::Kill;
 use crate::message::{ReplyOf, Request, WorkerId};
 use crate::remote::{self, Target};
+use crate::root::Kill;
 
 impl Node {
     /// Request `msg` from a worker of `service`, on this node or another by the
@@ -213,7 +213,7 @@ impl Node {
             let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
             return peer.kill(&worker.to_string(), deadline).await;
         }
-        self.master()?
+        self.root()?
             .send(Kill(worker.clone()))
             .await
             .map_err(|_| node_stopped(self.name()))?

@@ -13,7 +13,7 @@ use super::{Inner, Node};
 use crate::error::ServiceError;
 use crate::guard::Origin;
 use crate::jobs::Answer;
-use crate::router::LocalService;
+use crate::service::LocalService;
 
 /// How long one take waits at the holder for a job.
 const TAKE_WAIT: Duration = Duration::from_secs(5);

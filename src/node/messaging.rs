@@ -112,7 +112,7 @@ enum HolderAt {
 
 /// Who is calling: the worker whose handler runs now, else the node.
 fn caller(node: &str) -> String {
-    crate::worker::current_worker()
+    crate::logging::current_worker()
         .map(|w| w.to_string())
         .unwrap_or_else(|| node.to_string())
 }

@@ -520,9 +520,9 @@ pub fn wait_until(node: &NodeProcess, what: &str, limit: Duration, mut cond: imp
 
 /// The spawner's lines on the master about child `name` (fork, listening,
 /// online, exit, errored; not the bridge's `up`/`down`): the text after
-/// `node NAME: ` of each `[master] colony::messages` line, in log order.
+/// `node NAME: ` of each `[master] colony::events` line, in log order.
 pub fn master_events(master: &NodeProcess, name: &str) -> Vec<String> {
-    let marker = format!("[master] colony::messages: node {name}: ");
+    let marker = format!("[master] colony::events: node {name}: ");
     master
         .log
         .lock()
@@ -543,7 +543,7 @@ pub fn event_kind(event: &str) -> &str {
 }
 
 /// The index of the first of `lines` that contains `tag` (e.g.
-/// `[master] colony::messages:`) and ends with `message`.
+/// `[master] colony::events:`) and ends with `message`.
 pub fn find_line(lines: &[String], tag: &str, message: &str) -> Option<usize> {
     lines
         .iter()

@@ -1,8 +1,8 @@
-//! The master: one per node. It starts the node's services through their
-//! supervisors, owns the lifecycle event bus, kills workers on request and drains
-//! every service at shutdown. Requests to the app's master handlers
-//! ([`Node::request_master`](crate::Node::request_master)) go through the router to
-//! the `@master` service it starts like any other.
+//! The root actor: one per node, whatever the node's role. It starts the node's
+//! services through their supervisors, owns the lifecycle event bus, kills workers
+//! on request and drains every service at shutdown. Requests to the app's master
+//! handlers ([`Node::request_master`](crate::Node::request_master)) go through the
+//! router to the `@master` service, which it starts like any other.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -11,25 +11,25 @@ use actix::prelude::*;
 use futures::future::join_all;
 
 use crate::error::ServiceError;
+use crate::events::{EventBus, LifecycleEvent};
 use crate::message::WorkerId;
-use crate::messages::{EventBus, LifecycleEvent};
 use crate::supervisor::{Drain, KillWorker, Supervisor};
 
 /// The root of a node's supervision tree.
-pub(crate) struct Master {
+pub(crate) struct Root {
     node: String,
     events: EventBus,
     pending: Vec<(String, Supervisor)>,
     supervisors: HashMap<String, Addr<Supervisor>>,
 }
 
-impl Master {
+impl Root {
     pub(crate) fn new(
         node: &str,
         events: EventBus,
         supervisors: Vec<(String, Supervisor)>,
     ) -> Self {
-        Master {
+        Root {
             node: node.to_string(),
             events,
             pending: supervisors,
@@ -38,7 +38,7 @@ impl Master {
     }
 }
 
-impl Actor for Master {
+impl Actor for Root {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
@@ -46,7 +46,7 @@ impl Actor for Master {
             self.supervisors.insert(name, supervisor.start());
         }
         log::info!(
-            "node {}: master started {} services",
+            "node {}: root started {} services",
             self.node,
             self.supervisors.len()
         );
@@ -58,7 +58,7 @@ impl Actor for Master {
 #[rtype(result = "()")]
 pub(crate) struct Subscribe(pub(crate) Recipient<LifecycleEvent>);
 
-impl Handler<Subscribe> for Master {
+impl Handler<Subscribe> for Root {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
@@ -71,7 +71,7 @@ impl Handler<Subscribe> for Master {
 #[rtype(result = "Result<(), ServiceError>")]
 pub(crate) struct Kill(pub(crate) WorkerId);
 
-impl Handler<Kill> for Master {
+impl Handler<Kill> for Root {
     type Result = ResponseFuture<Result<(), ServiceError>>;
 
     fn handle(&mut self, msg: Kill, _: &mut Context<Self>) -> Self::Result {
@@ -101,7 +101,7 @@ pub(crate) struct Shutdown {
     pub(crate) deadline: Instant,
 }
 
-impl Handler<Shutdown> for Master {
+impl Handler<Shutdown> for Root {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
@@ -142,7 +142,7 @@ impl Handler<StopActor> for Supervisor {
     }
 }
 
-impl Handler<StopActor> for Master {
+impl Handler<StopActor> for Root {
     type Result = ();
 
     fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {

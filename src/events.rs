@@ -1,6 +1,6 @@
-//! Messages several actors share: the lifecycle events of workers and services,
-//! mirroring Node's cluster events (`fork`, `online`, `exit`), plus `restart` and
-//! `service_failed`, and the bus that carries them to subscribers.
+//! The lifecycle events of workers and services, mirroring Node's cluster events
+//! (`fork`, `online`, `exit`), plus `restart` and `service_failed`, why a worker
+//! exited, and the bus that carries the events to subscribers.
 
 use std::sync::Arc;
 
@@ -9,7 +9,35 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::message::WorkerId;
-use crate::worker::ExitReason;
+
+/// Why a worker's actor ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", content = "message", rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The actor stopped itself (or was stopped by a graceful shutdown).
+    Stopped,
+    /// A handler (or the factory) panicked; the panic's message.
+    Panicked(String),
+    /// The worker was killed: by `colony kill`, or by its supervisor's strategy.
+    Killed,
+}
+
+impl ExitReason {
+    /// Whether the exit was a failure, which restarts a `transient` worker.
+    pub fn is_abnormal(&self) -> bool {
+        !matches!(self, ExitReason::Stopped)
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Stopped => f.write_str("stopped"),
+            ExitReason::Panicked(msg) => write!(f, "panicked: {msg}"),
+            ExitReason::Killed => f.write_str("killed"),
+        }
+    }
+}
 
 /// Something that happened to a worker or a service. Any actor can subscribe with
 /// [`Node::subscribe`](crate::Node::subscribe).
