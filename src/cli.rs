@@ -132,7 +132,7 @@ pub fn main(app: impl Into<App>) -> ExitCode {
         )
     {
         if let Some(path) = &cli.token_file {
-            match crate::api::read_token(path) {
+            match crate::config::files::read_token(path) {
                 Ok(token) => cli.token = Some(token),
                 Err(problem) => {
                     eprintln!("error: token file {}: {problem}", path.display());

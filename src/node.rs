@@ -139,9 +139,11 @@ impl Node {
             None => None,
         };
         let token = match &config.api.token_file {
-            Some(path) => Some(api::read_token(path).map_err(|problem| StartError::Token {
-                path: path.clone(),
-                problem,
+            Some(path) => Some(crate::config::files::read_token(path).map_err(|problem| {
+                StartError::Token {
+                    path: path.clone(),
+                    problem,
+                }
             })?),
             None => None,
         };
