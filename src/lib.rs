@@ -36,6 +36,7 @@
 
 mod api;
 pub mod app;
+mod backoff;
 pub mod bridge;
 pub mod certs;
 pub mod cli;

@@ -34,6 +34,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::config::{NodeConfig, SpawnConfig};
 use crate::error::ServiceError;
 use crate::messages::{EventBus, LifecycleEvent};
@@ -47,12 +48,11 @@ pub(crate) const RESTARTS: &str = "COLONY_RESTARTS";
 /// worker whose config has a bridge but no `join` joins it.
 pub(crate) const PARENT_BRIDGE: &str = "COLONY_PARENT_BRIDGE";
 
-/// The first restart's backoff.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// The longest backoff.
-const BACKOFF_MAX: Duration = Duration::from_secs(15);
-/// Uptime after which a child's backoff starts again from the minimum.
-const BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// A child's restart delay: 100 ms, growing by half after each restart up to
+/// 15 s, afresh after 30 s of uptime.
+const RESTART: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15))
+    .factor(1.5)
+    .reset_after(Duration::from_secs(30));
 /// How long a child may take to drain and exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// How long a reloaded child may take to be online and serving.
@@ -311,7 +311,7 @@ struct Watcher {
 
 impl Watcher {
     async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = RESTART;
         let mut unstable = 0u32;
         let mut reload: Option<oneshot::Sender<Result<(), ServiceError>>> = None;
         loop {
@@ -345,9 +345,7 @@ impl Watcher {
                         return;
                     }
                     let up = started.elapsed();
-                    if up >= BACKOFF_RESET {
-                        backoff = BACKOFF_MIN;
-                    }
+                    backoff.ran_for(up);
                     unstable = if up < self.child.entry.min_uptime {
                         unstable + 1
                     } else {
@@ -364,8 +362,7 @@ impl Watcher {
                         // Nothing but a reload or a stop wakes an errored child.
                         self.idle(None).await
                     } else {
-                        let delay = backoff;
-                        backoff = backoff.mul_f64(1.5).min(BACKOFF_MAX);
+                        let delay = backoff.next_delay();
                         self.exit_event(pid, status, Some(delay));
                         self.set_phase(Phase::Restarting, None);
                         self.idle(Some(delay)).await
@@ -377,7 +374,7 @@ impl Watcher {
                 // A reload starts afresh: no backoff, no crash counted.
                 Wake::Reload(reply) => {
                     reload = Some(reply);
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     unstable = 0;
                 }
                 Wake::Stop(done) => {
