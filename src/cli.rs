@@ -187,7 +187,7 @@ fn run_node(app: App, path: &std::path::Path, drain: Duration) -> ExitCode {
     };
     crate::logging::init(&config.node.name);
     let system = actix_rt::System::new();
-    let result = system.block_on(crate::node::run(app, config, shutdown_signal(), drain));
+    let result = system.block_on(crate::run::run(app, config, shutdown_signal(), drain));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
