@@ -2,7 +2,7 @@
 //! links it to the cluster, and is the handle through which actors and tasks make
 //! calls. What serves it to the outside (the HTTP API, the child processes it
 //! spawns) is attached by the surface that starts it ([`Node::start`], in `run`),
-//! through [`Children`] and [`StopServer`].
+//! through the hooks `Children` and `StopServer`.
 //!
 //! [`Node::start`] must be called inside an actix `System`.
 
