@@ -15,7 +15,6 @@ pub(crate) mod limits;
 mod paced;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,18 +50,6 @@ struct State {
 
 /// The longest `?timeout=` a request may ask for.
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Reads a bearer token file, private as [`crate::config::files::read_private`]
-/// requires: its first line, trimmed, must not be empty.
-pub(crate) fn read_token(path: &Path) -> Result<String, String> {
-    let bytes = crate::config::files::read_private(path)?;
-    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
-    if token.is_empty() {
-        return Err("is empty".into());
-    }
-    Ok(token)
-}
 
 /// Serves the API for `node` on `listener`, as `config` says, until the returned
 /// handle stops it.

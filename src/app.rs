@@ -43,7 +43,7 @@ use crate::worker::{start_worker, StartWorker};
 
 /// The name of the service that answers [`Node::request_master`]; it runs one worker
 /// on the master node.
-pub const MASTER_SERVICE: &str = "@master";
+pub use crate::config::MASTER_SERVICE;
 
 /// What a worker's factory may know: its own id and the node it runs on, through
 /// which it makes its own calls.

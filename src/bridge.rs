@@ -46,6 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
+use crate::backoff::Backoff;
 use crate::config::{BridgeSection, Role};
 use crate::error::ServiceError;
 use crate::events::{EventBus, LifecycleEvent};
@@ -68,9 +69,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long after a node said it was leaving requests for a service only it ran
 /// wait for the service to come back (long enough for a reload's drain and start).
 const RETURN_HOLD: Duration = Duration::from_secs(15);
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How a dial loop waits between attempts: 100 ms to 5 s, doubling, jittered,
+/// afresh after a link that lasted the longest wait.
+const REDIAL: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    .jitter()
+    .reset_after(Duration::from_secs(5));
 
 /// What the bridge asks of its own node for peers: its status, kills, and the
 /// cluster operations of the node that holds queues and locks.
@@ -660,7 +663,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// Keeps a link to `addr` open: reconnects with backoff and jitter until the
 /// bridge stops or, for a member, until it leaves the table or links otherwise.
 async fn dial_loop(bridge: Arc<Bridge>, addr: SocketAddr, member: Option<String>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = REDIAL;
     loop {
         if bridge.stopping.load(Ordering::Acquire) {
             break;
@@ -685,9 +688,7 @@ async fn dial_loop(bridge: Arc<Bridge>, addr: SocketAddr, member: Option<String>
                             bridge.set_joined(addr, None);
                         }
                         // A link refused or dropped at once backs off like a failed dial.
-                        if opened.elapsed() >= BACKOFF_MAX {
-                            backoff = BACKOFF_MIN;
-                        }
+                        backoff.ran_for(opened.elapsed());
                         log::info!(
                             "bridge: link to {name} at {addr} ended: {}",
                             untrusted(&why)
@@ -704,20 +705,9 @@ async fn dial_loop(bridge: Arc<Bridge>, addr: SocketAddr, member: Option<String>
         if bridge.stopping.load(Ordering::Acquire) {
             break;
         }
-        tokio::time::sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
     if let Some(name) = member {
         bridge.dialing.lock().retain(|n| *n != name);
     }
-}
-
-/// `base` scaled by a random factor in [0.5, 1.5), so reconnecting nodes spread out.
-fn jitter(base: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    let factor = match getrandom::fill(&mut byte) {
-        Ok(()) => 0.5 + f64::from(byte[0]) / 256.0,
-        Err(_) => 1.0,
-    };
-    base.mul_f64(factor)
 }

@@ -132,7 +132,7 @@ pub fn main(app: impl Into<App>) -> ExitCode {
         )
     {
         if let Some(path) = &cli.token_file {
-            match crate::api::read_token(path) {
+            match crate::config::files::read_token(path) {
                 Ok(token) => cli.token = Some(token),
                 Err(problem) => {
                     eprintln!("error: token file {}: {problem}", path.display());
@@ -187,7 +187,7 @@ fn run_node(app: App, path: &std::path::Path, drain: Duration) -> ExitCode {
     };
     crate::logging::init(&config.node.name);
     let system = actix_rt::System::new();
-    let result = system.block_on(crate::node::run(app, config, shutdown_signal(), drain));
+    let result = system.block_on(crate::run::run(app, config, shutdown_signal(), drain));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -19,6 +19,11 @@ mod names;
 /// The start of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "COLONY__";
 
+/// The name of the service that answers the master's requests; it runs one worker
+/// on the master node. A config may not list it: it is reserved for the master's
+/// handlers.
+pub const MASTER_SERVICE: &str = "@master";
+
 /// A node's whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,8 +203,12 @@ pub struct BridgeSection {
 fn default_heartbeat() -> Duration {
     Duration::from_millis(500)
 }
+/// The largest bridge frame accepted unless `bridge.max_frame` says otherwise:
+/// 16 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
 fn default_max_frame() -> usize {
-    crate::bridge::frame::DEFAULT_MAX_FRAME
+    DEFAULT_MAX_FRAME
 }
 fn default_send_queue() -> usize {
     8192
@@ -525,7 +534,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(file: &Path, key: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(file: &Path, key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError {
             file: file.display().to_string(),
             key: key.into(),

@@ -2,40 +2,58 @@
 //!
 //! # Layout
 //!
-//! In the order a request flows through a node:
+//! Six layers; a module imports only from its own layer or those below it, never
+//! in a circle (`tests/layers.rs` checks both, and new code goes in the lowest
+//! layer it can). A request enters at the top and works its way down:
 //!
-//! - [`config`] reads a node's YAML config and checks every key.
-//! - [`app`] is where an application lists its services: an actor type and one typed
-//!   line per message it handles; [`message`] defines what a typed message is.
-//! - [`guard`] holds the middleware that may change or reject a message first.
-//! - `node` bootstraps a config's services and is the handle for every call
-//!   ([`Node::request`], [`Node::tell`], [`Node::broadcast`], …); [`node::run`] is
-//!   the long-running entry point.
-//! - `root` is the root actor of a node; it starts one `supervisor` actor per
-//!   service, which starts and restarts that service's workers.
-//! - `remote` decides, by the service's routing, whether a call stays on this node
-//!   or crosses to another that runs the service.
-//! - `router` resolves a service name and carries a request through the service's
-//!   `dealer` (the load-balancing broker) into a `worker`'s mailbox and the reply back.
-//! - [`bridge`] connects nodes: authenticated, framed links that carry requests
-//!   to workers on other nodes and the cluster's member table; [`certs`] makes the
-//!   cluster CA and node certificates for its TLS.
-//! - [`pubsub`] is publish/subscribe across the cluster (prefix filtering at the
-//!   publisher, clustr-node's channels); [`jobs`] (job queues), `locks` and `confirm`
-//!   are kept by the master in `holder`, which other nodes reach over the bridge.
-//! - [`events`] holds the lifecycle events every actor can subscribe to.
-//! - [`error`] is the error every failed call returns, with its kinds.
-//! - `spawn` starts the node processes of a config's `spawn:` list and keeps them
-//!   running (pm2's backoff and crash-loop guard, rolling reloads).
-//! - [`status`] is what the status endpoint and command show; `metrics` is the
-//!   Prometheus text of `GET /metrics`.
-//! - `deadline` turns durations from outside into deadlines that cannot overflow.
-//! - `api` serves the HTTP API; [`cli`] is the `colony` command line; [`logging`]
-//!   formats log lines with node and worker.
+//! ```text
+//!  6 surfaces          cli  api  run  spawn  certs    the outside: command line,
+//!        |                                            HTTP, a whole node, children
+//!  5 the node          node  app                      bootstrap, the handle for calls,
+//!        |                                            a config checked against the app
+//!  4 transports        bridge                         links to the other nodes
+//!        |
+//!  3 cluster services  remote  pubsub  jobs  locks    what crosses nodes; the master's
+//!        |             confirm  holder                holder keeps queues and locks
+//!  2 in-node runtime   root  supervisor  router       one node's request path:
+//!        |             dealer  worker  service        name → dealer → worker → reply
+//!        |             metrics
+//!  1 core types        error  message  guard          what every layer speaks
+//!                      events  deadline  logging
+//!                      backoff  config  status
+//! ```
+//!
+//! - Surfaces: [`cli`] is the `colony` command line; `api` serves the HTTP API;
+//!   `run` assembles a whole node ([`Node::start`], [`run()`]): the config checked,
+//!   the API bound, the node booted, then the API served and the `spawn:` children
+//!   started (`spawn`: pm2's backoff and crash-loop guard, rolling reloads) and
+//!   attached to the node through hooks the node defines; [`certs`] makes the
+//!   cluster CA and node certificates.
+//! - The node: `node` bootstraps a config's services and the bridge and is the
+//!   handle for every call ([`Node::request`], [`Node::tell`], [`Node::broadcast`],
+//!   …); `node::check` checks a config against the [`app`], where an application
+//!   lists its services: an actor type and one typed line per message.
+//! - Transports: [`bridge`] connects nodes: authenticated, framed links that carry
+//!   requests to workers on other nodes and the cluster's member table.
+//! - Cluster services: `remote` decides whether a call stays on this node or
+//!   crosses to another that runs the service; [`pubsub`] is publish/subscribe
+//!   across the cluster; [`jobs`] (job queues), `locks` and `confirm` are kept by
+//!   the master in `holder`, which other nodes reach over the bridge.
+//! - In-node runtime: `root` is the root actor of a node; it starts one
+//!   `supervisor` per service, which starts and restarts its workers; `router`
+//!   carries a request through the service's `dealer` (the load-balancing broker)
+//!   into a `worker`'s mailbox and the reply back; `metrics` is `GET /metrics`.
+//! - Core types: [`config`] reads a node's YAML config and checks every key it can
+//!   alone; [`message`] defines a typed message; [`guard`] the middleware that may
+//!   change or reject it; [`error`] the error every failed call returns;
+//!   [`events`] the lifecycle events; [`status`] what status shows; `deadline`
+//!   turns outside durations into deadlines; `backoff` is the one retry backoff;
+//!   [`logging`] formats log lines with node and worker.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod api;
 pub mod app;
+mod backoff;
 pub mod bridge;
 pub mod certs;
 pub mod cli;
@@ -57,6 +75,7 @@ pub mod pubsub;
 mod remote;
 mod root;
 mod router;
+mod run;
 mod service;
 mod spawn;
 pub mod status;
@@ -73,4 +92,5 @@ pub use logging::current_worker;
 pub use message::{Outcome, ReplyOf, Request, WorkerId};
 pub use node::{LockGuard, LockOptions, Node, StartError};
 pub use pubsub::{channel, PublishMeta, Published, Subscription};
+pub use run::run;
 pub use worker::WorkerState;

@@ -1,19 +1,21 @@
 //! The node: bootstraps a config's services on arbiter threads under its root actor,
-//! serves the HTTP API, and is the handle through which actors and tasks make calls.
+//! links it to the cluster, and is the handle through which actors and tasks make
+//! calls. What serves it to the outside (the HTTP API, the child processes it
+//! spawns) is attached by the surface that starts it ([`Node::start`], in `run`),
+//! through the hooks `Children` and `StopServer`.
 //!
-//! [`Node::start`] and [`run`] must be called inside an actix `System`.
+//! [`Node::start`] must be called inside an actix `System`.
 
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_rt::Arbiter;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
-use crate::api;
 use crate::app::{App, AppService, MASTER_SERVICE};
 use crate::bridge::wire::{Member, Offer};
 use crate::bridge::{Bridge, BridgeError, LocalNode};
@@ -28,18 +30,40 @@ use crate::remote::{self, Target};
 use crate::root::{Root, Shutdown, StopActor, Subscribe};
 use crate::router::Router;
 use crate::service::LocalService;
-use crate::spawn::{self, NodeSpawner};
-use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
+use crate::status::NodeStatus;
 use crate::supervisor::Supervisor;
-use crate::worker::{WorkerSlot, WorkerState};
+use crate::worker::WorkerSlot;
 
 mod calls;
 pub mod check;
 mod consumer;
 mod messaging;
 mod metrics;
+pub(crate) mod spawned;
+mod status;
 
 pub use messaging::{LockGuard, LockOptions};
+
+/// The child node processes a node spawned, as the node reaches them: for status,
+/// reloads and its shutdown. The `spawn` surface implements it.
+pub(crate) trait Children: Send + Sync {
+    /// Each child as status shows it.
+    fn statuses(&self) -> Vec<NodeStatus>;
+    /// Restarts `node`, or every child, one at a time; returns the nodes reloaded.
+    fn reload<'a>(
+        &'a self,
+        node: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<String>, ServiceError>>;
+    /// Stops every child; returns once all have exited.
+    fn stop(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Stops a server the surface started for this node (the HTTP API) gracefully:
+/// the future resolves once its requests in flight are done.
+pub(crate) type StopServer = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// Whether node `name` has joined this node's cluster with every worker running.
+pub(crate) type Probe = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +105,8 @@ struct Inner {
     router: Router,
     root: Mutex<Option<Addr<Root>>>,
     arbiters: Mutex<Vec<Arbiter>>,
-    api: Mutex<Option<api::ApiServer>>,
+    /// Stops the HTTP API, once the surface has started it.
+    api: Mutex<Option<StopServer>>,
     api_addr: Option<SocketAddr>,
     bridge: std::sync::OnceLock<Arc<Bridge>>,
     /// Round-robin position for services routed `round_robin`.
@@ -93,7 +118,9 @@ struct Inner {
     /// Numbers this node's lock claims.
     next_claim: std::sync::atomic::AtomicU64,
     /// The child node processes this node spawned.
-    spawner: std::sync::OnceLock<NodeSpawner>,
+    spawner: std::sync::OnceLock<Box<dyn Children>>,
+    /// The node's lifecycle events.
+    events: EventBus,
     /// How often this node's parent restarted it.
     restarts: u64,
     /// Calls from this node that failed on the way to another node.
@@ -110,43 +137,24 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Starts the services `config` lists, from `app`, each under its supervisor,
-    /// and the HTTP API if `api.listen` is set. Returns once everything is started;
-    /// requests made before a worker is online wait for it at the dealer.
-    pub async fn start(app: impl Into<App>, config: NodeConfig) -> Result<Node, StartError> {
-        let app: App = app.into();
+    /// and the bridge; `api_addr` is where the surface has bound the HTTP API, told
+    /// to the cluster. Returns once everything is started; requests made before a
+    /// worker is online wait for it at the dealer. The config has been checked
+    /// (`check::check`) before.
+    pub(crate) fn boot(
+        app: App,
+        config: NodeConfig,
+        api_addr: Option<SocketAddr>,
+    ) -> Result<Node, StartError> {
         let mut config = config;
         // A spawned worker with a bridge but nowhere to join joins its parent.
         if let (Some(bridge), false) = (&mut config.bridge, config.node.role == Some(Role::Master))
         {
             if bridge.join.is_empty() {
-                bridge.join.extend(spawn::parent_bridge());
+                bridge.join.extend(spawned::parent_bridge());
             }
         }
-        let source = config
-            .source
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("<config>"));
-        // Children's configs are read before anything starts: a broken one is this
-        // node's config error.
-        let spawned = check::check(&config, &source, &app)?;
         let name = config.node.name.clone();
-
-        // Idle API connections, the bridge and spawned children all take descriptors.
-        api::limits::raise_fd_limit();
-        let listener = match config.api.listen {
-            Some(addr) => {
-                Some(TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
-            }
-            None => None,
-        };
-        let token = match &config.api.token_file {
-            Some(path) => Some(api::read_token(path).map_err(|problem| StartError::Token {
-                path: path.clone(),
-                problem,
-            })?),
-            None => None,
-        };
-        let api_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let arbiters: Vec<Arbiter> = (0..config.node.threads()).map(|_| Arbiter::new()).collect();
         let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
@@ -174,7 +182,8 @@ impl Node {
                 holder,
                 next_claim: Default::default(),
                 spawner: std::sync::OnceLock::new(),
-                restarts: spawn::restarts_from_env(),
+                events: events.clone(),
+                restarts: spawned::restarts_from_env(),
                 call_failures: Default::default(),
             }),
         };
@@ -271,32 +280,38 @@ impl Node {
             consumer::start(&node, &service, &handles, spread);
         }
 
-        if let Some(listener) = listener {
-            let server =
-                api::serve(listener, node.clone(), token, &config.api).map_err(|source| {
-                    StartError::Bind {
-                        addr: api_addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
-                        source,
-                    }
-                })?;
-            log::info!("node {name}: HTTP API on http://{}", server.addr);
-            *node.inner.api.lock() = Some(server);
-        }
-        if !spawned.is_empty() {
-            let weak = Arc::downgrade(&node.inner);
-            let probe: spawn::Probe = Arc::new(move |child: String| {
-                let node = weak.upgrade().map(|inner| Node { inner });
-                Box::pin(async move {
-                    match node {
-                        Some(node) => node.serves(&child).await,
-                        None => false,
-                    }
-                })
-            });
-            let spawner = NodeSpawner::start(&config, spawned, events, probe, node.bridge_addr());
-            let _ = node.inner.spawner.set(spawner);
-        }
         Ok(node)
+    }
+
+    /// Attaches the stop of the HTTP API server the surface started for this node;
+    /// [`shutdown`](Self::shutdown) calls it.
+    pub(crate) fn attach_api(&self, stop: StopServer) {
+        *self.inner.api.lock() = Some(stop);
+    }
+
+    /// Attaches the child processes the surface spawned for this node.
+    pub(crate) fn attach_children(&self, children: Box<dyn Children>) {
+        let _ = self.inner.spawner.set(children);
+    }
+
+    /// The node's lifecycle events, to publish to.
+    pub(crate) fn events(&self) -> EventBus {
+        self.inner.events.clone()
+    }
+
+    /// Asks, without keeping this node alive, whether a node has joined it and
+    /// serves ([`Probe`]).
+    pub(crate) fn probe(&self) -> Probe {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move |child: String| {
+            let node = weak.upgrade().map(|inner| Node { inner });
+            Box::pin(async move {
+                match node {
+                    Some(node) => node.serves(&child).await,
+                    None => false,
+                }
+            })
+        })
     }
 
     /// The node's name.
@@ -339,99 +354,6 @@ impl Node {
             .send(Subscribe(subscriber))
             .await
             .map_err(|_| node_stopped(self.name()))
-    }
-
-    /// This node's services and workers.
-    pub fn status(&self) -> NodeStatus {
-        let services = self
-            .inner
-            .router
-            .services()
-            .iter()
-            .map(|service| ServiceStatus {
-                name: service.name.clone(),
-                state: match service.dealer.availability() {
-                    Availability::Open => "running".into(),
-                    Availability::Failed(why) => format!("failed: {why}"),
-                    Availability::Closed(_) => "stopping".into(),
-                    Availability::Gone(_) => "stopped".into(),
-                },
-                queued: service.dealer.queued(),
-                workers: service
-                    .slots
-                    .iter()
-                    .map(|slot| worker_status(slot))
-                    .collect(),
-            })
-            .collect();
-        let stopping = self
-            .inner
-            .stopping
-            .load(std::sync::atomic::Ordering::Relaxed);
-        NodeStatus {
-            name: self.inner.name.clone(),
-            role: self.inner.role.to_string(),
-            pid: std::process::id(),
-            state: if stopping { "stopping" } else { "running" }.into(),
-            uptime_ms: self.inner.started.elapsed().as_millis() as u64,
-            restarts: self.inner.restarts,
-            cpus: spawn::affinity(),
-            services,
-        }
-    }
-
-    /// Every node of the cluster: this one, each connected peer's own report, and
-    /// members that cannot be reached, shown `down`.
-    pub async fn cluster_status(&self) -> ClusterStatus {
-        let mut nodes = vec![self.status()];
-        if let Some(bridge) = self.bridge() {
-            let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-            let peers = bridge.peers();
-            let reports = futures::future::join_all(peers.iter().map(|p| p.status(deadline))).await;
-            for (peer, report) in peers.iter().zip(reports) {
-                nodes.push(report.unwrap_or_else(|| unreachable_node(&peer.name, "unknown")));
-            }
-            for member in bridge.members() {
-                if nodes.iter().all(|n| n.name != member.name) {
-                    nodes.push(unreachable_node(&member.name, &member.role));
-                }
-            }
-        }
-        if let Some(spawner) = self.inner.spawner.get() {
-            // What the spawner knows of its children is the truth about their
-            // processes; a child's own report adds its services.
-            for child in spawner.statuses() {
-                match nodes.iter_mut().find(|n| n.name == child.name) {
-                    Some(node) if node.state == "running" && child.state == "online" => {
-                        node.restarts = child.restarts;
-                    }
-                    Some(node) => {
-                        node.restarts = child.restarts;
-                        node.state = child.state;
-                        node.pid = child.pid;
-                    }
-                    None => nodes.push(child),
-                }
-            }
-        }
-        nodes[1..].sort_by(|a, b| a.name.cmp(&b.name));
-        ClusterStatus { nodes }
-    }
-
-    /// Whether node `name` is linked to this one and every worker it runs is
-    /// running: a spawned node is online and serving.
-    async fn serves(&self, name: &str) -> bool {
-        let Some(peer) = self.bridge().and_then(|b| b.peer(name)) else {
-            return false;
-        };
-        let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-        peer.status(deadline).await.is_some_and(|status| {
-            status.state == "running"
-                && status
-                    .services
-                    .iter()
-                    .all(|s| s.workers.iter().all(|w| w.state == "running"))
-        })
     }
 
     /// Restarts `node`, or every node this node spawned, one at a time with no
@@ -483,9 +405,9 @@ impl Node {
         // Streams of published messages end, so that the API can finish them.
         self.inner.pubsub.close();
         let api = self.inner.api.lock().take();
-        if let Some(api) = api {
+        if let Some(stop) = api {
             // Graceful: in-flight HTTP requests complete before the server stops.
-            api.handle.stop(true).await;
+            stop().await;
         }
         let root = self.inner.root.lock().take();
         if let Some(root) = root {
@@ -599,53 +521,6 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long status and remote kills wait for each peer's answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn unreachable_node(name: &str, role: &str) -> NodeStatus {
-    NodeStatus {
-        name: name.to_string(),
-        role: role.to_string(),
-        state: "down".into(),
-        ..NodeStatus::default()
-    }
-}
-
 fn node_stopped(name: &str) -> ServiceError {
     ServiceError::service_failed(format!("node {name} is shutting down"))
-}
-
-fn worker_status(slot: &WorkerSlot) -> WorkerStatus {
-    use std::sync::atomic::Ordering::Relaxed;
-    let (state, since) = *slot.state.lock();
-    WorkerStatus {
-        id: slot.id.to_string(),
-        state: match state {
-            WorkerState::Starting => "starting",
-            WorkerState::Running => "running",
-            WorkerState::Restarting => "restarting",
-            WorkerState::Stopped => "stopped",
-        }
-        .into(),
-        restarts: slot.restarts.load(Relaxed),
-        uptime_ms: if state == WorkerState::Running {
-            since.elapsed().as_millis() as u64
-        } else {
-            0
-        },
-        handled: slot.handled.load(Relaxed),
-        in_flight: slot.in_flight.load(Relaxed),
-    }
-}
-
-/// Runs a node until `shutdown` resolves, then stops it gracefully, giving requests
-/// in flight up to `drain` to finish. Call inside an actix `System`.
-pub async fn run(
-    app: impl Into<App>,
-    config: NodeConfig,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) -> Result<(), StartError> {
-    let node = Node::start(app, config).await?;
-    spawn::notify_listening(node.api_addr(), node.bridge_addr());
-    shutdown.await;
-    node.shutdown(drain).await;
-    Ok(())
 }

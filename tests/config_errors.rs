@@ -10,6 +10,7 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
+use colony::node::check::check_services;
 use colony::{ConfigError, Node, NodeConfig, StartError};
 
 const FILE: &str = "configs/x.yaml";
@@ -158,8 +159,7 @@ fn an_unknown_service_is_named_with_the_known_ones() {
         &with_services("  calc: { workers: 1 }\n  nope: { workers: 1 }\n"),
     )
     .expect("the file itself is valid");
-    let err = config
-        .check_services(Path::new(FILE), &common::test_app())
+    let err = check_services(&config, Path::new(FILE), &common::test_app())
         .expect_err("nope is not a service of the app");
     assert_eq!(err.file, FILE);
     assert_eq!(err.key, "services.nope");
@@ -171,7 +171,7 @@ fn an_unknown_service_is_named_with_the_known_ones() {
     // The same config without `nope` fits the app.
     let fits =
         NodeConfig::parse(Path::new(FILE), &with_services("  calc: { workers: 1 }\n")).unwrap();
-    fits.check_services(Path::new(FILE), &common::test_app())
+    check_services(&fits, Path::new(FILE), &common::test_app())
         .expect("calc is a service of the app");
 }
 

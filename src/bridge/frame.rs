@@ -24,7 +24,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// The largest frame accepted unless configured otherwise: 16 MiB.
-pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+pub use crate::config::DEFAULT_MAX_FRAME;
 
 /// The largest frame accepted before the peer has proved the cluster secret:
 /// 4 KiB, ample for a hello, a proof or a refusal.

@@ -49,3 +49,15 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, String> {
     }
     Ok(bytes)
 }
+
+/// Reads a bearer token file, private as [`read_private`] requires: its first
+/// line, trimmed, must not be empty.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let bytes = read_private(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(token)
+}

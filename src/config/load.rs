@@ -1,11 +1,11 @@
 //! Reading a config: the file (bounded), the YAML (checked before it expands), the
 //! environment's overrides, serde with the key of any error, then every value's
-//! rules; and the configs of the nodes it spawns.
+//! rules; and the configs of the nodes it spawns. Whether the app provides the
+//! services a config lists is the node's check (`node::check`): config knows no app.
 
 use std::path::{Path, PathBuf};
 
-use super::{input, ConfigError, NodeConfig, Role, ServiceConfig};
-use crate::app::{App, MASTER_SERVICE};
+use super::{input, ConfigError, NodeConfig, Role, ServiceConfig, MASTER_SERVICE};
 
 impl NodeConfig {
     /// Reads `path` with the environment's `COLONY__…` overrides, and checks every value.
@@ -205,38 +205,6 @@ impl NodeConfig {
             configs.push(config);
         }
         Ok(configs)
-    }
-
-    /// [`spawned`](Self::spawned), and each child that runs this binary (no
-    /// `command`) checked against `app` as its own node would check it.
-    pub fn check_spawned(&self, app: &App) -> Result<Vec<NodeConfig>, ConfigError> {
-        let spawned = self.spawned()?;
-        for (entry, child) in self.spawn.iter().zip(&spawned) {
-            if entry.command.is_none() {
-                child.check_services(&entry.config, app)?;
-            }
-        }
-        Ok(spawned)
-    }
-
-    /// Checks that the app provides every service the config lists.
-    pub fn check_services(&self, file: &Path, app: &App) -> Result<(), ConfigError> {
-        match self.services.keys().find(|name| !app.has_service(name)) {
-            None => Ok(()),
-            Some(name) => {
-                let mut known: Vec<&str> = app
-                    .service_names()
-                    .into_iter()
-                    .filter(|n| *n != MASTER_SERVICE)
-                    .collect();
-                known.sort();
-                Err(ConfigError::new(
-                    file,
-                    format!("services.{name}"),
-                    format!("unknown service, expected one of {}", known.join(", ")),
-                ))
-            }
-        }
     }
 
     /// The node's role: `node.role`, else `worker` when its bridge joins another

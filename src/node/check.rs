@@ -6,17 +6,17 @@
 
 use std::path::Path;
 
-use crate::api;
 use crate::app::App;
 use crate::bridge::handshake::Secret;
 use crate::bridge::tls::Tls;
-use crate::config::{ConfigError, NodeConfig};
+use crate::config::files::read_token;
+use crate::config::{ConfigError, NodeConfig, MASTER_SERVICE};
 
 /// Checks `config` (read from `file`) and the configs it spawns; returns those.
 pub fn check(config: &NodeConfig, file: &Path, app: &App) -> Result<Vec<NodeConfig>, ConfigError> {
-    config.check_services(file, app)?;
+    check_services(config, file, app)?;
     check_files(config, file)?;
-    let spawned = config.check_spawned(app)?;
+    let spawned = check_spawned(config, app)?;
     for (i, (entry, child)) in config.spawn.iter().zip(&spawned).enumerate() {
         check_files(child, &entry.config).map_err(|e| ConfigError {
             file: file.display().to_string(),
@@ -27,6 +27,38 @@ pub fn check(config: &NodeConfig, file: &Path, app: &App) -> Result<Vec<NodeConf
     Ok(spawned)
 }
 
+/// [`NodeConfig::spawned`], and each child that runs this binary (no `command`)
+/// checked against `app` as its own node would check it.
+pub fn check_spawned(config: &NodeConfig, app: &App) -> Result<Vec<NodeConfig>, ConfigError> {
+    let spawned = config.spawned()?;
+    for (entry, child) in config.spawn.iter().zip(&spawned) {
+        if entry.command.is_none() {
+            check_services(child, &entry.config, app)?;
+        }
+    }
+    Ok(spawned)
+}
+
+/// Checks that `app` provides every service `config` (read from `file`) lists.
+pub fn check_services(config: &NodeConfig, file: &Path, app: &App) -> Result<(), ConfigError> {
+    match config.services.keys().find(|name| !app.has_service(name)) {
+        None => Ok(()),
+        Some(name) => {
+            let mut known: Vec<&str> = app
+                .service_names()
+                .into_iter()
+                .filter(|n| *n != MASTER_SERVICE)
+                .collect();
+            known.sort();
+            Err(ConfigError::new(
+                file,
+                format!("services.{name}"),
+                format!("unknown service, expected one of {}", known.join(", ")),
+            ))
+        }
+    }
+}
+
 /// The secret, token and TLS files of `config`, read as the node would read them.
 fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
     let fail = |key: &str, path: &Path, problem: String| ConfigError {
@@ -35,7 +67,7 @@ fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
         problem: format!("{}: {problem}", path.display()),
     };
     if let Some(path) = &config.api.token_file {
-        api::read_token(path).map_err(|p| fail("api.token_file", path, p))?;
+        read_token(path).map_err(|p| fail("api.token_file", path, p))?;
     }
     if let Some(bridge) = &config.bridge {
         let path = &bridge.secret_file;

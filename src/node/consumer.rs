@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix_rt::ArbiterHandle;
 
 use super::{Inner, Node};
+use crate::backoff::Backoff;
 use crate::error::ServiceError;
 use crate::guard::Origin;
 use crate::jobs::Answer;
@@ -19,9 +20,8 @@ use crate::service::LocalService;
 const TAKE_WAIT: Duration = Duration::from_secs(5);
 /// How often a loop looks whether its worker is back online.
 const READY_POLL: Duration = Duration::from_millis(20);
-/// Backoff after a failed take (master unreachable), doubling.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Backoff after a failed take (master unreachable): 50 ms to 2 s, doubling.
+const RETAKE: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 /// Take loops per worker: jobs one worker runs at once, however large its
 /// `concurrency`, so a big concurrency does not become that many idle tasks.
 const MAX_TAKE_LOOPS: usize = 64;
@@ -57,7 +57,7 @@ async fn take_loop(
     subject: &'static str,
 ) {
     let worker = service.slots[index].id.to_string();
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = RETAKE;
     let mut warned = false;
     loop {
         let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
@@ -84,12 +84,11 @@ async fn take_loop(
                     log::debug!("queue {queue}: {worker} cannot take jobs: {e}");
                 }
                 drop(node);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
-        backoff = BACKOFF_MIN;
+        backoff.reset();
         if !running(&service, index) {
             // The worker exited while this loop waited for a job: the job never
             // reached it, so the delivery does not count against its attempts.
