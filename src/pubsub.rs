@@ -31,6 +31,7 @@
 
 mod delivery;
 mod lines;
+mod meta;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,13 +40,13 @@ use std::sync::{Arc, OnceLock, Weak};
 use actix::prelude::*;
 use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 pub(crate) use delivery::Delivery;
 use delivery::Payload;
 use lines::Budget;
 pub(crate) use lines::{line_queue, LineReceiver, LineSender};
+pub use meta::PublishMeta;
 
 /// Messages a subscriber may hold delivered but not yet handled; past this,
 /// further messages to it are dropped and counted.
@@ -65,32 +66,6 @@ pub const STREAM_BUDGET_BUFFERS: usize = 8;
 /// Distinct prefixes a node's subscribers may hold at once; a subscription to a
 /// new prefix past it gets `Overloaded`. A peer's table is kept up to it too.
 pub const MAX_PREFIXES: usize = 10_000;
-
-/// Who published a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishMeta {
-    /// The node it was published on.
-    pub node: String,
-    /// The worker that published it, if a worker did (`NODE/SERVICE/INDEX`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker: Option<String>,
-    /// The publishing worker's service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-}
-
-impl PublishMeta {
-    /// The meta of a message published on `node` by the code running now: a
-    /// worker's handler, or any other task.
-    pub(crate) fn here(node: &str) -> PublishMeta {
-        let worker = crate::logging::current_worker();
-        PublishMeta {
-            node: node.to_string(),
-            service: worker.as_ref().map(|w| w.service.clone()),
-            worker: worker.map(|w| w.to_string()),
-        }
-    }
-}
 
 /// A message an actor receives for its subscription: implement
 /// `Handler<Published>` and subscribe with [`Node::subscribe`](crate::Node::subscribe).

@@ -71,7 +71,6 @@ const KNOWN_CIRCLES: &[&[&str]] = &[
         "src/bridge/peer.rs",
         "src/bridge/pubsub.rs",
     ],
-    &["src/pubsub.rs", "src/pubsub/delivery.rs"],
 ];
 
 /// The most lines a file of `src/` may have.

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::PublishMeta;
+use super::meta::PublishMeta;
 
 /// The message of a publication: the value itself while it stays on its node,
 /// JSON once it has crossed a link.
