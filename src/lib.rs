@@ -50,6 +50,7 @@ pub mod jobs;
 mod locks;
 pub mod logging;
 mod master;
+pub mod memory;
 pub mod message;
 pub mod messages;
 mod metrics;
@@ -61,6 +62,7 @@ mod service;
 mod spawn;
 pub mod status;
 mod supervisor;
+pub mod transport;
 mod worker;
 
 pub use app::{App, ServiceBuilder, ServiceFactory, WorkerContext, MASTER_SERVICE};

@@ -15,8 +15,7 @@ use parking_lot::Mutex;
 
 use crate::api;
 use crate::app::{App, MASTER_SERVICE};
-use crate::bridge::wire::{Member, Offer};
-use crate::bridge::{Bridge, BridgeError, LocalNode};
+use crate::bridge::{Bridge, BridgeError};
 use crate::config::{ConfigError, NodeConfig, Role, ServiceConfig};
 use crate::dealer::{Availability, Dealer};
 use crate::error::ServiceError;
@@ -30,6 +29,7 @@ use crate::router::{LocalService, Router};
 use crate::spawn::{self, Spawner};
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
 use crate::supervisor::Supervisor;
+use crate::transport::{Backbone, Inbound, Local, Member, Offer, Transport};
 use crate::worker::{WorkerSlot, WorkerState};
 
 mod calls;
@@ -82,7 +82,8 @@ struct Inner {
     arbiters: Mutex<Vec<Arbiter>>,
     api: Mutex<Option<api::ApiServer>>,
     api_addr: Option<SocketAddr>,
-    bridge: std::sync::OnceLock<Arc<Bridge>>,
+    /// The backbone that links this node to the others, if any.
+    transport: std::sync::OnceLock<Arc<dyn Transport>>,
     /// Round-robin position for services routed `round_robin`.
     turn: std::sync::atomic::AtomicUsize,
     stopping: std::sync::atomic::AtomicBool,
@@ -112,6 +113,27 @@ impl Node {
     /// and the HTTP API if `api.listen` is set. Returns once everything is started;
     /// requests made before a worker is online wait for it at the dealer.
     pub async fn start(app: impl Into<App>, config: NodeConfig) -> Result<Node, StartError> {
+        Self::start_on(app, config, None).await
+    }
+
+    /// Starts as [`start`](Self::start) does, linked to the other nodes by
+    /// `backbone` instead of a bridge (the config's `bridge` section, if any, is
+    /// not used); as on a bridge, the master holds the cluster's queues and locks.
+    pub async fn start_with_transport(
+        app: impl Into<App>,
+        config: NodeConfig,
+        backbone: Backbone,
+    ) -> Result<Node, StartError> {
+        let mut config = config;
+        config.bridge = None;
+        Self::start_on(app, config, Some(backbone)).await
+    }
+
+    async fn start_on(
+        app: impl Into<App>,
+        config: NodeConfig,
+        backbone: Option<Backbone>,
+    ) -> Result<Node, StartError> {
         let app: App = app.into();
         let mut config = config;
         // A spawned worker with a bridge but nowhere to join joins its parent.
@@ -154,7 +176,7 @@ impl Node {
         let pubsub = Arc::new(PubSub::new(config.api.subscribe_buffer));
         // The master holds the cluster's queues and locks; a node alone holds its own.
         let role = config.role();
-        let holds = role == Role::Master || config.bridge.is_none();
+        let holds = role == Role::Master || (config.bridge.is_none() && backbone.is_none());
         let holder = holds.then(|| Holder::start(&name, config.queues.clone(), events.clone()));
         let node = Node {
             inner: Arc::new(Inner {
@@ -166,7 +188,7 @@ impl Node {
                 arbiters: Mutex::new(arbiters),
                 api: Mutex::new(None),
                 api_addr,
-                bridge: std::sync::OnceLock::new(),
+                transport: std::sync::OnceLock::new(),
                 turn: Default::default(),
                 stopping: Default::default(),
                 pubsub: pubsub.clone(),
@@ -230,25 +252,26 @@ impl Node {
                 timeout_ms: s.config.timeout.as_millis() as u64,
             })
             .collect();
-        if let Some(section) = config.bridge.clone() {
-            let me = Member {
-                name: name.clone(),
-                role: role.to_string(),
-                bridge: section.listen,
-                api: api_addr,
-                services: offers,
-            };
-            let local = Box::new(WeakNode(Arc::downgrade(&node.inner)));
+        let inbound = Inbound {
+            router: router.clone(),
+            events: events.clone(),
+            pubsub: pubsub.clone(),
+            local: Arc::new(WeakNode(Arc::downgrade(&node.inner))),
+        };
+        let mut me = Member {
+            name: name.clone(),
+            role: role.to_string(),
+            bridge: ([0, 0, 0, 0], 0).into(),
+            api: api_addr,
+            services: offers,
+        };
+        if let Some(backbone) = backbone {
+            let _ = node.inner.transport.set((backbone.0)(me, inbound));
+        } else if let Some(section) = config.bridge.clone() {
+            me.bridge = section.listen;
             // Before any worker starts: a bridge that cannot start leaves nothing to undo
             // but the idle threads.
-            let bridge = match Bridge::start(
-                me,
-                section,
-                router.clone(),
-                events.clone(),
-                local,
-                pubsub.clone(),
-            ) {
+            let bridge = match Bridge::start(me, section, inbound) {
                 Ok(bridge) => bridge,
                 Err(e) => {
                     for arbiter in node.inner.arbiters.lock().drain(..) {
@@ -257,7 +280,7 @@ impl Node {
                     return Err(e.into());
                 }
             };
-            let _ = node.inner.bridge.set(bridge);
+            let _ = node.inner.transport.set(bridge);
         }
         let master = Master::new(&name, events.clone(), supervisors).start();
         *node.inner.master.lock() = Some(master);
@@ -308,17 +331,23 @@ impl Node {
         self.inner.api_addr
     }
 
-    fn bridge(&self) -> Option<&Bridge> {
-        self.inner.bridge.get().map(Arc::as_ref)
+    /// The backbone that links this node to the others, if any.
+    fn transport(&self) -> Option<&dyn Transport> {
+        self.inner.transport.get().map(Arc::as_ref)
     }
 
     /// Where this node's bridge listens, if it has one.
     pub fn bridge_addr(&self) -> Option<SocketAddr> {
-        self.bridge().map(Bridge::addr)
+        self.transport().and_then(|t| t.addr())
     }
 
     fn target(&self, service: &str) -> Result<Target, ServiceError> {
-        remote::target(&self.inner.router, self.bridge(), service, &self.inner.turn)
+        remote::target(
+            &self.inner.router,
+            self.transport(),
+            service,
+            &self.inner.turn,
+        )
     }
 
     /// Sends every lifecycle event of this node to `subscriber`. Delivery never
@@ -378,14 +407,14 @@ impl Node {
     /// members that cannot be reached, shown `down`.
     pub async fn cluster_status(&self) -> ClusterStatus {
         let mut nodes = vec![self.status()];
-        if let Some(bridge) = self.bridge() {
+        if let Some(transport) = self.transport() {
             let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-            let peers = bridge.peers();
-            let reports = futures::future::join_all(peers.iter().map(|p| p.status(deadline))).await;
-            for (peer, report) in peers.iter().zip(reports) {
-                nodes.push(report.unwrap_or_else(|| unreachable_node(&peer.name, "unknown")));
+            let links = transport.links();
+            let reports = futures::future::join_all(links.iter().map(|l| l.status(deadline))).await;
+            for (link, report) in links.iter().zip(reports) {
+                nodes.push(report.unwrap_or_else(|| unreachable_node(link.node(), "unknown")));
             }
-            for member in bridge.members() {
+            for member in transport.members() {
                 if nodes.iter().all(|n| n.name != member.name) {
                     nodes.push(unreachable_node(&member.name, &member.role));
                 }
@@ -415,11 +444,11 @@ impl Node {
     /// Whether node `name` is linked to this one and every worker it runs is
     /// running: a spawned node is online and serving.
     async fn serves(&self, name: &str) -> bool {
-        let Some(peer) = self.bridge().and_then(|b| b.peer(name)) else {
+        let Some(link) = self.transport().and_then(|t| t.link(name)) else {
             return false;
         };
         let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-        peer.status(deadline).await.is_some_and(|status| {
+        link.status(deadline).await.is_some_and(|status| {
             status.state == "running"
                 && status
                     .services
@@ -464,8 +493,8 @@ impl Node {
         let deadline = crate::deadline::after(drain);
         // No new requests from other nodes: each answers once it will send none.
         // What they sent before is served.
-        if let Some(bridge) = self.bridge() {
-            bridge
+        if let Some(transport) = self.transport() {
+            transport
                 .leave(tokio::time::Instant::now() + LEAVE_TIMEOUT.min(drain))
                 .await;
         }
@@ -495,12 +524,12 @@ impl Node {
             ));
             service.dealer.shut(Availability::Gone(why.clone()), error);
         }
-        if let Some(bridge) = self.bridge() {
+        if let Some(transport) = self.transport() {
             // The last replies to other nodes go out before the links close.
-            bridge
+            transport
                 .flush(tokio::time::Instant::now() + FLUSH_TIMEOUT)
                 .await;
-            bridge.stop();
+            transport.stop();
         }
         for arbiter in self.inner.arbiters.lock().drain(..) {
             arbiter.stop();
@@ -523,10 +552,11 @@ impl Node {
     }
 }
 
-/// The node as its bridge sees it: weak, so that the bridge does not keep it alive.
+/// The node as its transport sees it: weak, so that the transport does not keep
+/// it alive.
 struct WeakNode(std::sync::Weak<Inner>);
 
-impl LocalNode for WeakNode {
+impl Local for WeakNode {
     fn status(&self) -> NodeStatus {
         match self.0.upgrade() {
             Some(inner) => Node { inner }.status(),
@@ -551,7 +581,7 @@ impl LocalNode for WeakNode {
         })
     }
 
-    fn holder(
+    fn cluster(
         &self,
         op: bytes::Bytes,
         from: String,

@@ -58,9 +58,6 @@ const KNOWN_UPWARD: &[(&str, &str)] = &[
     ("src/node.rs", "src/api.rs"),
     ("src/node.rs", "src/spawn.rs"),
     ("src/node/check.rs", "src/api.rs"),
-    ("src/remote.rs", "src/bridge.rs"),
-    ("src/remote.rs", "src/bridge/peer.rs"),
-    ("src/remote.rs", "src/bridge/wire.rs"),
     ("src/supervisor.rs", "src/app.rs"),
     ("src/supervisor.rs", "src/node.rs"),
     ("src/worker.rs", "src/app.rs"),
@@ -76,6 +73,7 @@ const KNOWN_CIRCLES: &[&[&str]] = &[&[
     "src/bridge/handshake.rs",
     "src/bridge/peer.rs",
     "src/bridge/pubsub.rs",
+    "src/bridge/session.rs",
     "src/bridge/wire.rs",
     "src/dealer.rs",
     "src/holder.rs",
@@ -93,6 +91,7 @@ const KNOWN_CIRCLES: &[&[&str]] = &[&[
     "src/service.rs",
     "src/spawn.rs",
     "src/supervisor.rs",
+    "src/transport.rs",
     "src/worker.rs",
 ]];
 
@@ -100,12 +99,7 @@ const KNOWN_CIRCLES: &[&[&str]] = &[&[
 const MAX_LINES: usize = 600;
 
 /// Files of `src/` over [`MAX_LINES`] today. The list only shrinks.
-const KNOWN_LONG: &[&str] = &[
-    "src/bridge.rs",
-    "src/bridge/peer.rs",
-    "src/node.rs",
-    "src/spawn.rs",
-];
+const KNOWN_LONG: &[&str] = &["src/node.rs", "src/spawn.rs"];
 
 #[test]
 fn no_file_is_longer_than_600_lines() {
