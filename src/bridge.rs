@@ -18,7 +18,7 @@
 //! - `tls`: optional mutual TLS under the handshake.
 //! - `identity`: who may hold a link: one live link per name, one master, the
 //!   member table only from it, certificates that name their node.
-//! - `peer`: one live link, as a [`Link`]: its send queue and one table of the
+//! - `peer`: one live link, as a `transport::Link`: its send queue and one table of the
 //!   calls waiting for its answers.
 //! - `session`: the tasks of one connection: writer, reader, heartbeats.
 //! - `control`: every control message after the handshake: membership,
@@ -28,8 +28,8 @@
 //!
 //! Connections run on the bridge's own arbiter thread, apart from the workers'.
 //!
-//! The bridge is a backbone: it implements [`Transport`], and calls into its node
-//! through [`Inbound`].
+//! The bridge is a backbone: it implements `transport::Transport`, and calls into
+//! its node through `transport::Inbound`.
 
 mod accept;
 mod control;
@@ -57,7 +57,7 @@ use tokio_util::codec::Framed;
 
 use crate::config::{BridgeSection, Role};
 use crate::logging::untrusted;
-use crate::pubsub::{Announce, Delivery};
+use crate::pubsub::{Change, Delivery};
 pub use crate::transport::BridgeStats;
 use crate::transport::{Inbound, Link, Offered, Transport};
 use bytes::BytesMut;
@@ -126,8 +126,6 @@ pub(crate) struct Bridge {
     /// Services offered by nodes that said they were leaving, with until when a
     /// request for one of them waits for a node that runs it to (re)appear.
     returning: Mutex<HashMap<String, tokio::time::Instant>>,
-    /// Keeps the pub/sub change hook alive for as long as the bridge lives.
-    announcer: Mutex<Option<Arc<Announce>>>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -204,7 +202,6 @@ impl Bridge {
             stopping: AtomicBool::new(false),
             serving: Arc::default(),
             returning: Mutex::default(),
-            announcer: Mutex::default(),
         });
         let handle = bridge.arbiter.handle();
         let accepting = bridge.clone();
@@ -214,14 +211,6 @@ impl Bridge {
                 Err(e) => log::error!("bridge listener unusable: {e}"),
             }
         });
-        let weak = Arc::downgrade(&bridge);
-        let announce: Arc<Announce> = Arc::new(move |change| {
-            if let Some(bridge) = weak.upgrade() {
-                bridge.announce(change);
-            }
-        });
-        bridge.inbound.pubsub.on_change(Arc::downgrade(&announce));
-        *bridge.announcer.lock() = Some(announce);
         for addr in bridge.config.join.clone() {
             handle.spawn(dial_loop(bridge.clone(), addr, None));
         }
@@ -422,6 +411,10 @@ impl Transport for Bridge {
 
     fn subscribers(&self, topic: &str) -> usize {
         Bridge::subscribers(self, topic)
+    }
+
+    fn subscriptions_changed(&self, change: Change) {
+        self.announce(change)
     }
 
     fn leave(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::Role;
 use crate::error::ServiceError;
-use crate::pubsub::Delivery;
+use crate::pubsub::{Change, Delivery};
 use crate::status::NodeStatus;
 use crate::transport::{
     self, Backbone, BridgeStats, Call, Inbound, Incoming, Link, Member, Offer, Offered, Pending,
@@ -373,6 +373,10 @@ impl Transport for MemoryNode {
             .iter()
             .map(|n| n.inbound.pubsub.matching(topic) as usize)
             .sum()
+    }
+
+    fn subscriptions_changed(&self, _change: Change) {
+        // The other nodes read this node's subscriber table itself.
     }
 
     fn leave(&self, _deadline: Instant) -> BoxFuture<'_, ()> {

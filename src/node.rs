@@ -29,7 +29,7 @@ use crate::router::{LocalService, Router};
 use crate::spawn::{self, Spawner};
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
 use crate::supervisor::Supervisor;
-use crate::transport::{Backbone, Inbound, Local, Member, Offer, Transport};
+use crate::transport::{self, Backbone, Inbound, Local, Member, Offer, Transport};
 use crate::worker::{WorkerSlot, WorkerState};
 
 mod calls;
@@ -84,6 +84,8 @@ struct Inner {
     api_addr: Option<SocketAddr>,
     /// The backbone that links this node to the others, if any.
     transport: std::sync::OnceLock<Arc<dyn Transport>>,
+    /// Tells the transport of changes to this node's subscriptions while it lives.
+    announcer: std::sync::OnceLock<Arc<crate::pubsub::Announce>>,
     /// Round-robin position for services routed `round_robin`.
     turn: std::sync::atomic::AtomicUsize,
     stopping: std::sync::atomic::AtomicBool,
@@ -189,6 +191,7 @@ impl Node {
                 api: Mutex::new(None),
                 api_addr,
                 transport: std::sync::OnceLock::new(),
+                announcer: std::sync::OnceLock::new(),
                 turn: Default::default(),
                 stopping: Default::default(),
                 pubsub: pubsub.clone(),
@@ -281,6 +284,10 @@ impl Node {
                 }
             };
             let _ = node.inner.transport.set(bridge);
+        }
+        if let Some(transport) = node.inner.transport.get() {
+            let announcer = transport::announce_changes(transport, &pubsub);
+            let _ = node.inner.announcer.set(announcer);
         }
         let master = Master::new(&name, events.clone(), supervisors).start();
         *node.inner.master.lock() = Some(master);

@@ -3,14 +3,14 @@
 //!
 //! A backbone implements two traits:
 //!
-//! - [`Transport`]: this node's side of the cluster: the live [`Link`]s to the
-//!   other nodes, the member table, publications to other nodes' subscribers,
-//!   leaving and stopping.
-//! - [`Link`]: one other node: requests, replies and one-way sends to a service
+//! - `Transport`: this node's side of the cluster: the live `Link`s to the
+//!   other nodes, the member table, publications to other nodes' subscribers and
+//!   changes to this node's subscriptions, leaving and stopping.
+//! - `Link`: one other node: requests, replies and one-way sends to a service
 //!   (or one of its workers) on it; cluster-state operations (job queues, locks,
 //!   confirmations) sent to the node that holds the state; its status, kills.
 //!
-//! And it calls into its own node through [`Inbound`]: requests from other nodes
+//! And it calls into its own node through `Inbound`: requests from other nodes
 //! for this node's workers, their publications for this node's subscribers,
 //! cluster-state operations when this node holds the state, and membership and
 //! liveness events (a node up, a node down).
@@ -34,7 +34,7 @@ use crate::error::{ErrorKind, ServiceError};
 use crate::guard::Origin;
 use crate::message::WorkerId;
 use crate::messages::{EventBus, LifecycleEvent};
-use crate::pubsub::{Delivery, PubSub, PublishMeta};
+use crate::pubsub::{Announce, Change, Delivery, PubSub, PublishMeta};
 use crate::router::Router;
 use crate::status::NodeStatus;
 
@@ -214,6 +214,10 @@ pub(crate) trait Transport: Send + Sync {
     fn publish(&self, delivery: &Delivery) -> usize;
     /// How many subscribers of other nodes want `topic`.
     fn subscribers(&self, topic: &str) -> usize;
+    /// A change to this node's subscriptions, for the other nodes to know which
+    /// publications it wants. Called in turn with every other change (see
+    /// `PubSub::with_prefixes`).
+    fn subscriptions_changed(&self, change: Change);
     /// Tells every other node that this node is leaving, and waits (until
     /// `deadline`) for each to send no new requests.
     fn leave(&self, deadline: Instant) -> BoxFuture<'_, ()>;
@@ -226,6 +230,19 @@ pub(crate) trait Transport: Send + Sync {
     fn addr(&self) -> Option<SocketAddr>;
     /// Traffic since the transport started, for a backbone that counts it.
     fn stats(&self) -> Option<BridgeStats>;
+}
+
+/// Hands every change to this node's subscriptions (`pubsub`) to `transport`,
+/// for as long as the returned hook lives.
+pub(crate) fn announce_changes(transport: &Arc<dyn Transport>, pubsub: &PubSub) -> Arc<Announce> {
+    let transport = Arc::downgrade(transport);
+    let announce: Arc<Announce> = Arc::new(move |change| {
+        if let Some(transport) = transport.upgrade() {
+            transport.subscriptions_changed(change);
+        }
+    });
+    pubsub.on_change(Arc::downgrade(&announce));
+    announce
 }
 
 /// What a transport asks of its own node beyond its workers.
