@@ -36,7 +36,7 @@ mod control;
 pub mod frame;
 pub mod handshake;
 mod identity;
-pub(crate) mod peer;
+mod peer;
 mod pubsub;
 mod session;
 pub(crate) mod tls;
