@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use colony::memory::MemoryNetwork;
 use colony::{
-    App, ErrorKind, LockOptions, Node, NodeConfig, Published, Request, ServiceError, Subscription,
-    WorkerContext,
+    App, ErrorKind, LifecycleEvent, LockOptions, Node, NodeConfig, Published, Request,
+    ServiceError, Subscription, WorkerContext,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -215,4 +215,69 @@ async fn three_nodes_in_one_process_serve_publish_and_share_queues_and_locks() {
 
     beta.shutdown(Duration::from_secs(1)).await;
     hub.shutdown(Duration::from_secs(1)).await;
+}
+
+#[actix_rt::test]
+async fn a_node_that_leaves_the_network_is_down_for_the_others_and_its_locks_are_released() {
+    let net = MemoryNetwork::new();
+    let taken = Taken::default();
+    let hub = start(
+        &net,
+        &taken,
+        "node: { name: hub, role: master, threads: 1 }\n",
+    )
+    .await;
+    let alpha = start(
+        &net,
+        &taken,
+        "node: { name: alpha, role: worker, threads: 1 }\nservices: { calc: { workers: 1 } }\n",
+    )
+    .await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let watcher = {
+        let events = events.clone();
+        Watcher::create(|_| Watcher { events })
+    };
+    hub.subscribe_events(watcher.recipient())
+        .await
+        .expect("subscribed");
+
+    // Alpha holds a lock, then leaves without dropping its guard.
+    let guard = alpha.lock("key").await.expect("alpha takes the lock");
+    alpha.shutdown(Duration::from_secs(1)).await;
+    wait_until("the hub sees alpha down", || {
+        events
+            .lock()
+            .iter()
+            .any(|e| matches!(e, LifecycleEvent::NodeDown { node, .. } if node == "alpha"))
+    })
+    .await;
+    let status = hub.cluster_status().await;
+    assert!(status.nodes.iter().all(|n| n.name != "alpha"), "{status:?}");
+    let short = LockOptions {
+        wait: Duration::from_secs(2),
+        lease: None,
+    };
+    let again = hub
+        .lock_with("key", short)
+        .await
+        .expect("the lock of a node that left is released");
+    drop(again);
+    drop(guard);
+    hub.shutdown(Duration::from_secs(1)).await;
+}
+
+struct Watcher {
+    events: Arc<Mutex<Vec<LifecycleEvent>>>,
+}
+
+impl Actor for Watcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<LifecycleEvent> for Watcher {
+    type Result = ();
+    fn handle(&mut self, event: LifecycleEvent, _: &mut Context<Self>) {
+        self.events.lock().push(event);
+    }
 }
