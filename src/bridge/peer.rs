@@ -46,7 +46,7 @@ pub(crate) struct Peer {
     /// The topic prefixes the peer's subscribers hold, with their counts.
     pub(crate) subscriptions: PeerSubscriptions,
     /// A change to this node's subscriptions could not be queued to the peer: it
-    /// gets the whole table again (see [`Bridge::resync`]), and no change until then.
+    /// gets the whole table again (see [`super::Bridge::resync`]), and no change until then.
     pub(crate) resync: AtomicBool,
 }
 
