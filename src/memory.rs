@@ -50,6 +50,12 @@ impl MemoryNetwork {
     pub fn backbone(&self) -> Backbone {
         let net = self.net.clone();
         Backbone(Box::new(move |me: Member, inbound: Inbound| {
+            if net.nodes.lock().contains_key(&me.name) {
+                return Err(format!(
+                    "a node named {} is on the memory network already",
+                    me.name
+                ));
+            }
             let node = Arc::new(MemoryNode {
                 me,
                 inbound,
@@ -73,7 +79,7 @@ impl MemoryNetwork {
                     node.inbound.node_up(&other.me.name);
                 }
             }
-            node as Arc<dyn Transport>
+            Ok(node as Arc<dyn Transport>)
         }))
     }
 

@@ -57,6 +57,9 @@ pub enum StartError {
     /// The bridge could not start (no secret, bad TLS files, address in use).
     #[error(transparent)]
     Bridge(#[from] BridgeError),
+    /// The transport the node was started on could not link it.
+    #[error("transport: {0}")]
+    Transport(String),
     /// The API token file could not be read or is empty.
     #[error("api.token_file {path}: {problem}")]
     Token {
@@ -268,22 +271,29 @@ impl Node {
             api: api_addr,
             services: offers,
         };
-        if let Some(backbone) = backbone {
-            let _ = node.inner.transport.set((backbone.0)(me, inbound));
-        } else if let Some(section) = config.bridge.clone() {
-            me.bridge = section.listen;
-            // Before any worker starts: a bridge that cannot start leaves nothing to undo
-            // but the idle threads.
-            let bridge = match Bridge::start(me, section, inbound) {
-                Ok(bridge) => bridge,
-                Err(e) => {
-                    for arbiter in node.inner.arbiters.lock().drain(..) {
-                        arbiter.stop();
-                    }
-                    return Err(e.into());
+        // Before any worker starts: a transport that cannot start leaves nothing to
+        // undo but the idle threads.
+        let transport: Option<Result<Arc<dyn Transport>, StartError>> = match backbone {
+            Some(backbone) => Some((backbone.0)(me, inbound).map_err(StartError::Transport)),
+            None => config.bridge.clone().map(|section| {
+                me.bridge = section.listen;
+                match Bridge::start(me, section, inbound) {
+                    Ok(bridge) => Ok(bridge as Arc<dyn Transport>),
+                    Err(e) => Err(e.into()),
                 }
-            };
-            let _ = node.inner.transport.set(bridge);
+            }),
+        };
+        match transport {
+            Some(Ok(transport)) => {
+                let _ = node.inner.transport.set(transport);
+            }
+            Some(Err(e)) => {
+                for arbiter in node.inner.arbiters.lock().drain(..) {
+                    arbiter.stop();
+                }
+                return Err(e);
+            }
+            None => {}
         }
         if let Some(transport) = node.inner.transport.get() {
             let announcer = transport::announce_changes(transport, &pubsub);

@@ -348,7 +348,13 @@ impl Inbound {
 /// A backbone a node starts on instead of its config's bridge (see
 /// [`Node::start_with_transport`](crate::Node::start_with_transport)), such as
 /// [`MemoryNetwork::backbone`](crate::memory::MemoryNetwork::backbone).
-pub struct Backbone(pub(crate) Box<dyn FnOnce(Member, Inbound) -> Arc<dyn Transport> + Send>);
+///
+/// It gets this node's [`Member`] entry and where what other nodes send goes;
+/// it fails (the node does not start) with why it cannot link the node.
+pub struct Backbone(pub(crate) Box<Attach>);
+
+/// Links a node, given its member entry and its inbound side, to a backbone.
+pub(crate) type Attach = dyn FnOnce(Member, Inbound) -> Result<Arc<dyn Transport>, String> + Send;
 
 impl std::fmt::Debug for Backbone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

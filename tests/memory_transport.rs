@@ -146,6 +146,12 @@ async fn three_nodes_in_one_process_serve_publish_and_share_queues_and_locks() {
     )
     .await;
     assert_eq!(net.nodes(), ["alpha", "beta", "hub"]);
+    let config = NodeConfig::parse(Path::new("test.yaml"), "node: { name: alpha }\n").unwrap();
+    let twin = Node::start_with_transport(app(&taken), config, net.backbone()).await;
+    assert!(
+        matches!(&twin, Err(colony::StartError::Transport(why)) if why.contains("alpha")),
+        "{twin:?}"
+    );
     let status = hub.cluster_status().await;
     let mut names: Vec<_> = status.nodes.iter().map(|n| n.name.as_str()).collect();
     names.sort();
