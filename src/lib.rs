@@ -14,15 +14,17 @@
 //! - `master` is the root actor of a node; it starts one `supervisor` actor per
 //!   service, which starts and restarts that service's workers.
 //! - `remote` decides, by the service's routing, whether a call stays on this node
-//!   or crosses to another that runs the service.
+//!   or crosses to another that runs the service, over the node's [`transport`]:
+//!   the seam where a backbone plugs in.
 //! - `router` resolves a service name and carries a request through the service's
 //!   `dealer` (the load-balancing broker) into a `worker`'s mailbox and the reply back.
-//! - [`bridge`] connects nodes: authenticated, framed links that carry requests
-//!   to workers on other nodes and the cluster's member table; [`certs`] makes the
-//!   cluster CA and node certificates for its TLS.
+//! - [`bridge`] is the TCP backbone: authenticated, framed links that carry
+//!   requests to workers on other nodes and the cluster's member table; [`certs`]
+//!   makes the cluster CA and node certificates for its TLS. [`memory`] links
+//!   nodes of one process without sockets.
 //! - [`pubsub`] is publish/subscribe across the cluster (prefix filtering at the
 //!   publisher, clustr-node's channels); [`jobs`] (job queues), `locks` and `confirm`
-//!   are kept by the master in `holder`, which other nodes reach over the bridge.
+//!   are kept by the master in `holder`, which other nodes reach over their transport.
 //! - [`messages`] holds the lifecycle events every actor can subscribe to.
 //! - [`error`] is the error every failed call returns, with its kinds.
 //! - `spawn` starts the node processes of a config's `spawn:` list and keeps them
