@@ -411,3 +411,69 @@ impl Link for Peer {
         Box::pin(self.kill_with(move |id| Control::KillNode { id, code }, deadline))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn peer() -> (Peer, mpsc::Receiver<Bytes>) {
+        let config: crate::config::BridgeSection = serde_json::from_value(serde_json::json!({
+            "listen": "127.0.0.1:0",
+            "secret_file": "unused",
+        }))
+        .expect("a bridge section");
+        let (tx, rx) = mpsc::channel(16);
+        (Peer::new("b".into(), tx, &config), rx)
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[actix_rt::test]
+    async fn one_table_answers_each_call_by_its_kind_and_fails_the_rest_when_the_link_ends() {
+        let (peer, mut rx) = peer();
+        let call = Call {
+            service: "calc",
+            subject: "add",
+            timeout: Duration::from_secs(1),
+            worker: None,
+        };
+        let pending = Link::request(&peer, call, b"{}").expect("queued");
+        assert!(rx.try_recv().is_ok(), "the request frame is queued");
+        // An answer of another kind with the request's id leaves it waiting.
+        let status = peer.answered(pending.id, |w| match w {
+            Waiter::Status(tx) => Ok(tx),
+            other => Err(other),
+        });
+        assert!(status.is_none());
+        peer.complete(wire::ReplyFrame {
+            id: pending.id,
+            ok: true,
+            payload: Bytes::from_static(b"3"),
+        });
+        let answer = pending
+            .wait(&peer, soon(), || unreachable!("answered"))
+            .await;
+        assert_eq!(answer.expect("the reply"), Bytes::from_static(b"3"));
+        assert!(peer.pending.lock().is_empty());
+
+        // A kill and a cluster operation wait on the same table; both fail at
+        // once when the link ends.
+        let operation = Link::cluster(&peer, b"\"queues\"").expect("queued");
+        let (killed, ()) = tokio::join!(Link::kill(&peer, "b/calc/0", soon()), async {
+            tokio::task::yield_now().await;
+            assert_eq!(peer.pending.lock().len(), 2);
+            peer.fail_pending("gone");
+        });
+        assert_eq!(killed.map_err(|e| e.kind), Err(ErrorKind::NodeDown));
+        let answer = operation
+            .wait(&peer, soon(), || unreachable!("failed"))
+            .await;
+        assert_eq!(answer.map_err(|e| e.kind), Err(ErrorKind::NodeDown));
+        assert!(peer.pending.lock().is_empty());
+    }
+}
