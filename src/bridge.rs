@@ -77,7 +77,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    frames_in: [AtomicU64; 5],
+    frames_in: [AtomicU64; 6],
     bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     links_opened: AtomicU64,

@@ -69,8 +69,9 @@ pub struct Offer {
 /// Traffic over a node's bridge since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BridgeStats {
-    /// Frames received, by kind: control, request, reply, heartbeat, publish.
-    pub frames_in: [u64; 5],
+    /// Frames received, by kind: control, request, reply, heartbeat, publish,
+    /// cluster operation.
+    pub frames_in: [u64; 6],
     /// Bytes received (frame bodies and headers).
     pub bytes_in: u64,
     /// Bytes written to links.
