@@ -18,18 +18,27 @@
 //! - `tls`: optional mutual TLS under the handshake.
 //! - `identity`: who may hold a link: one live link per name, one master, the
 //!   member table only from it, certificates that name their node.
-//! - `peer`: one live connection: send queue, heartbeats, requests in flight.
+//! - `peer`: one live link, as a `transport::Link`: its send queue and one table of the
+//!   calls waiting for its answers.
+//! - `session`: the tasks of one connection: writer, reader, heartbeats.
+//! - `control`: every control message after the handshake: membership,
+//!   subscription tables, status, kills, leaving.
 //! - `pubsub`: publications and subscription changes across links; the topic
 //!   prefixes a peer's subscribers hold, bounded.
 //!
 //! Connections run on the bridge's own arbiter thread, apart from the workers'.
+//!
+//! The bridge is a backbone: it implements `transport::Transport`, and calls into
+//! its node through `transport::Inbound`.
 
 mod accept;
+mod control;
 pub mod frame;
 pub mod handshake;
 mod identity;
-pub(crate) mod peer;
+mod peer;
 mod pubsub;
+mod session;
 pub(crate) mod tls;
 pub mod wire;
 
@@ -40,7 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_rt::{Arbiter, ArbiterHandle};
-use bytes::BytesMut;
+use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -48,21 +57,15 @@ use tokio_util::codec::Framed;
 
 use crate::backoff::Backoff;
 use crate::config::{BridgeSection, Role};
-use crate::error::ServiceError;
-use crate::events::{EventBus, LifecycleEvent};
-use crate::guard::Origin;
-use crate::holder::HOLDER_SERVICE;
 use crate::logging::untrusted;
-use crate::message::WorkerId;
-use crate::pubsub::{Announce, PubSub};
-use crate::router::Router;
-use crate::status::NodeStatus;
-use bytes::Bytes;
+use crate::pubsub::{Change, Delivery};
+pub use crate::transport::BridgeStats;
+use crate::transport::{Inbound, Link, Offered, Transport};
+use bytes::BytesMut;
 use frame::FrameCodec;
-use futures::future::BoxFuture;
 use handshake::Secret;
 use peer::Peer;
-use wire::{Control, Member, RequestFrame, TO_WORKER};
+use wire::{Control, Member};
 
 /// How long a connection may take to open and authenticate.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,41 +78,9 @@ const REDIAL: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_
     .jitter()
     .reset_after(Duration::from_secs(5));
 
-/// What the bridge asks of its own node for peers: its status, kills, and the
-/// cluster operations of the node that holds queues and locks.
-pub(crate) trait LocalNode: Send + Sync {
-    /// This node's status.
-    fn status(&self) -> NodeStatus;
-    /// Kills one of this node's workers.
-    fn kill(&self, worker: WorkerId) -> BoxFuture<'static, Result<(), ServiceError>>;
-    /// Serves a cluster operation (see `holder`) sent by node `from`.
-    fn holder(&self, op: Bytes, from: String) -> BoxFuture<'static, Result<Vec<u8>, ServiceError>>;
-    /// Node `node` went down.
-    fn node_down(&self, node: &str);
-    /// Exits this node's process with `code` shortly, as if it crashed.
-    fn exit(&self, code: i32) -> Result<(), ServiceError>;
-}
-
-/// Traffic over a node's bridge since it started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct BridgeStats {
-    /// Frames received, by kind: control, request, reply, heartbeat, publish.
-    pub frames_in: [u64; 5],
-    /// Bytes received (frame bodies and headers).
-    pub bytes_in: u64,
-    /// Bytes written to links.
-    pub bytes_out: u64,
-    /// Links opened (first connections and reconnects).
-    pub links_opened: u64,
-    /// Links opened to a node this node had been linked with before.
-    pub reconnects: u64,
-    /// Peers linked now.
-    pub peers_up: u64,
-}
-
 #[derive(Default)]
 pub(crate) struct Counters {
-    frames_in: [AtomicU64; 5],
+    frames_in: [AtomicU64; 6],
     bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     links_opened: AtomicU64,
@@ -142,10 +113,8 @@ pub(crate) struct Bridge {
     config: BridgeSection,
     secret: Secret,
     tls: Option<tls::Tls>,
-    router: Router,
-    events: EventBus,
-    local: Box<dyn LocalNode>,
-    pubsub: Arc<PubSub>,
+    /// Where what peers send goes.
+    inbound: Inbound,
     pub(crate) counters: Counters,
     arbiter: Arbiter,
     peers: RwLock<HashMap<String, Arc<Peer>>>,
@@ -160,8 +129,6 @@ pub(crate) struct Bridge {
     /// Services offered by nodes that said they were leaving, with until when a
     /// request for one of them waits for a node that runs it to (re)appear.
     returning: Mutex<HashMap<String, tokio::time::Instant>>,
-    /// Keeps the pub/sub change hook alive for as long as the bridge lives.
-    announcer: Mutex<Option<Arc<Announce>>>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -202,10 +169,7 @@ impl Bridge {
     pub(crate) fn start(
         mut me: Member,
         config: BridgeSection,
-        router: Router,
-        events: EventBus,
-        local: Box<dyn LocalNode>,
-        pubsub: Arc<PubSub>,
+        inbound: Inbound,
     ) -> Result<Arc<Bridge>, BridgeError> {
         let secret = Secret::read(&config.secret_file).map_err(|problem| BridgeError::Secret {
             path: config.secret_file.display().to_string(),
@@ -232,10 +196,7 @@ impl Bridge {
             config,
             secret,
             tls,
-            router,
-            events,
-            local,
-            pubsub,
+            inbound,
             counters: Counters::default(),
             arbiter,
             peers: RwLock::default(),
@@ -244,7 +205,6 @@ impl Bridge {
             stopping: AtomicBool::new(false),
             serving: Arc::default(),
             returning: Mutex::default(),
-            announcer: Mutex::default(),
         });
         let handle = bridge.arbiter.handle();
         let accepting = bridge.clone();
@@ -254,24 +214,11 @@ impl Bridge {
                 Err(e) => log::error!("bridge listener unusable: {e}"),
             }
         });
-        let weak = Arc::downgrade(&bridge);
-        let announce: Arc<Announce> = Arc::new(move |change| {
-            if let Some(bridge) = weak.upgrade() {
-                bridge.announce(change);
-            }
-        });
-        bridge.pubsub.on_change(Arc::downgrade(&announce));
-        *bridge.announcer.lock() = Some(announce);
         for addr in bridge.config.join.clone() {
             handle.spawn(dial_loop(bridge.clone(), addr, None));
         }
         log::info!("bridge of node {} on {}", bridge.me.name, bridge.me.bridge);
         Ok(bridge)
-    }
-
-    /// Where this node's bridge listens.
-    pub(crate) fn addr(&self) -> SocketAddr {
-        self.me.bridge
     }
 
     pub(crate) fn config(&self) -> &BridgeSection {
@@ -304,22 +251,6 @@ impl Bridge {
         peers
     }
 
-    /// The live links to nodes that run `service`, with their offer and our load.
-    pub(crate) fn peers_offering(
-        &self,
-        service: &str,
-    ) -> Vec<(Arc<Peer>, wire::Offer, Arc<AtomicU64>)> {
-        self.peers
-            .read()
-            .values()
-            .filter(|p| p.is_up() && !p.leaving.load(Ordering::Acquire))
-            .filter_map(|p| {
-                p.offer(service)
-                    .map(|(offer, load)| (p.clone(), offer, load))
-            })
-            .collect()
-    }
-
     /// The members this node knows of, itself included.
     pub(crate) fn members(&self) -> Vec<Member> {
         self.members.lock().values().cloned().collect()
@@ -334,90 +265,12 @@ impl Bridge {
             .map(|m| m.name.clone())
     }
 
-    pub(crate) fn local_status(&self) -> NodeStatus {
-        self.local.status()
-    }
-
-    pub(crate) fn local_kill(
-        &self,
-        worker: WorkerId,
-    ) -> BoxFuture<'static, Result<(), ServiceError>> {
-        self.local.kill(worker)
-    }
-
-    pub(crate) fn local_exit(&self, code: i32) -> Result<(), ServiceError> {
-        self.local.exit(code)
-    }
-
     /// Tells every peer that this node is leaving and waits (until `deadline`) for
     /// each to answer: from then on no new request comes, while those already sent
     /// are served.
     pub(crate) async fn leave(&self, deadline: tokio::time::Instant) {
         let peers = self.peers();
         futures::future::join_all(peers.iter().map(|p| p.leave(deadline))).await;
-    }
-
-    /// Serves a peer's request with this node's own workers.
-    pub(crate) async fn serve(
-        &self,
-        request: RequestFrame,
-        from: &str,
-    ) -> Result<Vec<u8>, ServiceError> {
-        if request.service == HOLDER_SERVICE {
-            return self.local.holder(request.payload, from.to_string()).await;
-        }
-        // A peer's timeout is bounded as a local one is (at most an hour).
-        let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)))
-            .min(crate::config::limits::MAX_TIMEOUT);
-        let worker = (request.flags & TO_WORKER != 0).then_some(request.worker as usize);
-        let reply = self
-            .router
-            .request_json(
-                &request.service,
-                &request.subject,
-                request.payload.to_vec(),
-                Some(timeout),
-                Origin::Node(from.to_string()),
-                worker,
-            )
-            .await?;
-        serde_json::to_vec(&reply)
-            .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
-    }
-
-    /// Registers `peer`'s new link and introduces this node to it; refused (the
-    /// link must close) when its name is taken (see `identity`).
-    pub(crate) fn peer_up(&self, peer: Arc<Peer>) -> Result<(), String> {
-        self.claim(&peer)?;
-        if let Some(member) = self.members.lock().get(&peer.name) {
-            peer.set_offers(&member.services);
-        }
-        log::info!("bridge: linked with node {}", peer.name);
-        // The table is taken and queued in turn with announcements (see
-        // `PubSub::with_prefixes`): the peer already gets those made from now on.
-        self.pubsub.with_prefixes(|prefixes| {
-            let mut frame = BytesMut::new();
-            let join = Control::Join {
-                member: self.me.clone(),
-            };
-            let subscriptions = Control::Subscriptions { prefixes };
-            let encoded = join
-                .encode(&mut frame, self.config.max_frame)
-                .and_then(|()| subscriptions.encode(&mut frame, self.config.max_frame));
-            match encoded {
-                Ok(()) => {
-                    if let Err(e) = peer.send(frame.freeze()) {
-                        log::warn!("bridge: cannot introduce this node to {}: {e}", peer.name);
-                    }
-                }
-                Err(e) => log::error!("bridge: introduction does not fit a frame: {e}"),
-            }
-        });
-        self.counters.links_opened.fetch_add(1, Ordering::Relaxed);
-        if !self.counters.linked.lock().insert(peer.name.clone()) {
-            self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
     }
 
     /// Traffic since the bridge started.
@@ -430,143 +283,6 @@ impl Bridge {
             links_opened: c.links_opened.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
             peers_up: self.peers().len() as u64,
-        }
-    }
-
-    pub(crate) fn peer_down(&self, peer: &Arc<Peer>, why: &str) {
-        {
-            let mut peers = self.peers.write();
-            if peers.get(&peer.name).is_some_and(|p| Arc::ptr_eq(p, peer)) {
-                peers.remove(&peer.name);
-            } else {
-                // A newer link to the same node replaced this one.
-                return;
-            }
-        }
-        if self.stopping.load(Ordering::Acquire) {
-            return;
-        }
-        log::warn!("bridge: node {} is down: {}", peer.name, untrusted(why));
-        self.local.node_down(&peer.name);
-        self.events.publish(LifecycleEvent::NodeDown {
-            node: peer.name.clone(),
-            reason: why.to_string(),
-        });
-        if self.is_master() {
-            self.members.lock().remove(&peer.name);
-            self.broadcast_members();
-        }
-    }
-
-    pub(crate) fn control(self: &Arc<Self>, peer: &Arc<Peer>, control: Control) {
-        match control {
-            Control::Join { member } => {
-                if member.name != peer.name {
-                    log::warn!(
-                        "bridge: node {} announced itself as {}; ignored",
-                        peer.name,
-                        untrusted(&member.name)
-                    );
-                    return;
-                }
-                if let Some(reason) = self.refuse_role(peer, &member) {
-                    self.refuse(peer, &reason);
-                    return;
-                }
-                peer.set_offers(&member.services);
-                let new = self
-                    .members
-                    .lock()
-                    .insert(member.name.clone(), member)
-                    .is_none();
-                if self.is_master() {
-                    if new {
-                        self.events.publish(LifecycleEvent::NodeUp {
-                            node: peer.name.clone(),
-                        });
-                    }
-                    self.broadcast_members();
-                }
-            }
-            Control::Members { members } if self.sent_by_master(peer) => {
-                let members = self.vet_table(&peer.name, members);
-                self.learn(members)
-            }
-            Control::Members { .. } => self.table_refused(peer),
-            Control::Refused { reason } => self.refused_by(peer, &reason),
-            Control::Subscriptions { prefixes } => peer.subscriptions.replace(&peer.name, prefixes),
-            Control::Subscribed { prefix } => peer.subscriptions.add(&peer.name, prefix),
-            Control::Unsubscribed { prefix } => peer.subscriptions.remove(&prefix),
-            other => log::warn!(
-                "bridge: unexpected message from {}: {}",
-                peer.name,
-                untrusted(&format!("{other:?}"))
-            ),
-        }
-    }
-
-    /// Takes the master's member table, links to new members and forgets gone ones.
-    fn learn(self: &Arc<Self>, members: Vec<Member>) {
-        let table: BTreeMap<String, Member> = members
-            .into_iter()
-            .map(|m| (m.name.clone(), m))
-            .chain([(self.me.name.clone(), self.me.clone())])
-            .collect();
-        for member in table.values() {
-            if let Some(peer) = self.peer(&member.name) {
-                peer.set_offers(&member.services);
-            }
-        }
-        let gone: Vec<String> = self
-            .members
-            .lock()
-            .keys()
-            .filter(|name| !table.contains_key(*name))
-            .cloned()
-            .collect();
-        *self.members.lock() = table.clone();
-        for name in gone {
-            if let Some(peer) = self.peer(&name) {
-                peer.shut();
-            }
-        }
-        for member in table.values() {
-            let should_dial = member.name.as_str() > self.me.name.as_str()
-                && member.role != Role::Master.to_string()
-                && self.peer(&member.name).is_none();
-            if should_dial && !self.dialing.lock().contains(&member.name) {
-                self.dialing.lock().push(member.name.clone());
-                self.handle().spawn(dial_loop(
-                    self.clone(),
-                    member.bridge,
-                    Some(member.name.clone()),
-                ));
-            }
-        }
-    }
-
-    fn broadcast_members(&self) {
-        let members = self.members();
-        let mut frame = BytesMut::new();
-        if let Err(e) = (Control::Members { members }).encode(&mut frame, self.config.max_frame) {
-            log::error!("bridge: member table does not fit a frame: {e}");
-            return;
-        }
-        let frame = frame.freeze();
-        for peer in self.peers() {
-            if let Err(e) = peer.send(frame.clone()) {
-                log::warn!("bridge: member table not sent to {}: {e}", peer.name);
-            }
-        }
-    }
-
-    /// `peer` is leaving: requests for a service only it ran wait a while for the
-    /// service to come back (a node restarting in a reload) instead of failing.
-    pub(crate) fn peer_leaving(&self, peer: &Peer) {
-        let until = tokio::time::Instant::now() + RETURN_HOLD;
-        let mut returning = self.returning.lock();
-        for (offer, _) in peer.offers.lock().iter() {
-            returning.insert(offer.name.clone(), until);
         }
     }
 
@@ -656,6 +372,75 @@ impl Bridge {
     }
 }
 
+impl Transport for Bridge {
+    fn link(&self, node: &str) -> Option<Arc<dyn Link>> {
+        self.peer(node).map(|p| p as Arc<dyn Link>)
+    }
+
+    fn links(&self) -> Vec<Arc<dyn Link>> {
+        self.peers()
+            .into_iter()
+            .map(|p| p as Arc<dyn Link>)
+            .collect()
+    }
+
+    fn offering(&self, service: &str) -> Vec<Offered> {
+        self.peers
+            .read()
+            .values()
+            .filter(|p| p.is_up() && !p.leaving.load(Ordering::Acquire))
+            .filter_map(|p| {
+                p.offer(service)
+                    .map(|(offer, load)| (p.clone() as Arc<dyn Link>, offer, load))
+            })
+            .collect()
+    }
+
+    fn members(&self) -> Vec<Member> {
+        Bridge::members(self)
+    }
+
+    fn master(&self) -> Option<String> {
+        Bridge::master(self)
+    }
+
+    fn returning(&self, service: &str) -> Option<tokio::time::Instant> {
+        Bridge::returning(self, service)
+    }
+
+    fn publish(&self, delivery: &Delivery) -> usize {
+        Bridge::publish(self, delivery)
+    }
+
+    fn subscribers(&self, topic: &str) -> usize {
+        Bridge::subscribers(self, topic)
+    }
+
+    fn subscriptions_changed(&self, change: Change) {
+        self.announce(change)
+    }
+
+    fn leave(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
+        Box::pin(Bridge::leave(self, deadline))
+    }
+
+    fn flush(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
+        Box::pin(Bridge::flush(self, deadline))
+    }
+
+    fn stop(&self) {
+        Bridge::stop(self)
+    }
+
+    fn addr(&self) -> Option<SocketAddr> {
+        Some(self.me.bridge)
+    }
+
+    fn stats(&self) -> Option<BridgeStats> {
+        Some(Bridge::stats(self))
+    }
+}
+
 /// A byte stream the bridge can run a connection over: TCP or TLS.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -683,7 +468,7 @@ async fn dial_loop(bridge: Arc<Bridge>, addr: SocketAddr, member: Option<String>
                             bridge.set_joined(addr, Some(&name));
                         }
                         let opened = tokio::time::Instant::now();
-                        let why = peer::run(bridge.clone(), framed, name.clone()).await;
+                        let why = session::run(bridge.clone(), framed, name.clone()).await;
                         if member.is_none() {
                             bridge.set_joined(addr, None);
                         }

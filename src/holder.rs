@@ -2,9 +2,9 @@
 //! the lock table ([`locks`](crate::locks)) and the confirmation counts
 //! ([`confirm`](crate::confirm)). A node without a bridge holds its own.
 //!
-//! Other nodes reach the holder with [`Op`]s carried as requests to the reserved
-//! service [`HOLDER_SERVICE`] over their link to the master; the holder's own
-//! node calls it directly, without JSON. When a node goes down, the holder
+//! Other nodes reach the holder with [`Op`]s sent as cluster operations over
+//! their transport's link to the master (see `transport::Link::cluster`); the
+//! holder's own node calls it directly, without JSON. When a node goes down, the holder
 //! delivers its jobs again, releases its locks and drops its waiters.
 
 use std::sync::Arc;
@@ -19,9 +19,6 @@ use crate::error::ServiceError;
 use crate::events::EventBus;
 use crate::jobs::{Answer, JobQueues};
 use crate::locks::{Claim, Locks};
-
-/// The reserved service name that carries [`Op`]s to the holder.
-pub(crate) const HOLDER_SERVICE: &str = "@cluster";
 
 /// How often leases of jobs and locks are checked.
 const SWEEP: Duration = Duration::from_millis(100);

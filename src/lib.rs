@@ -11,10 +11,10 @@
 //!        |                                            HTTP, a whole node, children
 //!  5 the node          node  app                      bootstrap, the handle for calls,
 //!        |                                            a config checked against the app
-//!  4 transports        bridge                         links to the other nodes
-//!        |
-//!  3 cluster services  remote  pubsub  jobs  locks    what crosses nodes; the master's
-//!        |             confirm  holder                holder keeps queues and locks
+//!  4 transports        bridge  memory                 backbones: TCP links, or nodes
+//!        |                                            of one process linked in memory
+//!  3 cluster services  transport  remote  pubsub      what crosses nodes, written
+//!        |             jobs  locks  confirm  holder   against the transport seam
 //!  2 in-node runtime   root  supervisor  router       one node's request path:
 //!        |             dealer  worker  service        name → dealer → worker → reply
 //!        |             metrics
@@ -29,16 +29,20 @@
 //!   started (`spawn`: pm2's backoff and crash-loop guard, rolling reloads) and
 //!   attached to the node through hooks the node defines; [`certs`] makes the
 //!   cluster CA and node certificates.
-//! - The node: `node` bootstraps a config's services and the bridge and is the
+//! - The node: `node` bootstraps a config's services and its backbone and is the
 //!   handle for every call ([`Node::request`], [`Node::tell`], [`Node::broadcast`],
 //!   …); `node::check` checks a config against the [`app`], where an application
 //!   lists its services: an actor type and one typed line per message.
-//! - Transports: [`bridge`] connects nodes: authenticated, framed links that carry
-//!   requests to workers on other nodes and the cluster's member table.
-//! - Cluster services: `remote` decides whether a call stays on this node or
-//!   crosses to another that runs the service; [`pubsub`] is publish/subscribe
-//!   across the cluster; [`jobs`] (job queues), `locks` and `confirm` are kept by
-//!   the master in `holder`, which other nodes reach over the bridge.
+//! - Transports implement [`transport`]'s traits: [`bridge`] connects nodes with
+//!   authenticated, framed TCP (or TLS) links; [`memory`] links nodes of one
+//!   process without sockets. A new backbone is one new folder here.
+//! - Cluster services: [`transport`] is the seam where a backbone plugs in
+//!   (requests, replies and one-way sends; publishes and subscription changes;
+//!   cluster-state operations; membership and liveness); `remote` decides whether
+//!   a call stays on this node or crosses to another that runs the service;
+//!   [`pubsub`] is publish/subscribe across the cluster; [`jobs`] (job queues),
+//!   `locks` and `confirm` are kept by the master in `holder`, which other nodes
+//!   reach over their transport.
 //! - In-node runtime: `root` is the root actor of a node; it starts one
 //!   `supervisor` per service, which starts and restarts its workers; `router`
 //!   carries a request through the service's `dealer` (the load-balancing broker)
@@ -68,6 +72,7 @@ mod holder;
 pub mod jobs;
 mod locks;
 pub mod logging;
+pub mod memory;
 pub mod message;
 mod metrics;
 pub mod node;
@@ -80,6 +85,7 @@ mod service;
 mod spawn;
 pub mod status;
 mod supervisor;
+pub mod transport;
 mod worker;
 
 pub use app::{App, ServiceBuilder, ServiceFactory, WorkerContext, MASTER_SERVICE};

@@ -17,8 +17,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
 use crate::app::{App, AppService, MASTER_SERVICE};
-use crate::bridge::wire::{Member, Offer};
-use crate::bridge::{Bridge, BridgeError, LocalNode};
+use crate::bridge::{Bridge, BridgeError};
 use crate::config::{ConfigError, NodeConfig, Role, ServiceConfig};
 use crate::dealer::{Availability, Dealer};
 use crate::error::ServiceError;
@@ -32,6 +31,7 @@ use crate::router::Router;
 use crate::service::LocalService;
 use crate::status::NodeStatus;
 use crate::supervisor::Supervisor;
+use crate::transport::{self, Backbone, Inbound, Local, Member, Offer, Transport};
 use crate::worker::WorkerSlot;
 
 mod calls;
@@ -82,6 +82,9 @@ pub enum StartError {
     /// The bridge could not start (no secret, bad TLS files, address in use).
     #[error(transparent)]
     Bridge(#[from] BridgeError),
+    /// The transport the node was started on could not link it.
+    #[error("transport: {0}")]
+    Transport(String),
     /// The API token file could not be read or is empty.
     #[error("api.token_file {path}: {problem}")]
     Token {
@@ -108,7 +111,10 @@ struct Inner {
     /// Stops the HTTP API, once the surface has started it.
     api: Mutex<Option<StopServer>>,
     api_addr: Option<SocketAddr>,
-    bridge: std::sync::OnceLock<Arc<Bridge>>,
+    /// The backbone that links this node to the others, if any.
+    transport: std::sync::OnceLock<Arc<dyn Transport>>,
+    /// Tells the transport of changes to this node's subscriptions while it lives.
+    announcer: std::sync::OnceLock<Arc<crate::pubsub::Announce>>,
     /// Round-robin position for services routed `round_robin`.
     turn: std::sync::atomic::AtomicUsize,
     stopping: std::sync::atomic::AtomicBool,
@@ -140,11 +146,13 @@ impl Node {
     /// and the bridge; `api_addr` is where the surface has bound the HTTP API, told
     /// to the cluster. Returns once everything is started; requests made before a
     /// worker is online wait for it at the dealer. The config has been checked
-    /// (`check::check`) before.
+    /// (`check::check`) before. With a `backbone`, the node is linked to the
+    /// others by it instead of by the config's bridge.
     pub(crate) fn boot(
         app: App,
         config: NodeConfig,
         api_addr: Option<SocketAddr>,
+        backbone: Option<Backbone>,
     ) -> Result<Node, StartError> {
         let mut config = config;
         // A spawned worker with a bridge but nowhere to join joins its parent.
@@ -163,7 +171,7 @@ impl Node {
         let pubsub = Arc::new(PubSub::new(config.api.subscribe_buffer));
         // The master holds the cluster's queues and locks; a node alone holds its own.
         let role = config.role();
-        let holds = role == Role::Master || config.bridge.is_none();
+        let holds = role == Role::Master || (config.bridge.is_none() && backbone.is_none());
         let holder = holds.then(|| Holder::start(&name, config.queues.clone(), events.clone()));
         let node = Node {
             inner: Arc::new(Inner {
@@ -175,7 +183,8 @@ impl Node {
                 arbiters: Mutex::new(arbiters),
                 api: Mutex::new(None),
                 api_addr,
-                bridge: std::sync::OnceLock::new(),
+                transport: std::sync::OnceLock::new(),
+                announcer: std::sync::OnceLock::new(),
                 turn: Default::default(),
                 stopping: Default::default(),
                 pubsub: pubsub.clone(),
@@ -245,34 +254,46 @@ impl Node {
                 timeout_ms: s.config.timeout.as_millis() as u64,
             })
             .collect();
-        if let Some(section) = config.bridge.clone() {
-            let me = Member {
-                name: name.clone(),
-                role: role.to_string(),
-                bridge: section.listen,
-                api: api_addr,
-                services: offers,
-            };
-            let local = Box::new(WeakNode(Arc::downgrade(&node.inner)));
-            // Before any worker starts: a bridge that cannot start leaves nothing to undo
-            // but the idle threads.
-            let bridge = match Bridge::start(
-                me,
-                section,
-                router.clone(),
-                events.clone(),
-                local,
-                pubsub.clone(),
-            ) {
-                Ok(bridge) => bridge,
-                Err(e) => {
-                    for arbiter in node.inner.arbiters.lock().drain(..) {
-                        arbiter.stop();
-                    }
-                    return Err(e.into());
+        let inbound = Inbound {
+            router: router.clone(),
+            events: events.clone(),
+            pubsub: pubsub.clone(),
+            local: Arc::new(WeakNode(Arc::downgrade(&node.inner))),
+        };
+        let mut me = Member {
+            name: name.clone(),
+            role: role.to_string(),
+            bridge: ([0, 0, 0, 0], 0).into(),
+            api: api_addr,
+            services: offers,
+        };
+        // Before any worker starts: a transport that cannot start leaves nothing to
+        // undo but the idle threads.
+        let transport: Option<Result<Arc<dyn Transport>, StartError>> = match backbone {
+            Some(backbone) => Some((backbone.0)(me, inbound).map_err(StartError::Transport)),
+            None => config.bridge.clone().map(|section| {
+                me.bridge = section.listen;
+                match Bridge::start(me, section, inbound) {
+                    Ok(bridge) => Ok(bridge as Arc<dyn Transport>),
+                    Err(e) => Err(e.into()),
                 }
-            };
-            let _ = node.inner.bridge.set(bridge);
+            }),
+        };
+        match transport {
+            Some(Ok(transport)) => {
+                let _ = node.inner.transport.set(transport);
+            }
+            Some(Err(e)) => {
+                for arbiter in node.inner.arbiters.lock().drain(..) {
+                    arbiter.stop();
+                }
+                return Err(e);
+            }
+            None => {}
+        }
+        if let Some(transport) = node.inner.transport.get() {
+            let announcer = transport::announce_changes(transport, &pubsub);
+            let _ = node.inner.announcer.set(announcer);
         }
         let root = Root::new(&name, events.clone(), supervisors).start();
         *node.inner.root.lock() = Some(root);
@@ -329,17 +350,23 @@ impl Node {
         self.inner.api_addr
     }
 
-    fn bridge(&self) -> Option<&Bridge> {
-        self.inner.bridge.get().map(Arc::as_ref)
+    /// The backbone that links this node to the others, if any.
+    fn transport(&self) -> Option<&dyn Transport> {
+        self.inner.transport.get().map(Arc::as_ref)
     }
 
     /// Where this node's bridge listens, if it has one.
     pub fn bridge_addr(&self) -> Option<SocketAddr> {
-        self.bridge().map(Bridge::addr)
+        self.transport().and_then(|t| t.addr())
     }
 
     fn target(&self, service: &str) -> Result<Target, ServiceError> {
-        remote::target(&self.inner.router, self.bridge(), service, &self.inner.turn)
+        remote::target(
+            &self.inner.router,
+            self.transport(),
+            service,
+            &self.inner.turn,
+        )
     }
 
     /// Sends every lifecycle event of this node to `subscriber`. Delivery never
@@ -392,8 +419,8 @@ impl Node {
         let deadline = crate::deadline::after(drain);
         // No new requests from other nodes: each answers once it will send none.
         // What they sent before is served.
-        if let Some(bridge) = self.bridge() {
-            bridge
+        if let Some(transport) = self.transport() {
+            transport
                 .leave(tokio::time::Instant::now() + LEAVE_TIMEOUT.min(drain))
                 .await;
         }
@@ -423,12 +450,12 @@ impl Node {
             ));
             service.dealer.shut(Availability::Gone(why.clone()), error);
         }
-        if let Some(bridge) = self.bridge() {
+        if let Some(transport) = self.transport() {
             // The last replies to other nodes go out before the links close.
-            bridge
+            transport
                 .flush(tokio::time::Instant::now() + FLUSH_TIMEOUT)
                 .await;
-            bridge.stop();
+            transport.stop();
         }
         for arbiter in self.inner.arbiters.lock().drain(..) {
             arbiter.stop();
@@ -451,10 +478,11 @@ impl Node {
     }
 }
 
-/// The node as its bridge sees it: weak, so that the bridge does not keep it alive.
+/// The node as its transport sees it: weak, so that the transport does not keep
+/// it alive.
 struct WeakNode(std::sync::Weak<Inner>);
 
-impl LocalNode for WeakNode {
+impl Local for WeakNode {
     fn status(&self) -> NodeStatus {
         match self.0.upgrade() {
             Some(inner) => Node { inner }.status(),
@@ -479,7 +507,7 @@ impl LocalNode for WeakNode {
         })
     }
 
-    fn holder(
+    fn cluster(
         &self,
         op: bytes::Bytes,
         from: String,

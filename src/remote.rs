@@ -1,6 +1,6 @@
 //! Calls that may cross to another node: where a request goes (this node or a peer,
-//! by the service's `routing`), and the typed and JSON calls over the bridge. Only
-//! a request that leaves the node is serialized.
+//! by the service's `routing`), and the typed and JSON calls over the node's
+//! [`Transport`]. Only a request that leaves the node is serialized.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,14 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::bridge::peer::Peer;
-use crate::bridge::wire::{Offer, RequestHead, ONE_WAY, TO_WORKER};
-use crate::bridge::Bridge;
 use crate::config::Routing;
 use crate::error::ServiceError;
 use crate::message::{ReplyOf, Request, WorkerId};
 use crate::router::Router;
 use crate::service::LocalService;
+use crate::transport::{Call, Link, Offer, Transport};
 
 /// Where a request goes.
 pub(crate) enum Target {
@@ -28,7 +26,7 @@ pub(crate) enum Target {
 
 /// A service on another node and our load on it.
 pub(crate) struct Remote {
-    pub(crate) peer: Arc<Peer>,
+    pub(crate) link: Arc<dyn Link>,
     pub(crate) offer: Offer,
     load: Arc<AtomicU64>,
 }
@@ -47,27 +45,47 @@ impl Remote {
         timeout.unwrap_or(Duration::from_millis(self.offer.timeout_ms))
     }
 
+    /// The node the service runs on.
+    pub(crate) fn node(&self) -> &str {
+        self.link.node()
+    }
+
+    fn call_of<'a>(
+        &'a self,
+        subject: &'a str,
+        timeout: Duration,
+        worker: Option<usize>,
+    ) -> Call<'a> {
+        Call {
+            service: &self.offer.name,
+            subject,
+            timeout,
+            worker: worker.map(|w| w as u32),
+        }
+    }
+
     /// Sends `payload` (the message's JSON) and waits for the reply's JSON.
-    pub(crate) async fn call(
+    async fn call(
         &self,
         subject: &str,
         payload: &[u8],
         timeout: Duration,
-        flags: u8,
-        worker: u32,
+        worker: Option<usize>,
     ) -> Result<Bytes, ServiceError> {
         self.load.fetch_add(1, Ordering::Relaxed);
         let _settled = LoadGuard(&self.load);
-        let head = RequestHead {
-            id: 0,
-            timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
-            flags,
-            worker,
-            service: &self.offer.name,
-            subject,
-        };
-        self.peer
-            .request(head, payload, crate::deadline::tokio_after(timeout))
+        let deadline = crate::deadline::tokio_after(timeout);
+        let pending = self
+            .link
+            .request(self.call_of(subject, timeout, worker), payload)?;
+        pending
+            .wait(self.link.as_ref(), deadline, || {
+                ServiceError::timeout(format!(
+                    "no reply from node {} for {}/{subject} in time",
+                    self.node(),
+                    self.offer.name
+                ))
+            })
             .await
     }
 
@@ -80,17 +98,13 @@ impl Remote {
     ) -> Result<ReplyOf<M>, ServiceError> {
         let payload = serde_json::to_vec(msg)
             .map_err(|e| ServiceError::bad_request(format!("message is not JSON: {e}")))?;
-        let (flags, index) = match worker {
-            Some(i) => (TO_WORKER, i as u32),
-            None => (0, 0),
-        };
         let reply = self
-            .call(M::SUBJECT, &payload, self.timeout(timeout), flags, index)
+            .call(M::SUBJECT, &payload, self.timeout(timeout), worker)
             .await?;
         serde_json::from_slice(&reply).map_err(|e| {
             ServiceError::bad_request(format!(
                 "reply from node {} does not fit the reply type: {e}",
-                self.peer.name
+                self.node()
             ))
         })
     }
@@ -103,13 +117,10 @@ impl Remote {
     ) -> Result<(), ServiceError> {
         let payload = serde_json::to_vec(msg)
             .map_err(|e| ServiceError::bad_request(format!("message is not JSON: {e}")))?;
-        let (flags, index) = match worker {
-            Some(i) => (ONE_WAY | TO_WORKER, i as u32),
-            None => (ONE_WAY, 0),
-        };
-        self.call(M::SUBJECT, &payload, self.timeout(None), flags, index)
-            .await
-            .map(drop)
+        self.load.fetch_add(1, Ordering::Relaxed);
+        let _settled = LoadGuard(&self.load);
+        let call = self.call_of(M::SUBJECT, self.timeout(None), worker);
+        self.link.tell(call, &payload)
     }
 
     /// A JSON request, as the HTTP API forwards it.
@@ -125,19 +136,16 @@ impl Remote {
             body
         };
         let reply = self
-            .call(subject, body, self.timeout(timeout), 0, 0)
+            .call(subject, body, self.timeout(timeout), None)
             .await?;
         serde_json::from_slice(&reply).map_err(|e| {
-            ServiceError::bad_request(format!(
-                "reply from node {} is not JSON: {e}",
-                self.peer.name
-            ))
+            ServiceError::bad_request(format!("reply from node {} is not JSON: {e}", self.node()))
         })
     }
 
     /// The ids of the remote service's workers.
     pub(crate) fn worker_ids(&self) -> impl Iterator<Item = WorkerId> + '_ {
-        (0..self.offer.workers).map(|i| WorkerId::new(&self.peer.name, &self.offer.name, i))
+        (0..self.offer.workers).map(|i| WorkerId::new(self.node(), &self.offer.name, i))
     }
 }
 
@@ -153,35 +161,35 @@ impl Drop for LoadGuard<'_> {
 /// ties between equally loaded nodes break the same way every time). Nothing is
 /// allocated when no peer offers the service: local calls on a bridged node pay
 /// only a read lock here.
-pub(crate) fn remotes(bridge: Option<&Bridge>, service: &str) -> Vec<Remote> {
-    let Some(bridge) = bridge else {
+pub(crate) fn remotes(transport: Option<&dyn Transport>, service: &str) -> Vec<Remote> {
+    let Some(transport) = transport else {
         return Vec::new();
     };
-    let mut found: Vec<Remote> = bridge
-        .peers_offering(service)
+    let mut found: Vec<Remote> = transport
+        .offering(service)
         .into_iter()
-        .map(|(peer, offer, load)| Remote { peer, offer, load })
+        .map(|(link, offer, load)| Remote { link, offer, load })
         .collect();
-    found.sort_by(|a, b| a.peer.name.cmp(&b.peer.name));
+    found.sort_by(|a, b| a.node().cmp(b.node()));
     found
 }
 
 /// The remote service `service` on node `node`.
 pub(crate) fn remote_on(
-    bridge: Option<&Bridge>,
+    transport: Option<&dyn Transport>,
     node: &str,
     service: &str,
 ) -> Result<Remote, ServiceError> {
-    let peer = bridge.and_then(|b| b.peer(node)).ok_or_else(|| {
+    let link = transport.and_then(|t| t.link(node)).ok_or_else(|| {
         ServiceError::new(
             crate::ErrorKind::NodeDown,
             format!("node {node} is not connected to this node"),
         )
     })?;
-    let (offer, load) = peer.offer(service).ok_or_else(|| {
+    let (offer, load) = link.offer(service).ok_or_else(|| {
         ServiceError::no_such_service(format!("node {node} runs no service `{service}`"))
     })?;
-    Ok(Remote { peer, offer, load })
+    Ok(Remote { link, offer, load })
 }
 
 /// Picks where a request for `service` goes, by the service's routing policy: this
@@ -189,12 +197,12 @@ pub(crate) fn remote_on(
 /// loaded node that does.
 pub(crate) fn target(
     router: &Router,
-    bridge: Option<&Bridge>,
+    transport: Option<&dyn Transport>,
     service: &str,
     turn: &AtomicUsize,
 ) -> Result<Target, ServiceError> {
     let local = router.service(service);
-    let mut remotes = remotes(bridge, service);
+    let mut remotes = remotes(transport, service);
     let local = match (local, remotes.is_empty()) {
         (Ok(local), true) => return Ok(Target::Local(local)),
         (Err(e), true) => return Err(e),

@@ -16,6 +16,7 @@ use crate::config::NodeConfig;
 use crate::node::spawned::notify_listening;
 use crate::node::{check, Children, Node, StartError, StopServer};
 use crate::spawn::NodeSpawner;
+use crate::transport::Backbone;
 
 impl Node {
     /// Starts the services `config` lists, from `app`, each under its supervisor,
@@ -23,6 +24,27 @@ impl Node {
     /// Returns once everything is started; requests made before a worker is online
     /// wait for it at the dealer.
     pub async fn start(app: impl Into<App>, config: NodeConfig) -> Result<Node, StartError> {
+        Self::start_on(app, config, None).await
+    }
+
+    /// Starts as [`start`](Self::start) does, linked to the other nodes by
+    /// `backbone` instead of a bridge (the config's `bridge` section, if any, is
+    /// not used); as on a bridge, the master holds the cluster's queues and locks.
+    pub async fn start_with_transport(
+        app: impl Into<App>,
+        config: NodeConfig,
+        backbone: Backbone,
+    ) -> Result<Node, StartError> {
+        let mut config = config;
+        config.bridge = None;
+        Self::start_on(app, config, Some(backbone)).await
+    }
+
+    async fn start_on(
+        app: impl Into<App>,
+        config: NodeConfig,
+        backbone: Option<Backbone>,
+    ) -> Result<Node, StartError> {
         let app: App = app.into();
         let source = config
             .source
@@ -49,7 +71,7 @@ impl Node {
         };
         let api_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let node = Node::boot(app, config.clone(), api_addr)?;
+        let node = Node::boot(app, config.clone(), api_addr, backbone)?;
 
         if let Some(listener) = listener {
             let server =

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{peer, Bridge};
+use super::{session, Bridge};
 use crate::logging::{untrusted, Throttle, Verdict};
 
 /// How often one network may have a refused connection logged.
@@ -163,7 +163,7 @@ pub(super) async fn accept_loop(bridge: Arc<Bridge>, listener: TcpListener) {
             drop(slot);
             match opened {
                 Ok((framed, name)) => {
-                    let why = peer::run(bridge, framed, name.clone()).await;
+                    let why = session::run(bridge, framed, name.clone()).await;
                     log::debug!("bridge: link from {name} ended: {}", untrusted(&why));
                 }
                 Err(why) => log_refusal(&refusals, from, &why),

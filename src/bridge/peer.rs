@@ -1,9 +1,8 @@
-//! One authenticated connection to another node: a bounded queue of encoded frames
-//! drained by a writer that batches them into few writes, a reader that serves the
-//! peer's requests and completes ours, and the heartbeat that declares the peer
-//! down after three silent intervals.
+//! One authenticated connection to another node, as this node's side of the
+//! [`Link`] to it: a bounded queue of encoded frames, and one table of the calls
+//! waiting for the peer's answer (see `session` for the connection's tasks).
 //!
-//! When the link ends, for whatever reason, every request waiting on it fails at
+//! When the link ends, for whatever reason, every call waiting on it fails at
 //! once with `NodeDown`: callers never wait for their own timeout on a dead node.
 
 use std::collections::HashMap;
@@ -11,33 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{timeout_at, Instant};
-use tokio_util::codec::{Framed, FramedRead};
 
-use super::frame::FrameCodec;
 use super::pubsub::PeerSubscriptions;
-use super::wire::{self, Control, Message, Offer, RequestHead, ONE_WAY, TO_WORKER};
-use super::Bridge;
-use crate::error::{ErrorKind, ServiceError};
-use crate::holder::HOLDER_SERVICE;
+use super::wire::{self, Control, Offer, RequestHead, ONE_WAY, TO_WORKER};
+use crate::error::ServiceError;
 use crate::status::NodeStatus;
-
-/// Ends the message of a request refused before it was sent because its node is
-/// leaving: safe to send to another node.
-const NOT_SENT: &str = "the request was not sent";
-
-/// Whether `error` is a request refused before it was sent, because the node
-/// chosen for it is leaving: the caller may route it again.
-pub(crate) fn not_sent(error: &ServiceError) -> bool {
-    error.kind == ErrorKind::NodeDown && error.message.ends_with(NOT_SENT)
-}
-
-/// Writes are gathered up to this many bytes before the socket is written.
-const BATCH: usize = 64 * 1024;
+use crate::transport::{self, Answer, Call, Link, Pending};
 
 /// A live link to node `name`.
 pub(crate) struct Peer {
@@ -45,10 +27,8 @@ pub(crate) struct Peer {
     out: mpsc::Sender<Bytes>,
     max_frame: usize,
     next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, ServiceError>>>>,
-    statuses: Mutex<HashMap<u64, oneshot::Sender<NodeStatus>>>,
-    kills: Mutex<HashMap<u64, oneshot::Sender<Result<(), ServiceError>>>>,
-    leaves: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// The calls waiting for the peer's answer, by id.
+    pending: Mutex<HashMap<u64, Waiter>>,
     /// The peer is draining: no new requests go to it.
     pub(crate) leaving: AtomicBool,
     /// Bytes queued for the peer and not yet written: counted when a frame is
@@ -59,15 +39,27 @@ pub(crate) struct Peer {
     /// Orders routed requests against [`Control::LeavingAck`]: none is queued
     /// after the answer that says none will come.
     order: parking_lot::RwLock<()>,
-    closed: AtomicBool,
-    close: Notify,
+    pub(super) closed: AtomicBool,
+    pub(super) close: Notify,
     /// What the peer runs, and how many of our requests each service holds now.
     pub(crate) offers: Mutex<Vec<(Offer, Arc<AtomicU64>)>>,
     /// The topic prefixes the peer's subscribers hold, with their counts.
     pub(crate) subscriptions: PeerSubscriptions,
     /// A change to this node's subscriptions could not be queued to the peer: it
-    /// gets the whole table again (see [`Bridge::resync`]), and no change until then.
+    /// gets the whole table again (see [`super::Bridge::resync`]), and no change until then.
     pub(crate) resync: AtomicBool,
+}
+
+/// A call waiting for the peer's answer.
+pub(super) enum Waiter {
+    /// A request or a cluster operation: the answer's JSON.
+    Reply(oneshot::Sender<Answer>),
+    /// [`Control::StatusRequest`].
+    Status(oneshot::Sender<NodeStatus>),
+    /// [`Control::Kill`] or [`Control::KillNode`].
+    Kill(oneshot::Sender<Result<(), ServiceError>>),
+    /// [`Control::Leaving`].
+    Leave(oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for Peer {
@@ -77,6 +69,39 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
+    /// A link to node `name` whose frames go to `out`.
+    pub(super) fn new(
+        name: String,
+        out: mpsc::Sender<Bytes>,
+        config: &crate::config::BridgeSection,
+    ) -> Peer {
+        Peer {
+            name,
+            out,
+            max_frame: config.max_frame,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::default(),
+            leaving: AtomicBool::new(false),
+            unsent: Arc::new(AtomicU64::new(0)),
+            queue_bytes: config.queue_bytes as u64,
+            order: parking_lot::RwLock::new(()),
+            closed: AtomicBool::new(false),
+            close: Notify::new(),
+            offers: Mutex::default(),
+            subscriptions: PeerSubscriptions::default(),
+            resync: AtomicBool::new(false),
+        }
+    }
+
+    /// The bytes queued and not yet written, as the writer releases them.
+    pub(super) fn unsent(&self) -> Arc<AtomicU64> {
+        self.unsent.clone()
+    }
+
+    pub(super) fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
     /// Whether everything queued for the peer has been written.
     pub(crate) fn flushed(&self) -> bool {
         self.unsent.load(Ordering::Acquire) == 0
@@ -131,10 +156,7 @@ impl Peer {
     }
 
     fn down_error(&self, why: &str) -> ServiceError {
-        ServiceError::new(
-            ErrorKind::NodeDown,
-            format!("node {} is down: {why}", self.name),
-        )
+        transport::node_down(&self.name, why)
     }
 
     /// Queues an encoded frame; `Overloaded` when the send queue holds
@@ -166,147 +188,140 @@ impl Peer {
         })
     }
 
-    /// Sends a one-way request (no reply comes) at once, without waiting.
-    pub(crate) fn tell(&self, head: RequestHead<'_>, payload: &[u8]) -> Result<(), ServiceError> {
-        let mut frame = BytesMut::with_capacity(64 + payload.len());
-        let head = RequestHead {
-            id: 0,
-            flags: head.flags | ONE_WAY,
-            ..head
+    /// Encodes and queues a control message.
+    pub(super) fn send_control(&self, control: &Control) -> Result<(), ServiceError> {
+        let mut frame = BytesMut::new();
+        control
+            .encode(&mut frame, self.max_frame)
+            .map_err(|e| ServiceError::bad_request(e.to_string()))?;
+        self.send(frame.freeze())
+    }
+
+    /// Numbers a new call and puts its waiter in the table.
+    fn wait_for(&self, waiter: Waiter) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().insert(id, waiter);
+        id
+    }
+
+    /// Takes the waiter of call `id` out of the table, if it is of the kind
+    /// `kind` picks; an answer of another kind leaves the call waiting.
+    pub(super) fn answered<T>(
+        &self,
+        id: u64,
+        kind: impl FnOnce(Waiter) -> Result<T, Waiter>,
+    ) -> Option<T> {
+        let mut pending = self.pending.lock();
+        let waiter = pending.remove(&id)?;
+        match kind(waiter) {
+            Ok(found) => Some(found),
+            Err(other) => {
+                pending.insert(id, other);
+                None
+            }
+        }
+    }
+
+    /// Queues a request frame, unless it is for any worker and the peer is
+    /// leaving (see [`transport::not_sent`]).
+    fn send_request(
+        &self,
+        call: Call<'_>,
+        id: u64,
+        flags: u8,
+        payload: &[u8],
+    ) -> Result<(), ServiceError> {
+        let (flags, worker) = match call.worker {
+            Some(worker) => (flags | TO_WORKER, worker),
+            None => (flags, 0),
         };
+        let head = RequestHead {
+            id,
+            timeout_ms: call.timeout_ms(),
+            flags,
+            worker,
+            service: call.service,
+            subject: call.subject,
+        };
+        let mut frame = BytesMut::with_capacity(64 + payload.len());
         wire::encode_request(&mut frame, self.max_frame, head, payload).map_err(|e| {
+            ServiceError::bad_request(format!("cannot send to node {}: {e}", self.name))
+        })?;
+        let _order = self.order.read();
+        if call.worker.is_none() && self.leaving.load(Ordering::Acquire) {
+            return Err(transport::leaving(&self.name));
+        }
+        self.send(frame.freeze())
+    }
+
+    /// Queues a cluster operation frame.
+    fn send_cluster(&self, id: u64, one_way: bool, op: &[u8]) -> Result<(), ServiceError> {
+        let mut frame = BytesMut::with_capacity(16 + op.len());
+        wire::encode_cluster(&mut frame, self.max_frame, id, one_way, op).map_err(|e| {
             ServiceError::bad_request(format!("cannot send to node {}: {e}", self.name))
         })?;
         self.send(frame.freeze())
     }
 
-    /// Sends a request and waits for its reply's JSON until `deadline`.
-    pub(crate) async fn request(
+    /// Sends a call numbered by [`wait_for`](Self::wait_for) with `send`; the
+    /// waiter leaves the table if it could not be sent.
+    fn call(
         &self,
-        head: RequestHead<'_>,
-        payload: &[u8],
-        deadline: Instant,
-    ) -> Result<Bytes, ServiceError> {
-        let one_way = head.flags & ONE_WAY != 0;
+        send: impl FnOnce(u64) -> Result<(), ServiceError>,
+    ) -> Result<Pending, ServiceError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut frame = BytesMut::with_capacity(64 + payload.len());
-        wire::encode_request(
-            &mut frame,
-            self.max_frame,
-            RequestHead { id, ..head },
-            payload,
-        )
-        .map_err(|e| {
-            ServiceError::bad_request(format!("cannot send to node {}: {e}", self.name))
-        })?;
-        // A request any worker of the service may take is not sent to a node that
-        // is leaving; the caller picks another (see `not_sent`).
-        let routed = head.flags & TO_WORKER == 0 && head.service != HOLDER_SERVICE;
-        let send = |frame: Bytes| {
-            let _order = self.order.read();
-            if routed && self.leaving.load(Ordering::Acquire) {
-                return Err(ServiceError::new(
-                    ErrorKind::NodeDown,
-                    format!("node {} is leaving; {NOT_SENT}", self.name),
-                ));
-            }
-            self.send(frame)
-        };
-        if one_way {
-            send(frame.freeze())?;
-            return Ok(Bytes::new());
-        }
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id, tx);
-        if let Err(e) = send(frame.freeze()) {
+        let (tx, pending) = Pending::new(id);
+        self.pending.lock().insert(id, Waiter::Reply(tx));
+        if let Err(e) = send(id) {
             self.pending.lock().remove(&id);
             return Err(e);
         }
-        match timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.down_error("its link closed")),
-            Err(_) => {
-                self.pending.lock().remove(&id);
-                Err(ServiceError::timeout(format!(
-                    "no reply from node {} for {}/{} in time",
-                    self.name, head.service, head.subject
-                )))
-            }
-        }
+        Ok(pending)
     }
 
     /// Asks the peer for its status, waiting until `deadline`.
     pub(crate) async fn status(&self, deadline: Instant) -> Option<NodeStatus> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.statuses.lock().insert(id, tx);
-        let mut frame = BytesMut::new();
-        Control::StatusRequest { id }
-            .encode(&mut frame, self.max_frame)
-            .ok()?;
-        if self.send(frame.freeze()).is_err() {
-            self.statuses.lock().remove(&id);
+        let id = self.wait_for(Waiter::Status(tx));
+        if self.send_control(&Control::StatusRequest { id }).is_err() {
+            self.pending.lock().remove(&id);
             return None;
         }
         let status = timeout_at(deadline, rx).await.ok()?.ok();
-        self.statuses.lock().remove(&id);
+        self.pending.lock().remove(&id);
         status
-    }
-
-    /// Asks the peer to kill one of its workers, waiting until `deadline`.
-    pub(crate) async fn kill(&self, worker: &str, deadline: Instant) -> Result<(), ServiceError> {
-        let worker = worker.to_string();
-        self.kill_with(move |id| Control::Kill { id, worker }, deadline)
-            .await
-    }
-
-    /// Asks the peer's process to exit with `code`, waiting until `deadline` for it
-    /// to say it will.
-    pub(crate) async fn kill_node(&self, code: i32, deadline: Instant) -> Result<(), ServiceError> {
-        self.kill_with(move |id| Control::KillNode { id, code }, deadline)
-            .await
     }
 
     /// Tells the peer that this node is leaving, and waits until `deadline` for its
     /// answer: after it, no new request from the peer comes.
     pub(crate) async fn leave(&self, deadline: Instant) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.leaves.lock().insert(id, tx);
-        let mut frame = BytesMut::new();
-        let sent = Control::Leaving { id }
-            .encode(&mut frame, self.max_frame)
-            .is_ok()
-            && self.send(frame.freeze()).is_ok();
+        let id = self.wait_for(Waiter::Leave(tx));
+        let sent = self.send_control(&Control::Leaving { id }).is_ok();
         if sent && timeout_at(deadline, rx).await.is_err() {
             log::warn!(
                 "node {} did not answer that this node is leaving",
                 self.name
             );
         }
-        self.leaves.lock().remove(&id);
+        self.pending.lock().remove(&id);
     }
 
+    /// Sends the control message `control` numbers, which the peer answers with a
+    /// [`Control::KillReply`], and waits until `deadline` for that answer.
     async fn kill_with(
         &self,
         control: impl FnOnce(u64) -> Control,
         deadline: Instant,
     ) -> Result<(), ServiceError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.kills.lock().insert(id, tx);
-        let mut frame = BytesMut::new();
-        let kill = control(id);
-        let sent = kill
-            .encode(&mut frame, self.max_frame)
-            .map_err(|e| ServiceError::bad_request(e.to_string()))
-            .and_then(|()| self.send(frame.freeze()));
-        if let Err(e) = sent {
-            self.kills.lock().remove(&id);
+        let id = self.wait_for(Waiter::Kill(tx));
+        if let Err(e) = self.send_control(&control(id)) {
+            self.pending.lock().remove(&id);
             return Err(e);
         }
         let answer = timeout_at(deadline, rx).await;
-        self.kills.lock().remove(&id);
+        self.pending.lock().remove(&id);
         match answer {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.down_error("its link closed")),
@@ -317,292 +332,148 @@ impl Peer {
         }
     }
 
-    fn complete(&self, reply: wire::ReplyFrame) {
-        if let Some(waiter) = self.pending.lock().remove(&reply.id) {
+    /// Completes the call a reply answers.
+    pub(super) fn complete(&self, reply: wire::ReplyFrame) {
+        let id = reply.id;
+        let waiter = self.answered(id, |w| match w {
+            Waiter::Reply(tx) => Ok(tx),
+            other => Err(other),
+        });
+        if let Some(waiter) = waiter {
             // The caller may have timed out meanwhile: its answer is dropped.
             let _ = waiter.send(reply.into_result());
         }
     }
 
-    fn fail_pending(&self, why: &str) {
+    /// The peer is leaving: no new request for any worker goes to it once this
+    /// returns. Answers it with `answer`, queued in turn with routed requests.
+    pub(super) fn left(&self, answer: &Control) {
+        log::info!(
+            "bridge: node {} is leaving; no new requests go to it",
+            self.name
+        );
+        let _order = self.order.write();
+        self.leaving.store(true, Ordering::Release);
+        let _ = self.send_control(answer);
+    }
+
+    pub(super) fn fail_pending(&self, why: &str) {
         let waiting: Vec<_> = self.pending.lock().drain().collect();
         for (_, waiter) in waiting {
-            let _ = waiter.send(Err(self.down_error(why)));
-        }
-        self.statuses.lock().clear();
-        self.leaves.lock().clear();
-        let kills: Vec<_> = self.kills.lock().drain().collect();
-        for (_, waiter) in kills {
-            let _ = waiter.send(Err(self.down_error(why)));
-        }
-    }
-}
-
-/// Runs an authenticated connection to `name` until it ends; returns why it ended.
-pub(crate) async fn run<S>(
-    bridge: Arc<Bridge>,
-    framed: Framed<S, FrameCodec>,
-    name: String,
-) -> String
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let config = bridge.config();
-    let (tx, rx) = mpsc::channel(config.queue);
-    let peer = Arc::new(Peer {
-        name: name.clone(),
-        out: tx,
-        max_frame: config.max_frame,
-        next_id: AtomicU64::new(1),
-        pending: Mutex::default(),
-        statuses: Mutex::default(),
-        kills: Mutex::default(),
-        leaves: Mutex::default(),
-        leaving: AtomicBool::new(false),
-        unsent: Arc::new(AtomicU64::new(0)),
-        queue_bytes: config.queue_bytes as u64,
-        order: parking_lot::RwLock::new(()),
-        closed: AtomicBool::new(false),
-        close: Notify::new(),
-        offers: Mutex::default(),
-        subscriptions: PeerSubscriptions::default(),
-        resync: AtomicBool::new(false),
-    });
-    let parts = framed.into_parts();
-    let codec = parts.codec.clone();
-    let (read, write) = tokio::io::split(parts.io);
-    let mut reader = FramedRead::new(read, codec);
-    *reader.read_buffer_mut() = parts.read_buf;
-
-    let (stop_writer, writer_stop) = oneshot::channel();
-    actix_rt::spawn(write_frames(
-        write,
-        rx,
-        writer_stop,
-        bridge.clone(),
-        peer.unsent.clone(),
-    ));
-    if let Err(why) = bridge.peer_up(peer.clone()) {
-        // Refused: the writer sends the refusal and closes; nothing of the peer's
-        // is read.
-        let _ = stop_writer.send(());
-        return why;
-    }
-
-    let heartbeat = config.heartbeat;
-    let silence = heartbeat * 3;
-    let mut ticks = tokio::time::interval(heartbeat);
-    let mut last_heard = Instant::now();
-    let why = loop {
-        tokio::select! {
-            frame = reader.next() => match frame {
-                Some(Ok(frame)) => {
-                    last_heard = Instant::now();
-                    bridge.counters.received(frame.kind, frame.body.len());
-                    match Message::decode(frame) {
-                        Ok(message) => handle(&bridge, &peer, message),
-                        Err(e) => break format!("{e}"),
-                    }
-                }
-                Some(Err(e)) => break format!("{e}"),
-                None => break "connection closed by the peer".to_string(),
-            },
-            _ = ticks.tick() => {
-                if last_heard.elapsed() > silence {
-                    break format!("silent for {} heartbeats", 3);
-                }
-                let mut beat = BytesMut::with_capacity(5);
-                wire::encode_heartbeat(&mut beat);
-                // A full queue carries traffic the peer hears instead of a beat.
-                let _ = peer.send(beat.freeze());
-                // Only once the queue has drained to half: a table encoded for a
-                // queue that is still full would be thrown away each tick.
-                if peer.resync.load(Ordering::Acquire) && peer.half_empty() {
-                    bridge.resync(&peer);
-                }
-            },
-            _ = peer.close.notified() => break "closed by this node".to_string(),
-        }
-    };
-    peer.closed.store(true, Ordering::Release);
-    peer.fail_pending(&why);
-    // The writer sends what it holds, closes the stream politely (TLS close_notify)
-    // and ends; it may already have ended on a write error.
-    let _ = stop_writer.send(());
-    bridge.peer_down(&peer, &why);
-    why
-}
-
-async fn write_frames<W: AsyncWrite + Unpin>(
-    mut write: W,
-    mut rx: mpsc::Receiver<Bytes>,
-    mut stop: oneshot::Receiver<()>,
-    bridge: Arc<Bridge>,
-    unsent: Arc<AtomicU64>,
-) {
-    let mut batch = BytesMut::with_capacity(BATCH);
-    let mut stopping = false;
-    loop {
-        let frame = if stopping {
-            // What was queued before the stop still goes out.
-            rx.try_recv().ok()
-        } else {
-            tokio::select! {
-                biased;
-                frame = rx.recv() => frame,
-                _ = &mut stop => {
-                    stopping = true;
-                    rx.try_recv().ok()
-                }
+            match waiter {
+                Waiter::Reply(tx) => drop(tx.send(Err(self.down_error(why)))),
+                Waiter::Kill(tx) => drop(tx.send(Err(self.down_error(why)))),
+                Waiter::Status(_) | Waiter::Leave(_) => {}
             }
+        }
+    }
+}
+
+impl Link for Peer {
+    fn node(&self) -> &str {
+        &self.name
+    }
+
+    fn offer(&self, service: &str) -> Option<(Offer, Arc<AtomicU64>)> {
+        Peer::offer(self, service)
+    }
+
+    fn request(&self, call: Call<'_>, payload: &[u8]) -> Result<Pending, ServiceError> {
+        self.call(|id| self.send_request(call, id, 0, payload))
+    }
+
+    fn tell(&self, call: Call<'_>, payload: &[u8]) -> Result<(), ServiceError> {
+        self.send_request(call, 0, ONE_WAY, payload)
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.lock().remove(&id);
+    }
+
+    fn cluster(&self, op: &[u8]) -> Result<Pending, ServiceError> {
+        self.call(|id| self.send_cluster(id, false, op))
+    }
+
+    fn cluster_tell(&self, op: &[u8]) -> Result<(), ServiceError> {
+        self.send_cluster(0, true, op)
+    }
+
+    fn status(&self, deadline: Instant) -> BoxFuture<'_, Option<NodeStatus>> {
+        Box::pin(Peer::status(self, deadline))
+    }
+
+    fn kill(&self, worker: &str, deadline: Instant) -> BoxFuture<'_, Result<(), ServiceError>> {
+        let worker = worker.to_string();
+        Box::pin(self.kill_with(move |id| Control::Kill { id, worker }, deadline))
+    }
+
+    fn kill_node(&self, code: i32, deadline: Instant) -> BoxFuture<'_, Result<(), ServiceError>> {
+        Box::pin(self.kill_with(move |id| Control::KillNode { id, code }, deadline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn peer() -> (Peer, mpsc::Receiver<Bytes>) {
+        let config: crate::config::BridgeSection = serde_json::from_value(serde_json::json!({
+            "listen": "127.0.0.1:0",
+            "secret_file": "unused",
+        }))
+        .expect("a bridge section");
+        let (tx, rx) = mpsc::channel(16);
+        (Peer::new("b".into(), tx, &config), rx)
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[actix_rt::test]
+    async fn one_table_answers_each_call_by_its_kind_and_fails_the_rest_when_the_link_ends() {
+        let (peer, mut rx) = peer();
+        let call = Call {
+            service: "calc",
+            subject: "add",
+            timeout: Duration::from_secs(1),
+            worker: None,
         };
-        let Some(frame) = frame else { break };
-        batch.extend_from_slice(&frame);
-        drop(frame);
-        // Let the tasks that are ready add their frames too, so that one write
-        // carries many replies instead of one each.
-        tokio::task::yield_now().await;
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        // TLS may hold bytes back after write_all: flush, or they wait for the
-        // next frame.
-        let written = async {
-            write.write_all(&batch).await?;
-            write.flush().await
-        };
-        if written.await.is_err() {
-            return;
-        }
-        bridge
-            .counters
-            .bytes_out
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        unsent.fetch_sub(batch.len() as u64, Ordering::AcqRel);
-        batch.clear();
-        // A large frame grew the batch: give that memory back.
-        if batch.capacity() > 4 * BATCH {
-            batch = BytesMut::with_capacity(BATCH);
-        }
-    }
-    let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;
-}
+        let pending = Link::request(&peer, call, b"{}").expect("queued");
+        assert!(rx.try_recv().is_ok(), "the request frame is queued");
+        // An answer of another kind with the request's id leaves it waiting.
+        let status = peer.answered(pending.id, |w| match w {
+            Waiter::Status(tx) => Ok(tx),
+            other => Err(other),
+        });
+        assert!(status.is_none());
+        peer.complete(wire::ReplyFrame {
+            id: pending.id,
+            ok: true,
+            payload: Bytes::from_static(b"3"),
+        });
+        let answer = pending
+            .wait(&peer, soon(), || unreachable!("answered"))
+            .await;
+        assert_eq!(answer.expect("the reply"), Bytes::from_static(b"3"));
+        assert!(peer.pending.lock().is_empty());
 
-/// How long a closing link may take to say goodbye.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
-    match message {
-        Message::Heartbeat => {}
-        Message::Publish(publish) => bridge.deliver(publish),
-        Message::Reply(reply) => peer.complete(reply),
-        Message::Request(request) => {
-            let bridge = bridge.clone();
-            let peer = peer.clone();
-            let serving = bridge.serving();
-            actix_rt::spawn(async move {
-                // Counted until the reply is queued, so that a stopping node can
-                // wait for its last replies to go out.
-                let _serving = serving;
-                let one_way = request.flags & ONE_WAY != 0;
-                let id = request.id;
-                let answer = bridge.serve(request, &peer.name).await;
-                if one_way {
-                    if let Err(e) = answer {
-                        log::warn!(
-                            "one-way request from {} failed: {}",
-                            peer.name,
-                            crate::logging::untrusted(&e.to_string())
-                        );
-                    }
-                    return;
-                }
-                let (ok, payload) = match answer {
-                    Ok(json) => (true, json),
-                    Err(e) => (false, serde_json::to_vec(&e).unwrap_or_default()),
-                };
-                let mut frame = BytesMut::with_capacity(16 + payload.len());
-                let encoded = wire::encode_reply(&mut frame, peer.max_frame, id, ok, &payload)
-                    .or_else(|e| {
-                        let error = ServiceError::bad_request(format!("reply too large: {e}"));
-                        let payload = serde_json::to_vec(&error).unwrap_or_default();
-                        wire::encode_reply(&mut frame, peer.max_frame, id, false, &payload)
-                    });
-                if encoded.is_ok() {
-                    if let Err(e) = peer.send(frame.freeze()) {
-                        log::warn!("reply to node {} lost: {e}", peer.name);
-                    }
-                }
-            });
-        }
-        Message::Control(Control::StatusRequest { id }) => {
-            let status = Box::new(bridge.local_status());
-            let mut frame = BytesMut::new();
-            let reply = Control::StatusReply { id, status };
-            if reply.encode(&mut frame, peer.max_frame).is_ok() {
-                let _ = peer.send(frame.freeze());
-            }
-        }
-        Message::Control(Control::StatusReply { id, status }) => {
-            if let Some(waiter) = peer.statuses.lock().remove(&id) {
-                let _ = waiter.send(*status);
-            }
-        }
-        Message::Control(Control::Kill { id, worker }) => {
-            let peer = peer.clone();
-            let killing = worker.parse().map(|worker| bridge.local_kill(worker));
-            actix_rt::spawn(async move {
-                let error = match killing {
-                    Ok(kill) => kill.await.err(),
-                    Err(e) => Some(e),
-                };
-                let mut frame = BytesMut::new();
-                let reply = Control::KillReply { id, error };
-                if reply.encode(&mut frame, peer.max_frame).is_ok() {
-                    let _ = peer.send(frame.freeze());
-                }
-            });
-        }
-        Message::Control(Control::KillNode { id, code }) => {
-            let answer = bridge.local_exit(code);
-            let mut frame = BytesMut::new();
-            let reply = Control::KillReply {
-                id,
-                error: answer.err(),
-            };
-            if reply.encode(&mut frame, peer.max_frame).is_ok() {
-                let _ = peer.send(frame.freeze());
-            }
-        }
-        Message::Control(Control::Leaving { id }) => {
-            log::info!(
-                "bridge: node {} is leaving; no new requests go to it",
-                peer.name
-            );
-            bridge.peer_leaving(peer);
-            let mut frame = BytesMut::new();
-            let _order = peer.order.write();
-            peer.leaving.store(true, Ordering::Release);
-            if (Control::LeavingAck { id })
-                .encode(&mut frame, peer.max_frame)
-                .is_ok()
-            {
-                let _ = peer.send(frame.freeze());
-            }
-        }
-        Message::Control(Control::LeavingAck { id }) => {
-            if let Some(waiter) = peer.leaves.lock().remove(&id) {
-                let _ = waiter.send(());
-            }
-        }
-        Message::Control(Control::KillReply { id, error }) => {
-            if let Some(waiter) = peer.kills.lock().remove(&id) {
-                let _ = waiter.send(error.map_or(Ok(()), Err));
-            }
-        }
-        Message::Control(control) => bridge.control(peer, control),
+        // A kill and a cluster operation wait on the same table; both fail at
+        // once when the link ends.
+        let operation = Link::cluster(&peer, b"\"queues\"").expect("queued");
+        let (killed, ()) = tokio::join!(Link::kill(&peer, "b/calc/0", soon()), async {
+            tokio::task::yield_now().await;
+            assert_eq!(peer.pending.lock().len(), 2);
+            peer.fail_pending("gone");
+        });
+        assert_eq!(killed.map_err(|e| e.kind), Err(ErrorKind::NodeDown));
+        let answer = operation
+            .wait(&peer, soon(), || unreachable!("failed"))
+            .await;
+        assert_eq!(answer.map_err(|e| e.kind), Err(ErrorKind::NodeDown));
+        assert!(peer.pending.lock().is_empty());
     }
 }

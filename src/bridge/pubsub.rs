@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use bytes::BytesMut;
 use parking_lot::RwLock;
@@ -21,8 +20,7 @@ use parking_lot::RwLock;
 use super::peer::Peer;
 use super::wire::{self, Control};
 use super::Bridge;
-use crate::message::WorkerId;
-use crate::pubsub::{matching, Change, Delivery, PublishMeta, MAX_PREFIXES, MAX_TOPIC};
+use crate::pubsub::{matching, Change, Delivery, MAX_PREFIXES, MAX_TOPIC};
 
 impl Bridge {
     /// Tells every peer of a change to this node's subscriptions. Runs in turn
@@ -57,7 +55,7 @@ impl Bridge {
     /// Sends `peer` this node's whole subscription table, after a change could not
     /// be queued to it; changes flow again once the table is queued.
     pub(crate) fn resync(&self, peer: &Peer) {
-        self.pubsub.with_prefixes(|prefixes| {
+        self.inbound.pubsub.with_prefixes(|prefixes| {
             if !peer.resync.load(Ordering::Acquire) {
                 return;
             }
@@ -108,9 +106,11 @@ impl Bridge {
                 match peer.send(frame.clone()) {
                     Ok(()) => reached += wanted as usize,
                     // Its subscribers miss it, as at their own high-water marks.
-                    Err(e) => self
-                        .pubsub
-                        .count_dropped(u64::from(wanted), &delivery.topic, || e.message),
+                    Err(e) => self.inbound.pubsub.count_dropped(
+                        u64::from(wanted),
+                        &delivery.topic,
+                        || e.message,
+                    ),
                 }
             }
         }
@@ -129,18 +129,8 @@ impl Bridge {
 
     /// A publication from another node, for this node's subscribers.
     pub(crate) fn deliver(&self, frame: wire::PublishFrame) {
-        let worker = (!frame.worker.is_empty()).then_some(frame.worker);
-        let service = worker
-            .as_deref()
-            .and_then(|w| w.parse::<WorkerId>().ok())
-            .map(|w| w.service);
-        let meta = PublishMeta {
-            node: frame.node,
-            worker,
-            service,
-        };
-        let delivery = Arc::new(Delivery::json(frame.topic, meta, frame.payload));
-        self.pubsub.deliver(&delivery);
+        self.inbound
+            .deliver(frame.topic, frame.node, frame.worker, frame.payload);
     }
 }
 

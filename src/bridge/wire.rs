@@ -7,6 +7,7 @@
 //! | 3 `REPLY` | binary [`ReplyFrame`]; the reply or the error as JSON at the end |
 //! | 4 `HEARTBEAT` | empty |
 //! | 5 `PUBLISH` | binary [`PublishFrame`]: a pub/sub message for the receiver's subscribers |
+//! | 6 `CLUSTER` | binary [`ClusterFrame`]: an operation on the cluster's queues, locks or confirmations, for the node that holds them |
 //!
 //! Request body (all integers big-endian):
 //!
@@ -22,9 +23,11 @@
 //!
 //! Publish body: `topic_len u16 | topic | node_len u16 | node | worker_len u16 |
 //! worker (empty when no worker published) | payload (JSON, to the end)`.
+//!
+//! Cluster body: `id u64 | flags u8 | operation (JSON, to the end)`, `flags` bit 0
+//! one-way; its answer is a `REPLY` with the same id.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::de::{IgnoredAny, MapAccess, Visitor};
@@ -37,8 +40,9 @@ use crate::status::NodeStatus;
 
 /// The protocol version both ends must speak, agreed in the handshake. Version 2
 /// sends subscription changes ([`Control::Subscribed`], [`Control::Unsubscribed`])
-/// instead of whole tables.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// instead of whole tables; version 3 carries cluster operations in their own
+/// frames ([`CLUSTER`]).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Frame kinds.
 pub const CONTROL: u8 = 1;
@@ -50,6 +54,8 @@ pub const REPLY: u8 = 3;
 pub const HEARTBEAT: u8 = 4;
 /// A pub/sub message.
 pub const PUBLISH: u8 = 5;
+/// An operation on the cluster's queues, locks or confirmations.
+pub const CLUSTER: u8 = 6;
 
 /// Handshake, membership and status messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,33 +190,7 @@ fn capped_table<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u32>
     d.deserialize_map(Capped)
 }
 
-/// A node of the cluster as the member table knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    /// The node's name.
-    pub name: String,
-    /// `master` or `worker`.
-    pub role: String,
-    /// Where its bridge listens.
-    pub bridge: SocketAddr,
-    /// Where its HTTP API listens, if it has one.
-    pub api: Option<SocketAddr>,
-    /// The services it runs.
-    pub services: Vec<Offer>,
-}
-
-/// A service a member runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Offer {
-    /// The service's name.
-    pub name: String,
-    /// Its worker count on that member.
-    pub workers: usize,
-    /// Requests it takes at once: workers × concurrency.
-    pub capacity: usize,
-    /// Its request timeout there, for callers that set none.
-    pub timeout_ms: u64,
-}
+pub use crate::transport::{Member, Offer};
 
 /// `flags` bit: no reply is sent.
 pub const ONE_WAY: u8 = 1;
@@ -482,6 +462,52 @@ pub fn encode_publish(
     })
 }
 
+/// An operation on the cluster's queues, locks or confirmations (see `holder`),
+/// for the node that holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterFrame {
+    /// Matches the reply; unused when one-way.
+    pub id: u64,
+    /// Whether no reply is sent.
+    pub one_way: bool,
+    /// The operation's JSON.
+    pub op: Bytes,
+}
+
+impl ClusterFrame {
+    /// Parses a `CLUSTER` frame's body.
+    pub fn decode(mut body: Bytes) -> Result<ClusterFrame, WireError> {
+        if body.remaining() < 8 + 1 {
+            return Err(malformed("cluster", "shorter than its fixed header"));
+        }
+        let id = body.get_u64();
+        let flags = body.get_u8();
+        if flags & !ONE_WAY != 0 {
+            return Err(malformed("cluster", format!("flags {flags}")));
+        }
+        Ok(ClusterFrame {
+            id,
+            one_way: flags & ONE_WAY != 0,
+            op: body,
+        })
+    }
+}
+
+/// Appends a cluster frame carrying `op` to `dst`.
+pub fn encode_cluster(
+    dst: &mut BytesMut,
+    max: usize,
+    id: u64,
+    one_way: bool,
+    op: &[u8],
+) -> Result<(), FrameError> {
+    encode_with(dst, CLUSTER, max, |b| {
+        b.put_u64(id);
+        b.put_u8(if one_way { ONE_WAY } else { 0 });
+        b.extend_from_slice(op);
+    })
+}
+
 /// A decoded frame.
 #[derive(Debug)]
 pub enum Message {
@@ -495,6 +521,8 @@ pub enum Message {
     Heartbeat,
     /// A pub/sub message.
     Publish(PublishFrame),
+    /// A cluster operation.
+    Cluster(ClusterFrame),
 }
 
 impl Message {
@@ -506,78 +534,11 @@ impl Message {
             REPLY => ReplyFrame::decode(frame.body).map(Message::Reply),
             HEARTBEAT => Ok(Message::Heartbeat),
             PUBLISH => PublishFrame::decode(frame.body).map(Message::Publish),
+            CLUSTER => ClusterFrame::decode(frame.body).map(Message::Cluster),
             other => Err(malformed("unknown", format!("kind {other}"))),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bridge::frame::FrameCodec;
-    use tokio_util::codec::Decoder;
-
-    fn one_frame(bytes: &mut BytesMut) -> Frame {
-        FrameCodec::new(1 << 20).decode(bytes).unwrap().unwrap()
-    }
-
-    #[test]
-    fn requests_and_replies_round_trip() {
-        let request = RequestFrame {
-            id: 7,
-            timeout_ms: 5000,
-            flags: TO_WORKER,
-            worker: 3,
-            service: "math".into(),
-            subject: "sum".into(),
-            payload: Bytes::from_static(br#"{"a":1,"b":2}"#),
-        };
-        let mut buf = BytesMut::new();
-        request.encode(&mut buf, 1 << 20).unwrap();
-        let Message::Request(back) = Message::decode(one_frame(&mut buf)).unwrap() else {
-            panic!("not a request");
-        };
-        assert_eq!(back, request);
-
-        let reply = ReplyFrame {
-            id: 7,
-            ok: false,
-            payload: Bytes::from(serde_json::to_vec(&ServiceError::timeout("late")).unwrap()),
-        };
-        reply.encode(&mut buf, 1 << 20).unwrap();
-        let Message::Reply(back) = Message::decode(one_frame(&mut buf)).unwrap() else {
-            panic!("not a reply");
-        };
-        assert_eq!(
-            back.into_result().unwrap_err(),
-            ServiceError::timeout("late")
-        );
-    }
-
-    #[test]
-    fn a_prefix_table_past_the_cap_is_read_only_up_to_it() {
-        let table: BTreeMap<String, u32> = (0..MAX_PREFIXES + 100)
-            .map(|i| (format!("p{i:06}"), 1))
-            .collect();
-        let json = serde_json::to_vec(&Control::Subscriptions { prefixes: table }).unwrap();
-        let Control::Subscriptions { prefixes } = Control::decode(&json).unwrap() else {
-            panic!("not a table");
-        };
-        assert_eq!(prefixes.len(), MAX_PREFIXES + 1);
-        let change = Control::Subscribed {
-            prefix: "a.".into(),
-        };
-        let json = serde_json::to_vec(&change).unwrap();
-        assert_eq!(Control::decode(&json).unwrap(), change);
-    }
-
-    #[test]
-    fn malformed_bodies_are_errors_not_panics() {
-        assert!(RequestFrame::decode(Bytes::from_static(&[0; 5])).is_err());
-        let mut short_name = vec![0u8; 17];
-        short_name.extend_from_slice(&[0, 9, b'x']);
-        assert!(RequestFrame::decode(Bytes::from(short_name)).is_err());
-        assert!(ReplyFrame::decode(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1, 2])).is_err());
-        assert!(Control::decode(b"{\"type\":\"nope\"}").is_err());
-    }
-}
+mod tests;

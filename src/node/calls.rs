@@ -1,18 +1,17 @@
 //! The calls a node makes for its actors and tasks: typed requests and their
-//! cluster-wide forms, routed to this node's workers or over the bridge.
+//! cluster-wide forms, routed to this node's workers or over its transport.
 
 use std::time::{Duration, Instant};
 
 use super::{node_stopped, Node, STATUS_TIMEOUT};
 use crate::app::MASTER_SERVICE;
-use crate::bridge::peer::not_sent;
-use crate::bridge::Bridge;
 use crate::deadline;
 use crate::error::{ErrorKind, ServiceError};
 use crate::guard::Origin;
 use crate::message::{ReplyOf, Request, WorkerId};
 use crate::remote::{self, Target};
 use crate::root::Kill;
+use crate::transport::not_sent;
 
 impl Node {
     /// Request `msg` from a worker of `service`, on this node or another by the
@@ -118,7 +117,7 @@ impl Node {
         service: &str,
         msg: M,
     ) -> Result<usize, ServiceError> {
-        let remotes = remote::remotes(self.bridge(), service);
+        let remotes = remote::remotes(self.transport(), service);
         let mut reached = match self.inner.router.service(service) {
             Ok(local) => local.broadcast(msg.clone(), Origin::Local)?,
             Err(e) if remotes.is_empty() => return Err(e),
@@ -129,7 +128,7 @@ impl Node {
                 match remote.tell(&msg, Some(index)).await {
                     Ok(()) => reached += 1,
                     Err(e) => {
-                        log::warn!("broadcast to {}/{service}/{index}: {e}", remote.peer.name)
+                        log::warn!("broadcast to {}/{service}/{index}: {e}", remote.node())
                     }
                 }
             }
@@ -144,7 +143,7 @@ impl Node {
         msg: M,
     ) -> Result<ReplyOf<M>, ServiceError> {
         if worker.node != self.inner.name {
-            let remote = remote::remote_on(self.bridge(), &worker.node, &worker.service)?;
+            let remote = remote::remote_on(self.transport(), &worker.node, &worker.service)?;
             return remote.request(&msg, None, Some(worker.index)).await;
         }
         let (service, incarnation) = self.inner.router.worker(worker)?;
@@ -160,7 +159,7 @@ impl Node {
         service: &str,
         msg: M,
     ) -> Result<Vec<(WorkerId, Result<ReplyOf<M>, ServiceError>)>, ServiceError> {
-        let remotes = remote::remotes(self.bridge(), service);
+        let remotes = remote::remotes(self.transport(), service);
         let mut results = match self.inner.router.service(service) {
             Ok(local) => local.request_all(msg.clone(), None, Origin::Local).await,
             Err(e) if remotes.is_empty() => return Err(e),
@@ -183,10 +182,10 @@ impl Node {
         if let Ok(local) = self.inner.router.service(MASTER_SERVICE) {
             return local.request(msg, None, Origin::Local).await;
         }
-        let master = self.bridge().and_then(Bridge::master);
+        let master = self.transport().and_then(|t| t.master());
         match master {
             Some(master) if master != self.inner.name => {
-                let remote = remote::remote_on(self.bridge(), &master, MASTER_SERVICE)?;
+                let remote = remote::remote_on(self.transport(), &master, MASTER_SERVICE)?;
                 remote.request(&msg, None, None).await
             }
             _ => Err(ServiceError::no_such_service(format!(
@@ -200,9 +199,9 @@ impl Node {
     /// supervisor applies its policy.
     pub async fn kill(&self, worker: &WorkerId) -> Result<(), ServiceError> {
         if worker.node != self.inner.name {
-            let peer = self
-                .bridge()
-                .and_then(|b| b.peer(&worker.node))
+            let link = self
+                .transport()
+                .and_then(|t| t.link(&worker.node))
                 .ok_or_else(|| {
                     ServiceError::no_such_service(format!(
                         "worker {} is not running: node {} is not connected",
@@ -211,7 +210,7 @@ impl Node {
                     ))
                 })?;
             let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-            return peer.kill(&worker.to_string(), deadline).await;
+            return link.kill(&worker.to_string(), deadline).await;
         }
         self.root()?
             .send(Kill(worker.clone()))
@@ -226,11 +225,11 @@ impl Node {
             self.exit_soon(code);
             return Ok(());
         }
-        let peer = self.bridge().and_then(|b| b.peer(node)).ok_or_else(|| {
+        let link = self.transport().and_then(|t| t.link(node)).ok_or_else(|| {
             ServiceError::no_such_service(format!("node {node} is not connected to this node"))
         })?;
         let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-        peer.kill_node(code, deadline).await
+        link.kill_node(code, deadline).await
     }
 
     /// Exits the process with `code` in a moment (after the answer that says so
@@ -268,7 +267,7 @@ impl Node {
             service,
             || {
                 self.inner.router.service(service).is_ok()
-                    || self.bridge().is_some_and(|b| {
+                    || self.transport().is_some_and(|b| {
                         b.members()
                             .iter()
                             .any(|m| m.services.iter().any(|o| o.name == service))
@@ -285,7 +284,7 @@ impl Node {
         loop {
             let target = self.target(service);
             if let Err(e) = &target {
-                let returning = self.bridge().and_then(|b| b.returning(service));
+                let returning = self.transport().and_then(|b| b.returning(service));
                 let wait = e.kind == ErrorKind::NoSuchService
                     && returning.is_some_and(|until| {
                         let now = tokio::time::Instant::now();

@@ -15,17 +15,15 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::Node;
-use crate::bridge::peer::Peer;
-use crate::bridge::wire::RequestHead;
-use crate::bridge::BridgeStats;
 use crate::error::{ErrorKind, ServiceError};
-use crate::holder::{Holder, Op, HOLDER_SERVICE};
+use crate::holder::{Holder, Op};
 use crate::jobs::{Answer, Given, QueueStatus};
 use crate::locks::Claim;
 use crate::message::WorkerId;
 use crate::pubsub::{
     channel, check_topic, Delivery, LineReceiver, PublishMeta, Published, Sink, Subscription,
 };
+use crate::transport::{BridgeStats, Link};
 
 /// Extra time a call to the master gets beyond the wait it asks for.
 const MARGIN: Duration = Duration::from_secs(5);
@@ -107,7 +105,7 @@ impl Drop for Claiming {
 /// Where the cluster's queues, locks and confirmations are, seen from a node.
 enum HolderAt {
     Here(Arc<Holder>),
-    Peer(Arc<Peer>),
+    Link(Arc<dyn Link>),
 }
 
 /// Who is calling: the worker whose handler runs now, else the node.
@@ -156,7 +154,7 @@ impl Node {
 
     fn deliver(&self, delivery: Arc<Delivery>) -> usize {
         let here = self.inner.pubsub.deliver(&delivery);
-        let there = self.bridge().map_or(0, |b| b.publish(&delivery));
+        let there = self.transport().map_or(0, |b| b.publish(&delivery));
         here + there
     }
 
@@ -208,7 +206,7 @@ impl Node {
     /// as far as this node knows.
     pub fn subscribers(&self, topic: &str) -> usize {
         let here = self.inner.pubsub.matching(topic) as usize;
-        here + self.bridge().map_or(0, |b| b.subscribers(topic))
+        here + self.transport().map_or(0, |b| b.subscribers(topic))
     }
 
     /// Published messages this node dropped because a subscriber was past its
@@ -220,17 +218,17 @@ impl Node {
 
     /// Traffic over this node's bridge, if it has one.
     pub fn bridge_stats(&self) -> Option<BridgeStats> {
-        self.bridge().map(|b| b.stats())
+        self.transport().and_then(|t| t.stats())
     }
 
     fn holder_at(&self) -> Result<HolderAt, ServiceError> {
         if let Some(holder) = &self.inner.holder {
             return Ok(HolderAt::Here(holder.clone()));
         }
-        let bridge = self.bridge().ok_or_else(|| {
+        let transport = self.transport().ok_or_else(|| {
             ServiceError::no_such_service("this node holds no queues and has no bridge")
         })?;
-        let master = bridge.master().ok_or_else(|| {
+        let master = transport.master().ok_or_else(|| {
             ServiceError::new(
                 ErrorKind::NodeDown,
                 format!(
@@ -239,7 +237,7 @@ impl Node {
                 ),
             )
         })?;
-        bridge.peer(&master).map(HolderAt::Peer).ok_or_else(|| {
+        transport.link(&master).map(HolderAt::Link).ok_or_else(|| {
             ServiceError::new(
                 ErrorKind::NodeDown,
                 format!(
@@ -251,19 +249,26 @@ impl Node {
     }
 
     async fn call_holder<R: DeserializeOwned>(
-        peer: &Peer,
+        link: &Arc<dyn Link>,
         op: &Op,
         timeout: Duration,
     ) -> Result<R, ServiceError> {
         let payload = serde_json::to_vec(op)
             .map_err(|e| ServiceError::bad_request(format!("operation is not JSON: {e}")))?;
-        let head = head(timeout);
         let deadline = crate::deadline::tokio_after(timeout);
-        let reply = peer.request(head, &payload, deadline).await?;
+        let reply = link
+            .cluster(&payload)?
+            .wait(link.as_ref(), deadline, || {
+                ServiceError::timeout(format!(
+                    "no answer from the master {} to a cluster operation in time",
+                    link.node()
+                ))
+            })
+            .await?;
         serde_json::from_slice(&reply).map_err(|e| {
             ServiceError::bad_request(format!(
                 "unreadable answer from the master {}: {e}",
-                peer.name
+                link.node()
             ))
         })
     }
@@ -286,12 +291,12 @@ impl Node {
     ) -> Result<u64, ServiceError> {
         match self.holder_at()? {
             HolderAt::Here(holder) => holder.jobs.push(queue, job),
-            HolderAt::Peer(peer) => {
+            HolderAt::Link(link) => {
                 let op = Op::Push {
                     queue: queue.to_string(),
                     job,
                 };
-                Self::call_holder(&peer, &op, HOLDER_TIMEOUT).await
+                Self::call_holder(&link, &op, HOLDER_TIMEOUT).await
             }
         }
     }
@@ -300,7 +305,7 @@ impl Node {
     pub async fn queues(&self) -> Result<Vec<QueueStatus>, ServiceError> {
         match self.holder_at()? {
             HolderAt::Here(holder) => Ok(holder.jobs.status()),
-            HolderAt::Peer(peer) => Self::call_holder(&peer, &Op::Queues, HOLDER_TIMEOUT).await,
+            HolderAt::Link(link) => Self::call_holder(&link, &Op::Queues, HOLDER_TIMEOUT).await,
         }
     }
 
@@ -313,13 +318,13 @@ impl Node {
     ) -> Result<Option<Given>, ServiceError> {
         match self.holder_at()? {
             HolderAt::Here(holder) => holder.jobs.take(queue, self.name(), worker, wait).await,
-            HolderAt::Peer(peer) => {
+            HolderAt::Link(link) => {
                 let op = Op::Take {
                     queue: queue.to_string(),
                     worker: worker.to_string(),
                     wait_ms: wait.as_millis() as u64,
                 };
-                Self::call_holder(&peer, &op, wait + MARGIN).await
+                Self::call_holder(&link, &op, wait + MARGIN).await
             }
         }
     }
@@ -337,14 +342,14 @@ impl Node {
                 holder.jobs.ack(queue, id, attempt, answer);
                 Ok(())
             }
-            HolderAt::Peer(peer) => {
+            HolderAt::Link(link) => {
                 let op = Op::Ack {
                     queue: queue.to_string(),
                     job: id,
                     attempt,
                     answer,
                 };
-                Self::call_holder::<()>(&peer, &op, HOLDER_TIMEOUT).await
+                Self::call_holder::<()>(&link, &op, HOLDER_TIMEOUT).await
             }
         }
     }
@@ -387,7 +392,7 @@ impl Node {
                     };
                     holder.locks.acquire(&key, claim, options.wait).await?
                 }
-                HolderAt::Peer(peer) => {
+                HolderAt::Link(link) => {
                     let op = Op::Lock {
                         key: key.clone(),
                         req,
@@ -395,7 +400,7 @@ impl Node {
                         wait_ms: options.wait.as_millis() as u64,
                         lease_ms: options.lease.map(|l| l.as_millis() as u64),
                     };
-                    Self::call_holder(&peer, &op, options.wait + MARGIN).await?
+                    Self::call_holder(&link, &op, options.wait + MARGIN).await?
                 }
             };
             claiming.armed = false;
@@ -412,14 +417,14 @@ impl Node {
     fn unlock(&self, key: &str, req: u64) {
         match self.holder_at() {
             Ok(HolderAt::Here(holder)) => holder.locks.release(key, self.name(), req),
-            Ok(HolderAt::Peer(peer)) => {
+            Ok(HolderAt::Link(link)) => {
                 let op = Op::Unlock {
                     key: key.to_string(),
                     req,
                 };
                 let sent = serde_json::to_vec(&op)
                     .map_err(|e| ServiceError::bad_request(e.to_string()))
-                    .and_then(|payload| peer.tell(head(HOLDER_TIMEOUT), &payload));
+                    .and_then(|payload| link.cluster_tell(&payload));
                 if let Err(e) = sent {
                     log::warn!("lock {key}: release not sent to the master ({e}); it is released when this node's link drops");
                 }
@@ -439,9 +444,9 @@ impl Node {
         async move {
             match node.holder_at()? {
                 HolderAt::Here(holder) => Ok(holder.confirmations.confirm(&id, &sender)),
-                HolderAt::Peer(peer) => {
+                HolderAt::Link(link) => {
                     let op = Op::Confirm { id, sender };
-                    Self::call_holder(&peer, &op, HOLDER_TIMEOUT).await
+                    Self::call_holder(&link, &op, HOLDER_TIMEOUT).await
                 }
             }
         }
@@ -474,16 +479,5 @@ impl Node {
                 ))),
             }
         }
-    }
-}
-
-fn head(timeout: Duration) -> RequestHead<'static> {
-    RequestHead {
-        id: 0,
-        timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
-        flags: 0,
-        worker: 0,
-        service: HOLDER_SERVICE,
-        subject: "op",
     }
 }

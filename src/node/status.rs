@@ -51,14 +51,14 @@ impl Node {
     /// members that cannot be reached, shown `down`.
     pub async fn cluster_status(&self) -> ClusterStatus {
         let mut nodes = vec![self.status()];
-        if let Some(bridge) = self.bridge() {
+        if let Some(transport) = self.transport() {
             let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-            let peers = bridge.peers();
-            let reports = futures::future::join_all(peers.iter().map(|p| p.status(deadline))).await;
-            for (peer, report) in peers.iter().zip(reports) {
-                nodes.push(report.unwrap_or_else(|| unreachable_node(&peer.name, "unknown")));
+            let links = transport.links();
+            let reports = futures::future::join_all(links.iter().map(|l| l.status(deadline))).await;
+            for (link, report) in links.iter().zip(reports) {
+                nodes.push(report.unwrap_or_else(|| unreachable_node(link.node(), "unknown")));
             }
-            for member in bridge.members() {
+            for member in transport.members() {
                 if nodes.iter().all(|n| n.name != member.name) {
                     nodes.push(unreachable_node(&member.name, &member.role));
                 }
@@ -88,11 +88,11 @@ impl Node {
     /// Whether node `name` is linked to this one and every worker it runs is
     /// running: a spawned node is online and serving.
     pub(super) async fn serves(&self, name: &str) -> bool {
-        let Some(peer) = self.bridge().and_then(|b| b.peer(name)) else {
+        let Some(link) = self.transport().and_then(|t| t.link(name)) else {
             return false;
         };
         let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
-        peer.status(deadline).await.is_some_and(|status| {
+        link.status(deadline).await.is_some_and(|status| {
             status.state == "running"
                 && status
                     .services
