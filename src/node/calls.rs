@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{node_stopped, Node, STATUS_TIMEOUT};
+use super::handle::{node_stopped, Node, STATUS_TIMEOUT};
 use crate::app::MASTER_SERVICE;
 use crate::deadline;
 use crate::error::{ErrorKind, ServiceError};

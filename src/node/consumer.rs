@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix_rt::ArbiterHandle;
 
-use super::{Inner, Node};
+use super::handle::{Inner, Node};
 use crate::backoff::Backoff;
 use crate::error::ServiceError;
 use crate::guard::Origin;

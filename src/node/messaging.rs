@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::Node;
+use super::handle::Node;
 use crate::error::{ErrorKind, ServiceError};
 use crate::holder::{Holder, Op};
 use crate::jobs::{Answer, Given, QueueStatus};
@@ -472,7 +472,7 @@ impl Node {
         let id = id.to_string();
         async move {
             match tokio::time::timeout(timeout, waiting?).await {
-                Ok(count) => count.map_err(|_| super::node_stopped(&name)),
+                Ok(count) => count.map_err(|_| super::handle::node_stopped(&name)),
                 Err(_) => Err(ServiceError::timeout(format!(
                     "fewer than {n} senders confirmed `{id}` within {}",
                     humantime::format_duration(timeout)

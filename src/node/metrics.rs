@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::Node;
+use super::handle::Node;
 use crate::metrics::Text;
 
 impl Node {

@@ -2,7 +2,8 @@
 //! each peer's own report, the members it cannot reach, and its spawned children
 //! as their spawner knows them.
 
-use super::{spawned, Node, STATUS_TIMEOUT};
+use super::handle::{Node, STATUS_TIMEOUT};
+use super::spawned;
 use crate::dealer::Availability;
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
 use crate::worker::{WorkerSlot, WorkerState};
