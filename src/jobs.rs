@@ -19,13 +19,13 @@
 //! |---|---|
 //! | the handler panics or returns an error | delivered again, to any ready worker |
 //! | the worker is killed or restarts | delivered again |
-//! | the worker's node dies or its link drops | delivered again at once (the holder sees the node down) |
+//! | the worker's node dies or its link drops | delivered again at once (the cluster state sees the node down) |
 //! | no answer within the queue's `lease` | delivered again (a worker that does answer later is ignored) |
 //! | delivered `max_attempts` times | moved to the queue's dead letters, with a `JobDead` event |
 //! | the holding node dies | queued jobs are lost with it: nothing is written to disk |
 //!
 //! Delivery is therefore at least once: a job can run twice when its worker did
-//! the work but died before its answer reached the holder. Exactly one answer
+//! the work but died before its answer reached the cluster state. Exactly one answer
 //! completes each job; later answers for it are ignored.
 
 mod queue;
@@ -93,7 +93,7 @@ pub struct QueueStatus {
     pub leased: usize,
     /// Workers waiting for a job.
     pub ready_workers: usize,
-    /// Jobs pushed since the holder started.
+    /// Jobs pushed since the cluster state started.
     pub pushed: u64,
     /// Jobs completed (acknowledged by a worker).
     pub completed: u64,

@@ -14,7 +14,7 @@
 //!  4 transports        bridge  memory                 backbones: TCP links, or nodes
 //!        |                                            of one process linked in memory
 //!  3 cluster services  transport  remote  pubsub      what crosses nodes, written
-//!        |             jobs  locks  confirm  holder   against the transport seam
+//!        |             jobs  locks  confirm  state    against the transport seam
 //!  2 in-node runtime   root  supervisor  router       one node's request path:
 //!        |             dealer  worker  service        name → dealer → worker → reply
 //!        |             metrics
@@ -41,7 +41,7 @@
 //!   cluster-state operations; membership and liveness); `remote` decides whether
 //!   a call stays on this node or crosses to another that runs the service;
 //!   [`pubsub`] is publish/subscribe across the cluster; [`jobs`] (job queues),
-//!   `locks` and `confirm` are kept by the master in `holder`, which other nodes
+//!   `locks` and `confirm` are kept by the master in `state`, which other nodes
 //!   reach over their transport.
 //! - In-node runtime: `root` is the root actor of a node; it starts one
 //!   `supervisor` per service, which starts and restarts its workers; `router`
@@ -68,7 +68,6 @@ mod dealer;
 pub mod error;
 pub mod events;
 pub mod guard;
-mod holder;
 pub mod jobs;
 mod locks;
 pub mod logging;
@@ -83,6 +82,7 @@ mod router;
 mod run;
 mod service;
 mod spawn;
+mod state;
 pub mod status;
 mod supervisor;
 pub mod transport;

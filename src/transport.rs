@@ -15,7 +15,7 @@
 //! cluster-state operations when this node holds the state, and membership and
 //! liveness events (a node up, a node down).
 //!
-//! The cluster services (`remote`'s routing, pub/sub across nodes, the holder's
+//! The cluster services (`remote`'s routing, pub/sub across nodes, the cluster state's
 //! client side in the node) are written against these traits only. The bridge
 //! (TCP, optionally TLS) is one backbone; `memory` links nodes of one process.
 
@@ -179,7 +179,7 @@ pub(crate) trait Link: Send + Sync {
     fn tell(&self, call: Call<'_>, payload: &[u8]) -> Result<(), ServiceError>;
     /// Forgets a pending call whose caller stopped waiting.
     fn forget(&self, id: u64);
-    /// Sends a cluster-state operation (see `holder`) to the node, which holds
+    /// Sends a cluster-state operation (see `state`) to the node, which holds
     /// the state; the answer is the operation's JSON.
     fn cluster(&self, op: &[u8]) -> Result<Pending, ServiceError>;
     /// Sends a cluster-state operation no answer comes for.
@@ -252,7 +252,7 @@ pub(crate) trait Local: Send + Sync {
     fn status(&self) -> NodeStatus;
     /// Kills one of this node's workers.
     fn kill(&self, worker: WorkerId) -> BoxFuture<'static, Result<(), ServiceError>>;
-    /// Serves a cluster-state operation (see `holder`) sent by node `from`.
+    /// Serves a cluster-state operation (see `state`) sent by node `from`.
     fn cluster(&self, op: Bytes, from: String)
         -> BoxFuture<'static, Result<Vec<u8>, ServiceError>>;
     /// Node `node` went down: the state it held here is released.

@@ -40,7 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "jobs",
             "locks",
             "confirm",
-            "holder",
+            "state",
         ],
     ),
     ("transports", &["bridge", "memory"]),

@@ -14,12 +14,12 @@ use crate::bridge::Bridge;
 use crate::config::{NodeConfig, Role, ServiceConfig};
 use crate::dealer::Dealer;
 use crate::events::EventBus;
-use crate::holder::Holder;
 use crate::message::WorkerId;
 use crate::pubsub::PubSub;
 use crate::root::Root;
 use crate::router::Router;
 use crate::service::LocalService;
+use crate::state::ClusterState;
 use crate::supervisor::Supervisor;
 use crate::transport::{self, Backbone, Inbound, Member, Offer, Transport};
 use crate::worker::WorkerSlot;
@@ -59,7 +59,8 @@ impl Node {
         // The master holds the cluster's queues and locks; a node alone holds its own.
         let role = config.role();
         let holds = role == Role::Master || (config.bridge.is_none() && backbone.is_none());
-        let holder = holds.then(|| Holder::start(&name, config.queues.clone(), events.clone()));
+        let state =
+            holds.then(|| ClusterState::start(&name, config.queues.clone(), events.clone()));
         let node = Node {
             inner: Arc::new(Inner {
                 name: name.clone(),
@@ -75,7 +76,7 @@ impl Node {
                 turn: Default::default(),
                 stopping: Default::default(),
                 pubsub: pubsub.clone(),
-                holder,
+                state,
                 next_claim: Default::default(),
                 spawner: std::sync::OnceLock::new(),
                 events: events.clone(),

@@ -1,6 +1,6 @@
 //! The workers' side of job queues: for each worker of a consuming service, one
-//! loop per unit of its concurrency takes a job from the queue's holder when the
-//! worker is online, hands it to that worker and answers the holder with the
+//! loop per unit of its concurrency takes a job from the cluster state when the
+//! worker is online, hands it to that worker and answers the cluster state with the
 //! outcome. Taking is how a worker says it is ready (ZeroMQ's LRU `READY`), so no
 //! worker is given jobs before it can run them.
 
@@ -16,7 +16,7 @@ use crate::guard::Origin;
 use crate::jobs::Answer;
 use crate::service::LocalService;
 
-/// How long one take waits at the holder for a job.
+/// How long one take waits at the cluster state for a job.
 const TAKE_WAIT: Duration = Duration::from_secs(5);
 /// How often a loop looks whether its worker is back online.
 const READY_POLL: Duration = Duration::from_millis(20);

@@ -16,12 +16,12 @@ use crate::config::{ConfigError, Role};
 use crate::dealer::Availability;
 use crate::error::ServiceError;
 use crate::events::{EventBus, LifecycleEvent};
-use crate::holder::Holder;
 use crate::message::WorkerId;
 use crate::pubsub::PubSub;
 use crate::remote::{self, Target};
 use crate::root::{Root, Shutdown, StopActor, Subscribe};
 use crate::router::Router;
+use crate::state::ClusterState;
 use crate::status::NodeStatus;
 use crate::transport::{Local, Transport};
 
@@ -101,7 +101,7 @@ pub(super) struct Inner {
     pub(super) stopping: std::sync::atomic::AtomicBool,
     pub(super) pubsub: Arc<PubSub>,
     /// The cluster's queues, locks and confirmations, when this node holds them.
-    pub(super) holder: Option<Arc<Holder>>,
+    pub(super) state: Option<Arc<ClusterState>>,
     /// Numbers this node's lock claims.
     pub(super) next_claim: std::sync::atomic::AtomicU64,
     /// The child node processes this node spawned.
@@ -331,10 +331,10 @@ impl Local for WeakNode {
         op: bytes::Bytes,
         from: String,
     ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, ServiceError>> {
-        let holder = self.0.upgrade().and_then(|inner| inner.holder.clone());
+        let state = self.0.upgrade().and_then(|inner| inner.state.clone());
         Box::pin(async move {
-            match holder {
-                Some(holder) => holder.serve(&op, &from).await,
+            match state {
+                Some(state) => state.serve(&op, &from).await,
                 None => Err(ServiceError::no_such_service(
                     "this node does not hold the cluster's queues and locks (the master does)",
                 )),
@@ -353,8 +353,8 @@ impl Local for WeakNode {
     }
 
     fn node_down(&self, node: &str) {
-        if let Some(holder) = self.0.upgrade().and_then(|inner| inner.holder.clone()) {
-            holder.node_down(node);
+        if let Some(state) = self.0.upgrade().and_then(|inner| inner.state.clone()) {
+            state.node_down(node);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The cluster messaging calls of a node: publish and subscribe, job queues,
 //! locks and confirmations. Queues, locks and confirmations are kept by the
-//! master (see `holder`); this node calls it directly when it is the master, or
+//! master in the cluster state (see `state`); this node calls it directly when it is the master, or
 //! over its link to the master otherwise.
 
 use std::future::Future;
@@ -16,19 +16,19 @@ use serde_json::value::RawValue;
 
 use super::handle::Node;
 use crate::error::{ErrorKind, ServiceError};
-use crate::holder::{Holder, Op};
 use crate::jobs::{Answer, Given, QueueStatus};
 use crate::locks::Claim;
 use crate::message::WorkerId;
 use crate::pubsub::{
     channel, check_topic, Delivery, LineReceiver, PublishMeta, Published, Sink, Subscription,
 };
+use crate::state::{ClusterState, Op};
 use crate::transport::{BridgeStats, Link};
 
 /// Extra time a call to the master gets beyond the wait it asks for.
 const MARGIN: Duration = Duration::from_secs(5);
 /// How long a call to the master that does not wait may take.
-const HOLDER_TIMEOUT: Duration = Duration::from_secs(5);
+const STATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How [`Node::lock_with`] waits and holds.
 #[derive(Debug, Clone, Copy)]
@@ -103,8 +103,8 @@ impl Drop for Claiming {
 }
 
 /// Where the cluster's queues, locks and confirmations are, seen from a node.
-enum HolderAt {
-    Here(Arc<Holder>),
+enum StateAt {
+    Here(Arc<ClusterState>),
     Link(Arc<dyn Link>),
 }
 
@@ -221,9 +221,9 @@ impl Node {
         self.transport().and_then(|t| t.stats())
     }
 
-    fn holder_at(&self) -> Result<HolderAt, ServiceError> {
-        if let Some(holder) = &self.inner.holder {
-            return Ok(HolderAt::Here(holder.clone()));
+    fn state_at(&self) -> Result<StateAt, ServiceError> {
+        if let Some(state) = &self.inner.state {
+            return Ok(StateAt::Here(state.clone()));
         }
         let transport = self.transport().ok_or_else(|| {
             ServiceError::no_such_service("this node holds no queues and has no bridge")
@@ -237,7 +237,7 @@ impl Node {
                 ),
             )
         })?;
-        transport.link(&master).map(HolderAt::Link).ok_or_else(|| {
+        transport.link(&master).map(StateAt::Link).ok_or_else(|| {
             ServiceError::new(
                 ErrorKind::NodeDown,
                 format!(
@@ -248,7 +248,7 @@ impl Node {
         })
     }
 
-    async fn call_holder<R: DeserializeOwned>(
+    async fn call_state<R: DeserializeOwned>(
         link: &Arc<dyn Link>,
         op: &Op,
         timeout: Duration,
@@ -289,23 +289,23 @@ impl Node {
         queue: &str,
         job: Box<RawValue>,
     ) -> Result<u64, ServiceError> {
-        match self.holder_at()? {
-            HolderAt::Here(holder) => holder.jobs.push(queue, job),
-            HolderAt::Link(link) => {
+        match self.state_at()? {
+            StateAt::Here(state) => state.jobs.push(queue, job),
+            StateAt::Link(link) => {
                 let op = Op::Push {
                     queue: queue.to_string(),
                     job,
                 };
-                Self::call_holder(&link, &op, HOLDER_TIMEOUT).await
+                Self::call_state(&link, &op, STATE_TIMEOUT).await
             }
         }
     }
 
     /// Every job queue of the cluster, with its counts and dead letters.
     pub async fn queues(&self) -> Result<Vec<QueueStatus>, ServiceError> {
-        match self.holder_at()? {
-            HolderAt::Here(holder) => Ok(holder.jobs.status()),
-            HolderAt::Link(link) => Self::call_holder(&link, &Op::Queues, HOLDER_TIMEOUT).await,
+        match self.state_at()? {
+            StateAt::Here(state) => Ok(state.jobs.status()),
+            StateAt::Link(link) => Self::call_state(&link, &Op::Queues, STATE_TIMEOUT).await,
         }
     }
 
@@ -316,15 +316,15 @@ impl Node {
         worker: &str,
         wait: Duration,
     ) -> Result<Option<Given>, ServiceError> {
-        match self.holder_at()? {
-            HolderAt::Here(holder) => holder.jobs.take(queue, self.name(), worker, wait).await,
-            HolderAt::Link(link) => {
+        match self.state_at()? {
+            StateAt::Here(state) => state.jobs.take(queue, self.name(), worker, wait).await,
+            StateAt::Link(link) => {
                 let op = Op::Take {
                     queue: queue.to_string(),
                     worker: worker.to_string(),
                     wait_ms: wait.as_millis() as u64,
                 };
-                Self::call_holder(&link, &op, wait + MARGIN).await
+                Self::call_state(&link, &op, wait + MARGIN).await
             }
         }
     }
@@ -337,19 +337,19 @@ impl Node {
         attempt: u32,
         answer: Answer,
     ) -> Result<(), ServiceError> {
-        match self.holder_at()? {
-            HolderAt::Here(holder) => {
-                holder.jobs.ack(queue, id, attempt, answer);
+        match self.state_at()? {
+            StateAt::Here(state) => {
+                state.jobs.ack(queue, id, attempt, answer);
                 Ok(())
             }
-            HolderAt::Link(link) => {
+            StateAt::Link(link) => {
                 let op = Op::Ack {
                     queue: queue.to_string(),
                     job: id,
                     attempt,
                     answer,
                 };
-                Self::call_holder::<()>(&link, &op, HOLDER_TIMEOUT).await
+                Self::call_state::<()>(&link, &op, STATE_TIMEOUT).await
             }
         }
     }
@@ -382,17 +382,17 @@ impl Node {
                 req,
                 armed: true,
             };
-            let token = match node.holder_at()? {
-                HolderAt::Here(holder) => {
+            let token = match node.state_at()? {
+                StateAt::Here(state) => {
                     let claim = Claim {
                         node: node.name().to_string(),
                         req,
                         owner,
                         lease: options.lease,
                     };
-                    holder.locks.acquire(&key, claim, options.wait).await?
+                    state.locks.acquire(&key, claim, options.wait).await?
                 }
-                HolderAt::Link(link) => {
+                StateAt::Link(link) => {
                     let op = Op::Lock {
                         key: key.clone(),
                         req,
@@ -400,7 +400,7 @@ impl Node {
                         wait_ms: options.wait.as_millis() as u64,
                         lease_ms: options.lease.map(|l| l.as_millis() as u64),
                     };
-                    Self::call_holder(&link, &op, options.wait + MARGIN).await?
+                    Self::call_state(&link, &op, options.wait + MARGIN).await?
                 }
             };
             claiming.armed = false;
@@ -415,9 +415,9 @@ impl Node {
 
     /// Withdraws claim `req` on `key`: releases the lock or leaves its line.
     fn unlock(&self, key: &str, req: u64) {
-        match self.holder_at() {
-            Ok(HolderAt::Here(holder)) => holder.locks.release(key, self.name(), req),
-            Ok(HolderAt::Link(link)) => {
+        match self.state_at() {
+            Ok(StateAt::Here(state)) => state.locks.release(key, self.name(), req),
+            Ok(StateAt::Link(link)) => {
                 let op = Op::Unlock {
                     key: key.to_string(),
                     req,
@@ -442,11 +442,11 @@ impl Node {
         let id = id.to_string();
         let sender = caller(self.name());
         async move {
-            match node.holder_at()? {
-                HolderAt::Here(holder) => Ok(holder.confirmations.confirm(&id, &sender)),
-                HolderAt::Link(link) => {
+            match node.state_at()? {
+                StateAt::Here(state) => Ok(state.confirmations.confirm(&id, &sender)),
+                StateAt::Link(link) => {
                     let op = Op::Confirm { id, sender };
-                    Self::call_holder(&link, &op, HOLDER_TIMEOUT).await
+                    Self::call_state(&link, &op, STATE_TIMEOUT).await
                 }
             }
         }
@@ -461,8 +461,8 @@ impl Node {
         id: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<usize, ServiceError>> + 'static {
-        let waiting = match &self.inner.holder {
-            Some(holder) => holder.confirmations.wait(n, id),
+        let waiting = match &self.inner.state {
+            Some(state) => state.confirmations.wait(n, id),
             None => Err(ServiceError::no_such_service(format!(
                 "confirmations are counted on the master; node {} is not it",
                 self.inner.name

@@ -82,13 +82,13 @@ impl Node {
             },
         );
 
-        if let Some(holder) = &self.inner.holder {
+        if let Some(state) = &self.inner.state {
             t.family(
                 "colony_job_queue_depth",
                 "gauge",
                 "Jobs in a queue this node holds, by state.",
             );
-            for q in holder.jobs.status() {
+            for q in state.jobs.status() {
                 for (state, n) in [
                     ("queued", q.queued),
                     ("leased", q.leased),

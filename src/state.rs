@@ -1,11 +1,13 @@
-//! What the master holds for the whole cluster: the job queues ([`jobs`](crate::jobs)),
+//! The cluster state: what the master holds for the whole cluster, the job
+//! queues ([`jobs`](crate::jobs)),
 //! the lock table ([`locks`](crate::locks)) and the confirmation counts
 //! ([`confirm`](crate::confirm)). A node without a bridge holds its own.
 //!
-//! Other nodes reach the holder with [`Op`]s sent as cluster operations over
+//! Other nodes reach the cluster state with [`Op`]s sent as cluster operations over
 //! their transport's link to the master (see `transport::Link::cluster`); the
-//! holder's own node calls it directly, without JSON. When a node goes down, the holder
-//! delivers its jobs again, releases its locks and drops its waiters.
+//! master itself calls it directly, without JSON. When a node goes down, the
+//! cluster state delivers its jobs again, releases its locks and drops its
+//! waiters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,7 @@ use crate::locks::{Claim, Locks};
 /// How often leases of jobs and locks are checked.
 const SWEEP: Duration = Duration::from_millis(100);
 
-/// An operation on the holder, as other nodes send it.
+/// An operation on the cluster state, as other nodes send it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Op {
@@ -63,37 +65,37 @@ pub(crate) enum Op {
 
 /// The cluster's queues, locks and confirmations, on the node that holds them.
 #[derive(Debug)]
-pub(crate) struct Holder {
+pub(crate) struct ClusterState {
     pub(crate) jobs: JobQueues,
     pub(crate) locks: Locks,
     pub(crate) confirmations: Confirmations,
 }
 
-impl Holder {
-    /// A holder for node `node`, checking leases in a task on the current runtime
-    /// for as long as the holder lives.
+impl ClusterState {
+    /// A cluster state for node `node`, checking leases in a task on the current runtime
+    /// for as long as the cluster state lives.
     pub(crate) fn start(
         node: &str,
         queues: std::collections::BTreeMap<String, QueueConfig>,
         events: EventBus,
-    ) -> Arc<Holder> {
-        let holder = Arc::new(Holder {
+    ) -> Arc<ClusterState> {
+        let state = Arc::new(ClusterState {
             jobs: JobQueues::new(node, queues, events),
             locks: Locks::default(),
             confirmations: Confirmations::default(),
         });
-        let weak = Arc::downgrade(&holder);
+        let weak = Arc::downgrade(&state);
         actix_rt::spawn(async move {
             let mut ticks = tokio::time::interval(SWEEP);
             loop {
                 ticks.tick().await;
-                let Some(holder) = weak.upgrade() else { break };
+                let Some(state) = weak.upgrade() else { break };
                 let now = tokio::time::Instant::now();
-                holder.jobs.expire(now);
-                holder.locks.expire(now);
+                state.jobs.expire(now);
+                state.locks.expire(now);
             }
         });
-        holder
+        state
     }
 
     /// Node `node` is gone.
