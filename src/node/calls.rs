@@ -40,24 +40,15 @@ impl Node {
         msg: M,
         timeout: Option<Duration>,
     ) -> Result<ReplyOf<M>, ServiceError> {
-        // A node found leaving at the last moment refuses without sending, and
-        // leaves the routing: the next pass picks another.
-        let deadline = deadline::after(timeout.unwrap_or(RETURN_WAIT));
-        loop {
-            let target = self.route(service, deadline).await;
-            self.record_failure(service, &target);
-            let timeout = timeout.map(|_| remaining(deadline));
-            match target? {
-                Target::Local(local) => return local.serve(msg, timeout, Origin::Local).await,
-                Target::Remote(remote) => {
-                    let answer = remote.request(&msg, timeout, None).await;
-                    if matches!(&answer, Err(e) if not_sent(e)) {
-                        continue;
-                    }
-                    self.record_failure(service, &answer);
-                    return answer;
-                }
-            }
+        let sent = &msg;
+        let routed = self
+            .routed(service, timeout, |remote, timeout| async move {
+                remote.request(sent, timeout, None).await
+            })
+            .await;
+        match routed {
+            Routed::Local(local, timeout) => local.serve(msg, timeout, Origin::Local).await,
+            Routed::Answered(answer) => answer,
         }
     }
 
@@ -69,26 +60,53 @@ impl Node {
         body: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<serde_json::Value, ServiceError> {
+        let sent = body.as_slice();
+        let routed = self
+            .routed(service, timeout, |remote, timeout| async move {
+                remote.request_json(subject, sent, timeout).await
+            })
+            .await;
+        match routed {
+            Routed::Local(_, timeout) => {
+                self.inner
+                    .router
+                    .request_json(service, subject, body, timeout, Origin::Http, None)
+                    .await
+            }
+            Routed::Answered(answer) => answer,
+        }
+    }
+
+    /// The routing loop of every request, typed or JSON: finds where `service`
+    /// runs, and either hands back this node's service (with what is left of
+    /// `timeout`) or has `remote` ask the node that runs it. A node found leaving
+    /// at the last moment refuses without sending and leaves the routing: the next
+    /// pass picks another. Failures are counted for `/metrics`.
+    async fn routed<T, F, Fut>(
+        &self,
+        service: &str,
+        timeout: Option<Duration>,
+        mut remote: F,
+    ) -> Routed<T>
+    where
+        F: FnMut(remote::Remote, Option<Duration>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ServiceError>>,
+    {
         let deadline = deadline::after(timeout.unwrap_or(RETURN_WAIT));
         loop {
             let target = self.route(service, deadline).await;
             self.record_failure(service, &target);
             let timeout = timeout.map(|_| remaining(deadline));
-            match target? {
-                Target::Local(_) => {
-                    return self
-                        .inner
-                        .router
-                        .request_json(service, subject, body, timeout, Origin::Http, None)
-                        .await
-                }
-                Target::Remote(remote) => {
-                    let answer = remote.request_json(subject, &body, timeout).await;
+            match target {
+                Err(e) => return Routed::Answered(Err(e)),
+                Ok(Target::Local(local)) => return Routed::Local(local, timeout),
+                Ok(Target::Remote(node)) => {
+                    let answer = remote(node, timeout).await;
                     if matches!(&answer, Err(e) if not_sent(e)) {
                         continue;
                     }
                     self.record_failure(service, &answer);
-                    return answer;
+                    return Routed::Answered(answer);
                 }
             }
         }
@@ -251,6 +269,17 @@ const EXIT_DELAY: Duration = Duration::from_millis(100);
 const RETURN_WAIT: Duration = Duration::from_secs(5);
 /// How often such a request looks again.
 const RETURN_POLL: Duration = Duration::from_millis(5);
+
+/// Where the routing loop left a request.
+enum Routed<T> {
+    /// This node runs the service: serve it here, within the timeout left.
+    Local(
+        std::sync::Arc<crate::service::LocalService>,
+        Option<Duration>,
+    ),
+    /// Another node answered, or the request failed.
+    Answered(Result<T, ServiceError>),
+}
 
 /// What is left until `deadline`, at least a millisecond.
 fn remaining(deadline: Instant) -> Duration {
