@@ -48,47 +48,24 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("surfaces", &["api", "cli", "spawn", "certs", "run"]),
 ];
 
-/// Imports that break the layering today, each as `(file, file it imports)`.
-/// The list only shrinks: an entry that no longer holds fails the test too.
-const KNOWN_UPWARD: &[(&str, &str)] = &[];
-
-/// Files of `src/` that import each other in a circle today, each circle as its
-/// sorted files. The list only shrinks.
-const KNOWN_CIRCLES: &[&[&str]] = &[&[
-    "src/bridge.rs",
-    "src/bridge/accept.rs",
-    "src/bridge/peer.rs",
-    "src/bridge/pubsub.rs",
-    "src/bridge/session.rs",
-]];
-
 /// The most lines a file of `src/` may have.
 const MAX_LINES: usize = 600;
-
-/// Files of `src/` over [`MAX_LINES`] today. The list only shrinks.
-const KNOWN_LONG: &[&str] = &[];
 
 #[test]
 fn no_file_is_longer_than_600_lines() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut long = Vec::new();
-    for path in module_files(&src).values() {
-        let lines = std::fs::read_to_string(path).expect("read").lines().count();
-        if lines > MAX_LINES {
-            long.push(rel(path));
-            assert!(
-                KNOWN_LONG.contains(&rel(path).as_str()),
-                "{} has {lines} lines; split it below {MAX_LINES}",
-                rel(path)
-            );
-        }
-    }
-    for known in KNOWN_LONG {
-        assert!(
-            long.iter().any(|l| l == known),
-            "{known} is no longer over {MAX_LINES} lines: strike it from KNOWN_LONG"
-        );
-    }
+    let long: Vec<String> = module_files(&src)
+        .values()
+        .filter_map(|path| {
+            let lines = std::fs::read_to_string(path).expect("read").lines().count();
+            (lines > MAX_LINES).then(|| format!("{} has {lines} lines", rel(path)))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "split these below {MAX_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }
 
 #[test]
@@ -129,11 +106,7 @@ fn every_import_runs_down_the_layers_and_none_in_a_circle() {
                 .insert(rel(&target_path));
             let target_layer = layer_of.get(target[0].as_str()).copied().unwrap_or(0);
             let edge = (rel(path), rel(&target_path));
-            if target_layer > layer
-                && !KNOWN_UPWARD
-                    .iter()
-                    .any(|(a, b)| (*a, *b) == (edge.0.as_str(), edge.1.as_str()))
-            {
+            if target_layer > layer {
                 problems.insert(format!(
                     "{} ({}) imports {} ({}), a layer above it",
                     edge.0, LAYERS[layer].0, edge.1, LAYERS[target_layer].0
@@ -141,28 +114,8 @@ fn every_import_runs_down_the_layers_and_none_in_a_circle() {
             }
         }
     }
-    for (a, b) in KNOWN_UPWARD {
-        if !graph.get(*a).is_some_and(|targets| targets.contains(*b)) {
-            problems.insert(format!(
-                "{a} no longer imports {b}: strike it from KNOWN_UPWARD"
-            ));
-        }
-    }
-    let circles = circles(&graph);
-    for circle in &circles {
-        if !KNOWN_CIRCLES
-            .iter()
-            .any(|known| known == &circle.as_slice())
-        {
-            problems.insert(format!("files import each other in a circle: {circle:?}"));
-        }
-    }
-    for known in KNOWN_CIRCLES {
-        if !circles.iter().any(|c| c.as_slice() == *known) {
-            problems.insert(format!(
-                "the circle {known:?} is gone or changed: update KNOWN_CIRCLES"
-            ));
-        }
+    for circle in circles(&graph) {
+        problems.insert(format!("files import each other in a circle: {circle:?}"));
     }
     let problems: Vec<String> = problems.into_iter().collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));

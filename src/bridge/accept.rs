@@ -20,7 +20,8 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{session, Bridge};
+use super::session;
+use super::state::Bridge;
 use crate::logging::{untrusted, Throttle, Verdict};
 
 /// How often one network may have a refused connection logged.

@@ -8,11 +8,16 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::connect::dial_loop;
 use super::peer::{Peer, Waiter};
+use super::state::Bridge;
 use super::wire::{Control, Member};
-use super::{dial_loop, Bridge, RETURN_HOLD};
 use crate::config::Role;
 use crate::logging::untrusted;
+
+/// How long after a node said it was leaving requests for a service only it ran
+/// wait for the service to come back (long enough for a reload's drain and start).
+const RETURN_HOLD: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Bridge {
     /// Registers `peer`'s new link and introduces this node to it; refused (the

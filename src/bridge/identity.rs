@@ -20,8 +20,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::peer::Peer;
+use super::state::Bridge;
 use super::wire::{Control, Member};
-use super::Bridge;
 use crate::config::Role;
 use crate::logging::untrusted;
 

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{timeout_at, Instant};
 
-use super::pubsub::PeerSubscriptions;
+use super::subscriptions::PeerSubscriptions;
 use super::wire::{self, Control, Offer, RequestHead, ONE_WAY, TO_WORKER};
 use crate::error::ServiceError;
 use crate::status::NodeStatus;
@@ -46,7 +46,7 @@ pub(crate) struct Peer {
     /// The topic prefixes the peer's subscribers hold, with their counts.
     pub(crate) subscriptions: PeerSubscriptions,
     /// A change to this node's subscriptions could not be queued to the peer: it
-    /// gets the whole table again (see [`super::Bridge::resync`]), and no change until then.
+    /// gets the whole table again (see [`super::state::Bridge::resync`]), and no change until then.
     pub(crate) resync: AtomicBool,
 }
 

@@ -15,8 +15,8 @@ use tokio_util::codec::{Framed, FramedRead};
 
 use super::frame::FrameCodec;
 use super::peer::Peer;
+use super::state::Bridge;
 use super::wire::{self, Message, ONE_WAY, TO_WORKER};
-use super::Bridge;
 use crate::error::ServiceError;
 use crate::transport::Incoming;
 
