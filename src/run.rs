@@ -81,7 +81,12 @@ impl Node {
                         source,
                     }
                 })?;
-            log::info!("node {}: HTTP API on http://{}", node.name(), server.addr);
+            log::info!(
+                target: "colony::node",
+                "node {}: HTTP API on http://{}",
+                node.name(),
+                server.addr
+            );
             let handle = server.handle;
             let stop: StopServer = Box::new(move || Box::pin(handle.stop(true)));
             node.attach_api(stop);

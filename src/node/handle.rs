@@ -227,6 +227,7 @@ impl Node {
             return;
         }
         log::info!(
+            target: "colony::node",
             "node {}: shutting down (drain up to {:?})",
             self.name(),
             drain
@@ -279,7 +280,7 @@ impl Node {
         for arbiter in self.inner.arbiters.lock().drain(..) {
             arbiter.stop();
         }
-        log::info!("node {}: stopped", self.name());
+        log::info!(target: "colony::node", "node {}: stopped", self.name());
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
