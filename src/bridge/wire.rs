@@ -462,7 +462,7 @@ pub fn encode_publish(
     })
 }
 
-/// An operation on the cluster's queues, locks or confirmations (see `holder`),
+/// An operation on the cluster's queues, locks or confirmations (see `state`),
 /// for the node that holds them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterFrame {
