@@ -240,7 +240,9 @@ async fn colony_measure(node: &Node) -> Figures {
 }
 
 fn start_config(yaml: &str) -> NodeConfig {
-    NodeConfig::parse(Path::new("bench.yaml"), yaml).expect("bench config")
+    let mut config = NodeConfig::parse(Path::new("bench.yaml"), yaml).expect("bench config");
+    config.state.mode = colony::config::StateMode::Memory;
+    config
 }
 
 fn main() {

@@ -93,7 +93,8 @@ node: { name: bench, threads: 1 }
 services:
   bench: { workers: 1, concurrency: 64, queue: 1024, timeout: 10s }
 ";
-        let config = NodeConfig::parse(Path::new("bench.yaml"), yaml).expect("bench config");
+        let mut config = NodeConfig::parse(Path::new("bench.yaml"), yaml).expect("bench config");
+        config.state.mode = colony::config::StateMode::Memory;
         let app = App::new().service("bench", Echo::default).handles::<Ping>();
         let node = Node::start(app, config).await.expect("node starts");
         let colony = Colony(node.clone());

@@ -15,6 +15,9 @@ mod input;
 pub mod limits;
 mod load;
 mod names;
+mod state;
+
+pub use state::{StateMode, StateSection};
 
 /// The start of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "COLONY__";
@@ -43,6 +46,9 @@ pub struct NodeConfig {
     /// name. Only these exist: a push or take for any other name is `NoSuchService`.
     #[serde(default)]
     pub queues: BTreeMap<String, QueueConfig>,
+    /// Where the cluster state is kept, on the node that holds it.
+    #[serde(default)]
+    pub state: StateSection,
     /// Child node processes this node starts, keeps running and reloads.
     #[serde(default)]
     pub spawn: Vec<SpawnConfig>,

@@ -5,12 +5,18 @@
 //! Counts live on the master (a node without a bridge keeps its own), from the
 //! first confirmation on, so a wait registered late still sees the earlier ones.
 //! At most [`KEEP`] ids are remembered; past that, the oldest id nobody waits for
-//! is forgotten.
+//! is forgotten. With a durable cluster state the counts are on disk before a
+//! confirmation is answered, and survive a restart of the master.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+
+use crate::error::ServiceError;
+use crate::store::{committed, Change, Loaded, Store};
 
 /// Ids remembered at once.
 pub(crate) const KEEP: usize = 10_000;
@@ -22,9 +28,10 @@ struct Entry {
 }
 
 /// The confirmations a node counts.
-#[derive(Default)]
 pub(crate) struct Confirmations {
     state: Mutex<State>,
+    store: Option<Store>,
+    next_order: AtomicU64,
 }
 
 #[derive(Default)]
@@ -42,12 +49,56 @@ impl std::fmt::Debug for Confirmations {
 }
 
 impl Confirmations {
-    /// `sender` confirms `id`; returns how many distinct senders have.
-    pub(crate) fn confirm(&self, id: &str, sender: &str) -> usize {
+    /// Confirmations kept in `store` (in memory when `None`), starting from those
+    /// it held (`loaded`).
+    pub(crate) fn new(store: Option<Store>, loaded: &mut Loaded) -> Confirmations {
+        let mut state = State::default();
+        let confirms = std::mem::take(&mut loaded.confirms);
+        let next = confirms.len() as u64 + 1;
+        for (id, sender) in confirms {
+            state.entry(&id).0.senders.insert(sender);
+        }
+        Confirmations {
+            state: Mutex::new(state),
+            store,
+            next_order: AtomicU64::new(next),
+        }
+    }
+
+    /// `sender` confirms `id`; returns how many distinct senders have, once that
+    /// is kept.
+    pub(crate) async fn confirm(&self, id: &str, sender: &str) -> Result<usize, ServiceError> {
+        let (count, written) = self.count(id, sender);
+        if let (Some(written), Some(store)) = (written, &self.store) {
+            committed(written?, store.file()).await?;
+        }
+        Ok(count)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn count(
+        &self,
+        id: &str,
+        sender: &str,
+    ) -> (
+        usize,
+        Option<Result<oneshot::Receiver<Result<(), crate::store::StoreError>>, ServiceError>>,
+    ) {
         let mut state = self.state.lock();
-        let entry = state.entry(id);
-        entry.senders.insert(sender.to_string());
+        let (entry, forgotten) = state.entry(id);
+        let new = entry.senders.insert(sender.to_string());
         let count = entry.senders.len();
+        let mut changes = Vec::new();
+        if let Some(old) = forgotten {
+            changes.push(Change::Forget { id: old });
+        }
+        if new {
+            changes.push(Change::Confirm {
+                id: id.to_string(),
+                sender: sender.to_string(),
+                order: self.next_order.fetch_add(1, Ordering::Relaxed),
+            });
+        }
         let (due, waiting): (Vec<_>, Vec<_>) = entry
             .waiters
             .drain(..)
@@ -56,7 +107,11 @@ impl Confirmations {
         for (_, tx) in due {
             let _ = tx.send(count);
         }
-        count
+        let written = match (&self.store, changes.is_empty()) {
+            (Some(store), false) => Some(store.commit(changes).map_err(Into::into)),
+            _ => None,
+        };
+        (count, written)
     }
 
     /// Resolves once `n` distinct senders have confirmed `id` (at once if they
@@ -69,7 +124,10 @@ impl Confirmations {
     ) -> Result<oneshot::Receiver<usize>, crate::error::ServiceError> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.state.lock();
-        let entry = state.entry(id);
+        let (entry, forgotten) = state.entry(id);
+        if let (Some(old), Some(store)) = (forgotten, &self.store) {
+            store.record(vec![Change::Forget { id: old }]);
+        }
         let count = entry.senders.len();
         if count >= n {
             let _ = tx.send(count);
@@ -87,18 +145,20 @@ impl Confirmations {
 }
 
 impl State {
-    fn entry(&mut self, id: &str) -> &mut Entry {
+    /// The entry of `id`, made if new; and the id forgotten to make room, if any.
+    fn entry(&mut self, id: &str) -> (&mut Entry, Option<String>) {
+        let mut forgotten = None;
         if !self.ids.contains_key(id) {
             if self.ids.len() >= KEEP {
-                self.forget_one();
+                forgotten = self.forget_one();
             }
             self.order.push_back(id.to_string());
         }
-        self.ids.entry(id.to_string()).or_default()
+        (self.ids.entry(id.to_string()).or_default(), forgotten)
     }
 
     /// Forgets the oldest id nobody waits for.
-    fn forget_one(&mut self) {
+    fn forget_one(&mut self) -> Option<String> {
         let position = self.order.iter().position(|id| {
             self.ids
                 .get(id)
@@ -107,6 +167,8 @@ impl State {
         if let Some(old) = position.and_then(|p| self.order.remove(p)) {
             log::debug!("confirmations: forgetting id {old}");
             self.ids.remove(&old);
+            return Some(old);
         }
+        None
     }
 }

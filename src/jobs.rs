@@ -22,11 +22,18 @@
 //! | the worker's node dies or its link drops | delivered again at once (the cluster state sees the node down) |
 //! | no answer within the queue's `lease` | delivered again (a worker that does answer later is ignored) |
 //! | delivered `max_attempts` times | moved to the queue's dead letters, with a `JobDead` event |
-//! | the holding node dies | queued jobs are lost with it: nothing is written to disk |
+//! | the holding node dies (`state.mode: durable`, the default) | every job whose push was answered and that has not completed is delivered again when it restarts, with its attempt count; counters and dead letters are kept |
+//! | the holding node dies (`state.mode: memory`) | queued jobs are lost with it |
+//!
+//! In durable mode a push, an ack and a failure are answered only once they are
+//! on disk ([`store`](crate::store)). Job ids never repeat, across restarts
+//! too, and each delivery carries a lease token that an answer must echo: an
+//! answer to a delivery from before a restart completes nothing.
 //!
 //! Delivery is therefore at least once: a job can run twice when its worker did
 //! the work but died before its answer reached the cluster state. Exactly one answer
-//! completes each job; later answers for it are ignored.
+//! completes each job (and counts it in `completed`); later answers for it are
+//! ignored.
 
 mod queue;
 #[cfg(test)]
@@ -45,7 +52,12 @@ use tokio::time::Instant;
 use crate::config::QueueConfig;
 use crate::error::{ErrorKind, ServiceError};
 use crate::events::{EventBus, LifecycleEvent};
+use crate::store::{Change, Loaded, Store};
 use queue::{Buried, Job, Queue, Taker};
+
+/// A commit under way, or why it could not start.
+type Commit =
+    Result<tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>, ServiceError>;
 
 /// A job handed to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +66,8 @@ pub(crate) struct Given {
     pub(crate) id: u64,
     /// Which delivery this is, from 1.
     pub(crate) attempt: u32,
+    /// The delivery's lease token, which its answer carries.
+    pub(crate) lease: u64,
     /// The job as JSON.
     pub(crate) job: Box<RawValue>,
 }
@@ -112,8 +126,10 @@ pub(crate) struct JobQueues {
     node: String,
     queues: Mutex<HashMap<String, Queue>>,
     events: EventBus,
+    store: Option<Store>,
     next_id: AtomicU64,
     next_taker: AtomicU64,
+    next_lease: AtomicU64,
 }
 
 impl std::fmt::Debug for JobQueues {
@@ -125,23 +141,96 @@ impl std::fmt::Debug for JobQueues {
 }
 
 impl JobQueues {
+    /// The queues declared by `configs`, in memory when `store` is `None`,
+    /// else kept in `store`, starting from what it held (`loaded`).
     pub(crate) fn new(
         node: &str,
         configs: BTreeMap<String, QueueConfig>,
         events: EventBus,
+        store: Option<Store>,
+        loaded: &mut Loaded,
     ) -> JobQueues {
         // Only declared queues exist: a name from outside never creates one.
-        let queues = configs
+        let mut queues: HashMap<String, Queue> = configs
             .iter()
-            .map(|(name, config)| (name.clone(), Queue::new(config.clone())))
+            .map(|(name, config)| {
+                (
+                    name.clone(),
+                    Queue::new(name, config.clone(), store.is_some()),
+                )
+            })
             .collect();
+        for (name, jobs) in std::mem::take(&mut loaded.jobs) {
+            let Some(queue) = queues.get_mut(&name) else {
+                log::warn!(
+                    "queue {name} has {} jobs on disk but is not declared in the config; they are kept there and not delivered",
+                    jobs.len()
+                );
+                continue;
+            };
+            for (id, attempts, json) in jobs {
+                let json = String::from_utf8(json)
+                    .ok()
+                    .and_then(|text| RawValue::from_string(text).ok());
+                let Some(json) = json else {
+                    log::error!("queue {name}: job {id} on disk is not JSON; skipped");
+                    continue;
+                };
+                let job = Job { id, json, attempts };
+                queue.bytes = queue.bytes.saturating_add(job.bytes());
+                queue.ready.push_back(job);
+            }
+            if !queue.ready.is_empty() {
+                log::info!(
+                    "queue {name}: {} jobs recovered from disk",
+                    queue.ready.len()
+                );
+            }
+        }
+        for (name, letters) in std::mem::take(&mut loaded.dead) {
+            let Some(queue) = queues.get_mut(&name) else {
+                continue;
+            };
+            for (_, letter) in letters {
+                if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&letter) {
+                    let bytes = letter.job.to_string().len();
+                    queue.dead_bytes = queue.dead_bytes.saturating_add(bytes);
+                    queue.dead.push_back(Buried { letter, bytes });
+                }
+            }
+        }
+        for ((name, counter), value) in &loaded.counts {
+            if let Some(queue) = queues.get_mut(name) {
+                match counter.as_str() {
+                    "pushed" => queue.pushed = *value,
+                    "completed" => queue.completed = *value,
+                    "failures" => queue.failures = *value,
+                    _ => {}
+                }
+            }
+        }
+        let mut lease = [0u8; 8];
+        let _ = getrandom::fill(&mut lease);
         JobQueues {
             node: node.to_string(),
             queues: Mutex::new(queues),
             events,
-            next_id: AtomicU64::new(1),
+            store,
+            next_id: AtomicU64::new(loaded.seq.saturating_add(1)),
             next_taker: AtomicU64::new(1),
+            next_lease: AtomicU64::new(u64::from_le_bytes(lease) >> 1),
         }
+    }
+
+    /// Sends the changes `queue` noted to the store, waiting for them or not.
+    /// Called with the queues locked, so that changes reach the store in order.
+    fn flush(&self, queue: &mut Queue) -> Option<Commit> {
+        let store = self.store.as_ref()?;
+        let changes = std::mem::take(queue.log.as_mut()?);
+        if changes.is_empty() {
+            return None;
+        }
+        Some(store.commit(changes).map_err(ServiceError::from))
     }
 
     /// Runs `f` on queue `name`; `NoSuchService` when no config declares it.
@@ -161,21 +250,63 @@ impl JobQueues {
         }
     }
 
-    /// Queues `job` (JSON) and returns its id; `Overloaded` when the queue is full.
-    pub(crate) fn push(&self, name: &str, json: Box<RawValue>) -> Result<u64, ServiceError> {
+    /// Queues `job` (JSON) and returns its id once it is kept (on disk, when
+    /// durable); `Overloaded` when the queue is full, `ServiceFailed` when it
+    /// cannot be written.
+    pub(crate) async fn push(&self, name: &str, json: Box<RawValue>) -> Result<u64, ServiceError> {
         check_name(name)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.with_queue(name, |queue| {
-            queue.push(
-                name,
-                Job {
+        let len = json.get().len();
+        let Some(store) = &self.store else {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            return self.with_queue(name, |queue| {
+                queue.admit(len)?;
+                queue.enter(Job {
                     id,
                     json,
                     attempts: 0,
+                });
+                Ok(id)
+            })?;
+        };
+        let (id, written) = self.with_queue(name, |queue| {
+            queue.admit(len)?;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let changes = vec![
+                Change::Job {
+                    queue: name.to_string(),
+                    id,
+                    json: json.get().as_bytes().to_vec(),
                 },
-            )
+                Change::Count {
+                    queue: name.to_string(),
+                    counter: "pushed",
+                    add: 1,
+                },
+                Change::Seq(id),
+            ];
+            match store.commit(changes) {
+                Ok(written) => Ok((id, written)),
+                Err(e) => {
+                    queue.refuse(len);
+                    Err(ServiceError::from(e))
+                }
+            }
         })??;
-        Ok(id)
+        let kept = crate::store::committed(written, store.file()).await;
+        self.with_queue(name, |queue| match kept {
+            Ok(()) => {
+                queue.enter(Job {
+                    id,
+                    json,
+                    attempts: 0,
+                });
+                Ok(id)
+            }
+            Err(e) => {
+                queue.refuse(len);
+                Err(ServiceError::from(e))
+            }
+        })?
     }
 
     /// Waits up to `wait` for a job for `worker` of `node`; `None` when none came.
@@ -188,15 +319,17 @@ impl JobQueues {
     ) -> Result<Option<Given>, ServiceError> {
         check_name(name)?;
         let taker = self.next_taker.fetch_add(1, Ordering::Relaxed);
+        let token = self.next_lease.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = oneshot::channel();
         let now = self.with_queue(name, |queue| {
             let taker = Taker {
                 id: taker,
                 node: node.to_string(),
                 worker: worker.to_string(),
+                token,
                 tx,
             };
-            match queue.ready.pop_front() {
+            let given = match queue.ready.pop_front() {
                 Some(job) => match queue.lease(job, taker) {
                     Ok(given) => Some(given),
                     Err(job) => {
@@ -208,7 +341,11 @@ impl JobQueues {
                     queue.takers.push_back(taker);
                     None
                 }
-            }
+            };
+            // The delivery count is written without waiting: after a crash a
+            // delivery that was not written yet counts once less.
+            self.record(queue);
+            given
         })?;
         if now.is_some() {
             return Ok(now);
@@ -224,14 +361,23 @@ impl JobQueues {
         }
     }
 
-    /// Ends delivery `attempt` of job `id`: completed, or failed and retried or
-    /// buried. An answer for a delivery that is no longer current is ignored.
-    pub(crate) fn ack(&self, name: &str, id: u64, attempt: u32, answer: Answer) {
-        let dead = self.with_queue(name, |queue| {
+    /// Ends delivery `attempt` (lease `lease`) of job `id`: completed, or failed
+    /// and retried or buried; answered once that is kept. An answer for a
+    /// delivery that is no longer current is ignored.
+    pub(crate) async fn ack(
+        &self,
+        name: &str,
+        id: u64,
+        attempt: u32,
+        lease: u64,
+        answer: Answer,
+    ) -> Result<(), ServiceError> {
+        let failed = answer.error.is_some();
+        let outcome = self.with_queue(name, |queue| {
             let current = queue
                 .leased
                 .get(&id)
-                .is_some_and(|l| l.job.attempts == attempt);
+                .is_some_and(|l| l.job.attempts == attempt && l.token == lease);
             if !current {
                 log::debug!("queue {name}: late answer for job {id} (delivery {attempt}) ignored");
                 return None;
@@ -241,93 +387,137 @@ impl JobQueues {
                 None => {
                     queue.completed += 1;
                     queue.release(&lease.job);
-                    None
+                    queue.note(|q| Change::Done {
+                        queue: q.to_string(),
+                        id,
+                    });
+                    queue.note(|q| Change::Count {
+                        queue: q.to_string(),
+                        counter: "completed",
+                        add: 1,
+                    });
+                    let commit = self.flush(queue);
+                    Some((Some(lease.job), None, commit))
                 }
-                Some(error) => queue.failed(lease.job, error, answer.counts),
+                Some(error) => {
+                    let dead = queue
+                        .failed(lease.job, error, answer.counts)
+                        .map(|dead| bury(queue, dead));
+                    let commit = self.flush(queue);
+                    Some((None, dead, commit))
+                }
             }
         });
-        let dead = dead.unwrap_or_else(|e| {
-            log::debug!("answer for job {id} ignored: {e}");
-            None
-        });
-        if let Some(dead) = dead {
-            self.bury(name, dead);
+        let (done, dead, commit) = match outcome {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                log::debug!("answer for job {id} ignored: {e}");
+                return Ok(());
+            }
+        };
+        if let Some(event) = dead {
+            self.events.publish(event);
         }
+        let Some(commit) = commit else {
+            return Ok(());
+        };
+        let file = self
+            .store
+            .as_ref()
+            .map(|s| s.file().to_path_buf())
+            .unwrap_or_default();
+        let kept = match commit {
+            Ok(written) => crate::store::committed(written, &file)
+                .await
+                .map_err(ServiceError::from),
+            Err(e) => Err(e),
+        };
+        if let (Err(_), Some(job), false) = (&kept, done, failed) {
+            // Not on disk as completed: the job stays, to be delivered again.
+            let _ = self.with_queue(name, |queue| {
+                queue.completed = queue.completed.saturating_sub(1);
+                queue.bytes = queue.bytes.saturating_add(job.bytes());
+                queue.ready.push_front(job);
+            });
+        }
+        kept
     }
 
     /// Node `node` is gone: its jobs are delivered again and its waiting workers
     /// leave the line.
     pub(crate) fn node_down(&self, node: &str) {
-        let mut buried = Vec::new();
+        self.fail_leases(
+            |lease| lease.node == node,
+            |lease, _| {
+                log::warn!(
+                    "job {} was with {} on node {node}, which is down; delivering it again",
+                    lease.job.id,
+                    lease.worker
+                );
+                ServiceError::new(
+                    ErrorKind::NodeDown,
+                    format!("node {node} went down while {} held the job", lease.worker),
+                )
+            },
+        );
         let mut queues = self.queues.lock();
-        for (name, queue) in queues.iter_mut() {
+        for queue in queues.values_mut() {
             queue.takers.retain(|t| t.node != node);
-            let lost: Vec<u64> = queue
-                .leased
-                .iter()
-                .filter(|(_, l)| l.node == node)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in lost {
-                if let Some(lease) = queue.leased.remove(&id) {
-                    log::warn!(
-                        "queue {name}: job {id} was with {} on node {node}, which is down; delivering it again",
-                        lease.worker
-                    );
-                    let error = ServiceError::new(
-                        ErrorKind::NodeDown,
-                        format!("node {node} went down while {} held the job", lease.worker),
-                    );
-                    if let Some(dead) = queue.failed(lease.job, error, true) {
-                        buried.push((name.clone(), dead));
-                    }
-                }
-            }
-        }
-        drop(queues);
-        for (name, dead) in buried {
-            self.bury(&name, dead);
         }
     }
 
     /// Jobs held past their lease are delivered again.
     pub(crate) fn expire(&self, now: Instant) {
-        let mut buried = Vec::new();
+        self.fail_leases(
+            |lease| lease.expires <= now,
+            |lease, config| {
+                ServiceError::timeout(format!(
+                    "{} held the job longer than the queue's lease of {:?}",
+                    lease.worker, config.lease
+                ))
+            },
+        );
+    }
+
+    /// Ends every lease that `which` picks as failed with `error`.
+    fn fail_leases(
+        &self,
+        which: impl Fn(&queue::Lease) -> bool,
+        error: impl Fn(&queue::Lease, &QueueConfig) -> ServiceError,
+    ) {
+        let mut events = Vec::new();
         let mut queues = self.queues.lock();
-        for (name, queue) in queues.iter_mut() {
-            let late: Vec<u64> = queue
+        for queue in queues.values_mut() {
+            let ended: Vec<u64> = queue
                 .leased
                 .iter()
-                .filter(|(_, l)| l.expires <= now)
+                .filter(|(_, l)| which(l))
                 .map(|(id, _)| *id)
                 .collect();
-            for id in late {
+            for id in ended {
                 if let Some(lease) = queue.leased.remove(&id) {
-                    let error = ServiceError::timeout(format!(
-                        "{} held the job longer than the queue's lease of {:?}",
-                        lease.worker, queue.config.lease
-                    ));
+                    let error = error(&lease, &queue.config);
                     if let Some(dead) = queue.failed(lease.job, error, true) {
-                        buried.push((name.clone(), dead));
+                        events.push(bury(queue, dead));
                     }
                 }
             }
+            self.record(queue);
         }
         drop(queues);
-        for (name, dead) in buried {
-            self.bury(&name, dead);
+        for event in events {
+            self.events.publish(event);
         }
     }
 
-    fn bury(&self, name: &str, dead: Buried) {
-        self.events.publish(LifecycleEvent::JobDead {
-            queue: name.to_string(),
-            job: dead.letter.id,
-            attempts: dead.letter.attempts,
-            error: dead.letter.error.to_string(),
-        });
-        self.with_queue(name, |queue| queue.bury(name, dead))
-            .unwrap_or_else(|e| log::error!("dead letter lost: {e}"));
+    /// Sends the changes `queue` noted to the store without waiting for them.
+    fn record(&self, queue: &mut Queue) {
+        if let (Some(store), Some(log)) = (&self.store, queue.log.as_mut()) {
+            if !log.is_empty() {
+                store.record(std::mem::take(log));
+            }
+        }
     }
 
     /// Every queue, by name.
@@ -350,6 +540,19 @@ impl JobQueues {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
+}
+
+/// Keeps `dead` in its queue's dead letters; returns the event that says so.
+fn bury(queue: &mut Queue, dead: Buried) -> LifecycleEvent {
+    let event = LifecycleEvent::JobDead {
+        queue: queue.name.clone(),
+        job: dead.letter.id,
+        attempts: dead.letter.attempts,
+        error: dead.letter.error.to_string(),
+    };
+    let name = queue.name.clone();
+    queue.bury(&name, dead);
+    event
 }
 
 fn check_name(name: &str) -> Result<(), ServiceError> {

@@ -14,7 +14,8 @@
 //!  4 transports        bridge  memory                 backbones: TCP links, or nodes
 //!        |                                            of one process linked in memory
 //!  3 cluster services  transport  remote  pubsub      what crosses nodes, written
-//!        |             jobs  locks  confirm  state    against the transport seam
+//!        |             jobs  locks  confirm  state    against the transport seam;
+//!        |             store                          the state's file on disk
 //!  2 in-node runtime   root  supervisor  router       one node's request path:
 //!        |             dealer  worker  service        name → dealer → worker → reply
 //!        |             metrics
@@ -42,7 +43,7 @@
 //!   a call stays on this node or crosses to another that runs the service;
 //!   [`pubsub`] is publish/subscribe across the cluster; [`jobs`] (job queues),
 //!   `locks` and `confirm` are kept by the master in `state`, which other nodes
-//!   reach over their transport.
+//!   reach over their transport, and written to disk by [`store`].
 //! - In-node runtime: `root` is the root actor of a node; it starts one
 //!   `supervisor` per service, which starts and restarts its workers; `router`
 //!   carries a request through the service's `dealer` (the load-balancing broker)
@@ -84,6 +85,7 @@ mod service;
 mod spawn;
 mod state;
 pub mod status;
+pub mod store;
 mod supervisor;
 pub mod transport;
 mod worker;

@@ -276,10 +276,6 @@ impl Link for MemoryLink {
         Ok(pending)
     }
 
-    fn cluster_tell(&self, op: &[u8]) -> Result<(), ServiceError> {
-        self.cluster_op(op, one_way(self.from.me.name.clone()))
-    }
-
     fn status(&self, _deadline: Instant) -> BoxFuture<'_, Option<NodeStatus>> {
         let status = self.up().ok().map(|()| self.to.inbound.local.status());
         Box::pin(async move { status })

@@ -16,6 +16,7 @@ mod calls;
 pub mod check;
 mod consumer;
 mod handle;
+mod locking;
 mod messaging;
 mod metrics;
 pub(crate) mod spawned;
@@ -23,4 +24,4 @@ mod status;
 
 pub(crate) use handle::{Children, Probe, StopServer};
 pub use handle::{Node, StartError};
-pub use messaging::{LockGuard, LockOptions};
+pub use locking::{LockGuard, LockOptions};

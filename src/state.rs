@@ -15,12 +15,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::config::QueueConfig;
+use crate::config::{QueueConfig, StateMode, StateSection};
 use crate::confirm::Confirmations;
 use crate::error::ServiceError;
 use crate::events::EventBus;
 use crate::jobs::{Answer, JobQueues};
 use crate::locks::{Claim, Locks};
+use crate::store::{Loaded, Store, StoreError};
 
 /// How often leases of jobs and locks are checked.
 const SWEEP: Duration = Duration::from_millis(100);
@@ -42,6 +43,7 @@ pub(crate) enum Op {
         queue: String,
         job: u64,
         attempt: u32,
+        lease: u64,
         answer: Answer,
     },
     Lock {
@@ -56,6 +58,10 @@ pub(crate) enum Op {
         key: String,
         req: u64,
     },
+    Renew {
+        key: String,
+        req: u64,
+    },
     Confirm {
         id: String,
         sender: String,
@@ -66,23 +72,34 @@ pub(crate) enum Op {
 /// The cluster's queues, locks and confirmations, on the node that holds them.
 #[derive(Debug)]
 pub(crate) struct ClusterState {
+    store: Option<Store>,
     pub(crate) jobs: JobQueues,
     pub(crate) locks: Locks,
     pub(crate) confirmations: Confirmations,
 }
 
 impl ClusterState {
-    /// A cluster state for node `node`, checking leases in a task on the current runtime
+    /// A cluster state for node `node`, kept as `config` says (read back from its
+    /// directory when durable), checking leases in a task on the current runtime
     /// for as long as the cluster state lives.
     pub(crate) fn start(
         node: &str,
         queues: std::collections::BTreeMap<String, QueueConfig>,
+        config: &StateSection,
         events: EventBus,
-    ) -> Arc<ClusterState> {
+    ) -> Result<Arc<ClusterState>, StoreError> {
+        let (store, mut loaded) = match config.mode {
+            StateMode::Durable => {
+                let (store, loaded) = Store::open(&config.dir_of(node))?;
+                (Some(store), loaded)
+            }
+            StateMode::Memory => (None, Loaded::default()),
+        };
         let state = Arc::new(ClusterState {
-            jobs: JobQueues::new(node, queues, events),
-            locks: Locks::default(),
-            confirmations: Confirmations::default(),
+            store: store.clone(),
+            jobs: JobQueues::new(node, queues, events, store.clone(), &mut loaded),
+            locks: Locks::new(store.clone(), &mut loaded),
+            confirmations: Confirmations::new(store, &mut loaded),
         });
         let weak = Arc::downgrade(&state);
         actix_rt::spawn(async move {
@@ -95,7 +112,14 @@ impl ClusterState {
                 state.locks.expire(now);
             }
         });
-        state
+        Ok(state)
+    }
+
+    /// Closes the state's file, once what is waiting is written.
+    pub(crate) fn close(&self) {
+        if let Some(store) = &self.store {
+            store.close();
+        }
     }
 
     /// Node `node` is gone.
@@ -109,7 +133,7 @@ impl ClusterState {
         let op: Op = serde_json::from_slice(op)
             .map_err(|e| ServiceError::bad_request(format!("malformed cluster operation: {e}")))?;
         let reply = match op {
-            Op::Push { queue, job } => serde_json::to_vec(&self.jobs.push(&queue, job)?),
+            Op::Push { queue, job } => serde_json::to_vec(&self.jobs.push(&queue, job).await?),
             Op::Take {
                 queue,
                 worker,
@@ -122,9 +146,10 @@ impl ClusterState {
                 queue,
                 job,
                 attempt,
+                lease,
                 answer,
             } => {
-                self.jobs.ack(&queue, job, attempt, answer);
+                self.jobs.ack(&queue, job, attempt, lease, answer).await?;
                 Ok(b"null".to_vec())
             }
             Op::Lock {
@@ -138,17 +163,23 @@ impl ClusterState {
                     node: from.to_string(),
                     req,
                     owner,
-                    lease: lease_ms.map(|l| Duration::from_millis(l.min(MAX_LEASE_MS))),
+                    lease: lease_ms.map_or(crate::locks::DEFAULT_LEASE, |l| {
+                        Duration::from_millis(l.min(MAX_LEASE_MS))
+                    }),
                 };
                 let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
                 serde_json::to_vec(&self.locks.acquire(&key, claim, wait).await?)
             }
             Op::Unlock { key, req } => {
-                self.locks.release(&key, from, req);
+                self.locks.unlock(&key, from, req).await?;
+                Ok(b"null".to_vec())
+            }
+            Op::Renew { key, req } => {
+                self.locks.renew(&key, from, req).await?;
                 Ok(b"null".to_vec())
             }
             Op::Confirm { id, sender } => {
-                serde_json::to_vec(&self.confirmations.confirm(&id, &sender))
+                serde_json::to_vec(&self.confirmations.confirm(&id, &sender).await?)
             }
             Op::Queues => serde_json::to_vec(&self.jobs.status()),
         };

@@ -182,8 +182,6 @@ pub(crate) trait Link: Send + Sync {
     /// Sends a cluster-state operation (see `state`) to the node, which holds
     /// the state; the answer is the operation's JSON.
     fn cluster(&self, op: &[u8]) -> Result<Pending, ServiceError>;
-    /// Sends a cluster-state operation no answer comes for.
-    fn cluster_tell(&self, op: &[u8]) -> Result<(), ServiceError>;
     /// The node's status, if it answers by `deadline`.
     fn status(&self, deadline: Instant) -> BoxFuture<'_, Option<NodeStatus>>;
     /// Kills worker `worker` (`NODE/SERVICE/INDEX`) of the node.

@@ -305,7 +305,8 @@ async fn a_node_whose_certificate_names_another_node_does_not_start() {
     for other in ["w", "colony"] {
         let files = certs.node(other);
         let yaml = node_yaml("m", "master", "calc", &secret, None, Some(&files));
-        let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config parses");
+        let mut config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config parses");
+        config.state.mode = colony::config::StateMode::Memory;
         let err = match Node::start(test_app(), config).await {
             Ok(node) => {
                 node.shutdown(Duration::ZERO).await;
@@ -401,7 +402,8 @@ async fn bad_tls_files_stop_the_node_from_starting() {
     ];
     for (case, files, culprit) in cases {
         let yaml = node_yaml("n", "master", "calc", &secret, None, Some(&files));
-        let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config parses");
+        let mut config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config parses");
+        config.state.mode = colony::config::StateMode::Memory;
         let err = match Node::start(test_app(), config).await {
             Ok(node) => {
                 node.shutdown(Duration::ZERO).await;
@@ -419,7 +421,8 @@ async fn bad_tls_files_stop_the_node_from_starting() {
 
     // The good files start the node.
     let yaml = node_yaml("n", "master", "calc", &secret, None, Some(&good));
-    let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config parses");
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config parses");
+    config.state.mode = colony::config::StateMode::Memory;
     let node = Node::start(test_app(), config).await.expect("node starts");
     node.shutdown(Duration::ZERO).await;
 }

@@ -21,7 +21,9 @@ use common::*;
 const FILE: &str = "configs/x.yaml";
 
 fn parse(yaml: &str) -> Result<NodeConfig, ConfigError> {
-    NodeConfig::parse(Path::new(FILE), yaml)
+    let mut config = NodeConfig::parse(Path::new(FILE), yaml)?;
+    config.state.mode = colony::config::StateMode::Memory;
+    Ok(config)
 }
 
 fn refused(yaml: &str) -> ConfigError {

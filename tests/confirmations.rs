@@ -58,7 +58,8 @@ fn app() -> App {
 }
 
 async fn start(yaml: &str) -> Node {
-    let config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    config.state.mode = colony::config::StateMode::Memory;
     Node::start(app(), config).await.expect("node starts")
 }
 

@@ -121,7 +121,8 @@ fn app(seen: &Arc<Seen>) -> App {
 }
 
 async fn start(yaml: &str, seen: &Arc<Seen>) -> Node {
-    let config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    config.state.mode = colony::config::StateMode::Memory;
     Node::start(app(seen), config).await.expect("node starts")
 }
 

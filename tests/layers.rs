@@ -41,6 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "locks",
             "confirm",
             "state",
+            "store",
         ],
     ),
     ("transports", &["bridge", "memory"]),

@@ -108,7 +108,8 @@ struct Cluster {
 }
 
 async fn start(yaml: &str) -> Node {
-    let config = NodeConfig::parse(Path::new("locks.yaml"), yaml).expect("test config parses");
+    let mut config = NodeConfig::parse(Path::new("locks.yaml"), yaml).expect("test config parses");
+    config.state.mode = colony::config::StateMode::Memory;
     Node::start(app(), config).await.expect("node starts")
 }
 
@@ -144,7 +145,7 @@ impl Cluster {
 fn wait(ms: u64) -> LockOptions {
     LockOptions {
         wait: Duration::from_millis(ms),
-        lease: None,
+        ..Default::default()
     }
 }
 
@@ -381,7 +382,8 @@ async fn a_lease_releases_a_lock_whose_guard_still_lives() {
     let c = cluster().await;
     let leased = LockOptions {
         wait: DEADLINE,
-        lease: Some(Duration::from_millis(300)),
+        lease: Duration::from_millis(300),
+        renew: false,
     };
     for (first_node, second_node) in [(&c.worker, &c.master), (&c.master, &c.worker)] {
         let first = first_node.lock_with("e", leased).await.unwrap();

@@ -109,7 +109,8 @@ fn app(taken: &Taken) -> App {
 
 async fn start(net: &MemoryNetwork, taken: &Taken, yaml: &str) -> Node {
     let yaml = format!("{yaml}queues: {{ jobs: {{}} }}\n");
-    let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("test config parses");
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("test config parses");
+    config.state.mode = colony::config::StateMode::Memory;
     Node::start_with_transport(app(taken), config, net.backbone())
         .await
         .expect("node starts")
@@ -146,7 +147,8 @@ async fn three_nodes_in_one_process_serve_publish_and_share_queues_and_locks() {
     )
     .await;
     assert_eq!(net.nodes(), ["alpha", "beta", "hub"]);
-    let config = NodeConfig::parse(Path::new("test.yaml"), "node: { name: alpha }\n").unwrap();
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), "node: { name: alpha }\n").unwrap();
+    config.state.mode = colony::config::StateMode::Memory;
     let twin = Node::start_with_transport(app(&taken), config, net.backbone()).await;
     assert!(
         matches!(&twin, Err(colony::StartError::Transport(why)) if why.contains("alpha")),
@@ -200,7 +202,7 @@ async fn three_nodes_in_one_process_serve_publish_and_share_queues_and_locks() {
     let guard = alpha.lock("key").await.expect("alpha takes the lock");
     let short = LockOptions {
         wait: Duration::from_millis(100),
-        lease: None,
+        ..Default::default()
     };
     let waited = beta.lock_with("key", short).await;
     assert_eq!(waited.err().map(|e| e.kind), Some(ErrorKind::Timeout));
@@ -262,7 +264,7 @@ async fn a_node_that_leaves_the_network_is_down_for_the_others_and_its_locks_are
     assert!(status.nodes.iter().all(|n| n.name != "alpha"), "{status:?}");
     let short = LockOptions {
         wait: Duration::from_secs(2),
-        lease: None,
+        ..Default::default()
     };
     let again = hub
         .lock_with("key", short)

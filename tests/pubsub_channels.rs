@@ -95,7 +95,8 @@ fn app(log: &Log) -> App {
 }
 
 async fn start(log: &Log, yaml: String) -> Node {
-    let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("test config parses");
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("test config parses");
+    config.state.mode = colony::config::StateMode::Memory;
     Node::start(app(log), config).await.expect("node starts")
 }
 

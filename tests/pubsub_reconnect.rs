@@ -44,7 +44,9 @@ impl Handler<Published> for Subscriber {
 }
 
 fn config(yaml: &str) -> NodeConfig {
-    NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses")
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    config.state.mode = colony::config::StateMode::Memory;
+    config
 }
 
 fn master_yaml(name: &str, secret: &tempfile::NamedTempFile, listen: SocketAddr) -> String {

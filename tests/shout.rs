@@ -85,7 +85,8 @@ async fn start(heard: &Heard, yaml: String) -> Node {
         .handles::<Shout>()
         .handles::<HowMany>()
         .into();
-    let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("test config parses");
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("test config parses");
+    config.state.mode = colony::config::StateMode::Memory;
     Node::start(app, config).await.expect("node starts")
 }
 

@@ -394,10 +394,6 @@ impl Link for Peer {
         self.call(|id| self.send_cluster(id, false, op))
     }
 
-    fn cluster_tell(&self, op: &[u8]) -> Result<(), ServiceError> {
-        self.send_cluster(0, true, op)
-    }
-
     fn status(&self, deadline: Instant) -> BoxFuture<'_, Option<NodeStatus>> {
         Box::pin(Peer::status(self, deadline))
     }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::{DeadLetter, Given};
 use crate::config::QueueConfig;
 use crate::error::ServiceError;
+use crate::store::Change;
 
 pub(super) struct Job {
     pub(super) id: u64,
@@ -26,6 +27,8 @@ impl Job {
 
 pub(super) struct Lease {
     pub(super) job: Job,
+    /// The lease's token: an answer must carry it.
+    pub(super) token: u64,
     pub(super) node: String,
     pub(super) worker: String,
     pub(super) expires: Instant,
@@ -35,6 +38,7 @@ pub(super) struct Taker {
     pub(super) id: u64,
     pub(super) node: String,
     pub(super) worker: String,
+    pub(super) token: u64,
     pub(super) tx: oneshot::Sender<Given>,
 }
 
@@ -45,7 +49,13 @@ pub(super) struct Buried {
 }
 
 pub(super) struct Queue {
+    /// The queue's name.
+    pub(super) name: String,
     pub(super) config: QueueConfig,
+    /// Changes to write to the store, when the state is durable.
+    pub(super) log: Option<Vec<Change>>,
+    /// Pushes admitted and waiting for their commit.
+    pub(super) admitted: usize,
     pub(super) ready: VecDeque<Job>,
     pub(super) leased: HashMap<u64, Lease>,
     pub(super) takers: VecDeque<Taker>,
@@ -60,9 +70,12 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    pub(super) fn new(config: QueueConfig) -> Queue {
+    pub(super) fn new(name: &str, config: QueueConfig, durable: bool) -> Queue {
         Queue {
+            name: name.to_string(),
             config,
+            log: durable.then(Vec::new),
+            admitted: 0,
             ready: VecDeque::new(),
             leased: HashMap::new(),
             takers: VecDeque::new(),
@@ -75,16 +88,16 @@ impl Queue {
         }
     }
 
-    /// Takes in a pushed job; `Overloaded` when it would pass `capacity` or
-    /// `max_bytes`.
-    pub(super) fn push(&mut self, name: &str, job: Job) -> Result<(), ServiceError> {
-        if self.ready.len() >= self.config.capacity {
+    /// Makes room for a job of `len` bytes; `Overloaded` when it would pass
+    /// `capacity` or `max_bytes`.
+    pub(super) fn admit(&mut self, len: usize) -> Result<(), ServiceError> {
+        let name = &self.name;
+        if self.ready.len().saturating_add(self.admitted) >= self.config.capacity {
             return Err(ServiceError::overloaded(format!(
                 "queue {name} holds {} jobs, its capacity (queues.{name}.capacity)",
                 self.config.capacity
             )));
         }
-        let len = job.bytes();
         let total = self.bytes.saturating_add(len);
         if total > self.config.max_bytes {
             return Err(ServiceError::overloaded(format!(
@@ -94,9 +107,28 @@ impl Queue {
             )));
         }
         self.bytes = total;
+        self.admitted += 1;
+        Ok(())
+    }
+
+    /// An admitted job is kept (written, when durable): it is offered to workers.
+    pub(super) fn enter(&mut self, job: Job) {
+        self.admitted = self.admitted.saturating_sub(1);
         self.pushed += 1;
         self.offer(job);
-        Ok(())
+    }
+
+    /// An admitted job of `len` bytes could not be kept: its room is free again.
+    pub(super) fn refuse(&mut self, len: usize) {
+        self.admitted = self.admitted.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(len);
+    }
+
+    /// Notes a change for the store, when the state is durable.
+    pub(super) fn note(&mut self, change: impl FnOnce(&str) -> Change) {
+        if let Some(log) = &mut self.log {
+            log.push(change(&self.name));
+        }
     }
 
     /// A job left the queue for good (completed or buried): its bytes are free.
@@ -115,6 +147,11 @@ impl Queue {
                 break;
             };
             self.dead_bytes = self.dead_bytes.saturating_sub(old.bytes);
+            let id = old.letter.id;
+            self.note(|q| Change::Undead {
+                queue: q.to_string(),
+                id,
+            });
             log::error!(
                 "queue {name}: dead letters are full ({} of them, {} bytes at most); the oldest, job {}, is dropped: {}",
                 self.config.dead_letters,
@@ -124,6 +161,15 @@ impl Queue {
             );
         }
         self.dead_bytes = self.dead_bytes.saturating_add(dead.bytes);
+        if self.log.is_some() {
+            let letter = serde_json::to_vec(&dead.letter).unwrap_or_default();
+            let id = dead.letter.id;
+            self.note(|q| Change::Dead {
+                queue: q.to_string(),
+                id,
+                letter,
+            });
+        }
         self.dead.push_back(dead);
     }
 
@@ -140,19 +186,27 @@ impl Queue {
 
     /// Leases `job` to `taker`; gives the job back when the taker is gone.
     pub(super) fn lease(&mut self, mut job: Job, taker: Taker) -> Result<Given, Job> {
-        job.attempts += 1;
+        job.attempts = job.attempts.saturating_add(1);
         let given = Given {
             id: job.id,
             attempt: job.attempts,
+            lease: taker.token,
             job: job.json.clone(),
         };
         if taker.tx.send(given.clone()).is_err() {
             job.attempts -= 1;
             return Err(job);
         }
+        let (id, attempts) = (job.id, job.attempts);
+        self.note(|q| Change::Attempts {
+            queue: q.to_string(),
+            id,
+            attempts,
+        });
         self.leased.insert(
             job.id,
             Lease {
+                token: taker.token,
                 job,
                 node: taker.node,
                 worker: taker.worker,
@@ -172,11 +226,27 @@ impl Queue {
     ) -> Option<Buried> {
         if counts {
             self.failures += 1;
+            self.note(|q| Change::Count {
+                queue: q.to_string(),
+                counter: "failures",
+                add: 1,
+            });
         } else {
             job.attempts = job.attempts.saturating_sub(1);
+            let (id, attempts) = (job.id, job.attempts);
+            self.note(|q| Change::Attempts {
+                queue: q.to_string(),
+                id,
+                attempts,
+            });
         }
         if job.attempts >= self.config.max_attempts {
             self.release(&job);
+            let id = job.id;
+            self.note(|q| Change::Done {
+                queue: q.to_string(),
+                id,
+            });
             return Some(Buried {
                 bytes: job.bytes(),
                 letter: DeadLetter {

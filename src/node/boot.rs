@@ -50,17 +50,24 @@ impl Node {
             }
         }
         let name = config.node.name.clone();
+        let events = EventBus::default();
+        // The master holds the cluster's queues and locks; a node alone holds its own.
+        let role = config.role();
+        let holds = role == Role::Master || (config.bridge.is_none() && backbone.is_none());
+        let state = match holds {
+            true => Some(ClusterState::start(
+                &name,
+                config.queues.clone(),
+                &config.state,
+                events.clone(),
+            )?),
+            false => None,
+        };
 
         let arbiters: Vec<Arbiter> = (0..config.node.threads()).map(|_| Arbiter::new()).collect();
         let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
         let router = Router::new(&name);
-        let events = EventBus::default();
         let pubsub = Arc::new(PubSub::new(config.api.subscribe_buffer));
-        // The master holds the cluster's queues and locks; a node alone holds its own.
-        let role = config.role();
-        let holds = role == Role::Master || (config.bridge.is_none() && backbone.is_none());
-        let state =
-            holds.then(|| ClusterState::start(&name, config.queues.clone(), events.clone()));
         let node = Node {
             inner: Arc::new(Inner {
                 name: name.clone(),

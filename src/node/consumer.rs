@@ -98,7 +98,7 @@ async fn take_loop(
                     "worker {worker} exited before the job reached it"
                 ))),
             };
-            if let Err(e) = node.ack(&queue, given.id, given.attempt, answer).await {
+            if let Err(e) = node.ack(&queue, &given, answer).await {
                 log::warn!(
                     "queue {queue}: the return of job {} did not reach the master ({e}); it will be delivered again",
                     given.id
@@ -122,7 +122,7 @@ async fn take_loop(
             counts: !node.is_stopping(),
             error: result.err(),
         };
-        if let Err(e) = node.ack(&queue, given.id, given.attempt, answer).await {
+        if let Err(e) = node.ack(&queue, &given, answer).await {
             log::warn!(
                 "queue {queue}: the answer for job {} did not reach the master ({e}); it will be delivered again",
                 given.id

@@ -63,6 +63,9 @@ pub enum StartError {
     /// The bridge could not start (no secret, bad TLS files, address in use).
     #[error(transparent)]
     Bridge(#[from] BridgeError),
+    /// The cluster state's directory or file cannot be used.
+    #[error(transparent)]
+    State(#[from] crate::store::StoreError),
     /// The transport the node was started on could not link it.
     #[error("transport: {0}")]
     Transport(String),
@@ -279,6 +282,10 @@ impl Node {
         }
         for arbiter in self.inner.arbiters.lock().drain(..) {
             arbiter.stop();
+        }
+        // The state file is let go, for a node started on it next.
+        if let Some(state) = &self.inner.state {
+            state.close();
         }
         log::info!(target: "colony::node", "node {}: stopped", self.name());
     }

@@ -4,7 +4,6 @@
 //! over its link to the master otherwise.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,99 +16,26 @@ use serde_json::value::RawValue;
 use super::handle::Node;
 use crate::error::{ErrorKind, ServiceError};
 use crate::jobs::{Answer, Given, QueueStatus};
-use crate::locks::Claim;
 use crate::message::WorkerId;
 use crate::pubsub::{
     channel, check_topic, Delivery, LineReceiver, PublishMeta, Published, Sink, Subscription,
 };
 use crate::state::{ClusterState, Op};
-use crate::transport::{BridgeStats, Link};
+use crate::transport::{BridgeStats, Link, Pending};
 
 /// Extra time a call to the master gets beyond the wait it asks for.
-const MARGIN: Duration = Duration::from_secs(5);
+pub(super) const MARGIN: Duration = Duration::from_secs(5);
 /// How long a call to the master that does not wait may take.
-const STATE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How [`Node::lock_with`] waits and holds.
-#[derive(Debug, Clone, Copy)]
-pub struct LockOptions {
-    /// How long to wait for the lock before `Timeout`. Default: 30 s.
-    pub wait: Duration,
-    /// Release the lock this long after it is granted, even if the guard still
-    /// lives (its fencing token then is stale). Default: none.
-    pub lease: Option<Duration>,
-}
-
-impl Default for LockOptions {
-    fn default() -> Self {
-        LockOptions {
-            wait: Duration::from_secs(30),
-            lease: None,
-        }
-    }
-}
-
-/// A cluster-wide lock, held until this guard drops.
-#[must_use = "the lock is released when the guard is dropped"]
-pub struct LockGuard {
-    node: Node,
-    key: String,
-    req: u64,
-    token: u64,
-}
-
-impl LockGuard {
-    /// The lock's key.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// The fencing token of this grant: larger than every token granted before.
-    pub fn token(&self) -> u64 {
-        self.token
-    }
-}
-
-impl std::fmt::Debug for LockGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockGuard")
-            .field("key", &self.key)
-            .field("token", &self.token)
-            .finish()
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        self.node.unlock(&self.key, self.req);
-    }
-}
-
-/// Withdraws a lock claim if the wait for it ends without a guard (the caller
-/// gave up, timed out or was dropped with its worker).
-struct Claiming {
-    node: Node,
-    key: String,
-    req: u64,
-    armed: bool,
-}
-
-impl Drop for Claiming {
-    fn drop(&mut self) {
-        if self.armed {
-            self.node.unlock(&self.key, self.req);
-        }
-    }
-}
+pub(super) const STATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the cluster's queues, locks and confirmations are, seen from a node.
-enum StateAt {
+pub(super) enum StateAt {
     Here(Arc<ClusterState>),
     Link(Arc<dyn Link>),
 }
 
 /// Who is calling: the worker whose handler runs now, else the node.
-fn caller(node: &str) -> String {
+pub(super) fn caller(node: &str) -> String {
     crate::logging::current_worker()
         .map(|w| w.to_string())
         .unwrap_or_else(|| node.to_string())
@@ -221,7 +147,7 @@ impl Node {
         self.transport().and_then(|t| t.stats())
     }
 
-    fn state_at(&self) -> Result<StateAt, ServiceError> {
+    pub(super) fn state_at(&self) -> Result<StateAt, ServiceError> {
         if let Some(state) = &self.inner.state {
             return Ok(StateAt::Here(state.clone()));
         }
@@ -248,16 +174,31 @@ impl Node {
         })
     }
 
-    async fn call_state<R: DeserializeOwned>(
+    pub(super) async fn call_state<R: DeserializeOwned>(
         link: &Arc<dyn Link>,
         op: &Op,
         timeout: Duration,
     ) -> Result<R, ServiceError> {
+        let pending = Self::send_state(link, op)?;
+        Self::answer_of(link, pending, timeout).await
+    }
+
+    /// Sends `op` to the master over `link` now; its answer comes with
+    /// [`Node::answer_of`].
+    pub(super) fn send_state(link: &Arc<dyn Link>, op: &Op) -> Result<Pending, ServiceError> {
         let payload = serde_json::to_vec(op)
             .map_err(|e| ServiceError::bad_request(format!("operation is not JSON: {e}")))?;
+        link.cluster(&payload)
+    }
+
+    /// Waits up to `timeout` for the master's answer to an operation sent.
+    pub(super) async fn answer_of<R: DeserializeOwned>(
+        link: &Arc<dyn Link>,
+        pending: Pending,
+        timeout: Duration,
+    ) -> Result<R, ServiceError> {
         let deadline = crate::deadline::tokio_after(timeout);
-        let reply = link
-            .cluster(&payload)?
+        let reply = pending
             .wait(link.as_ref(), deadline, || {
                 ServiceError::timeout(format!(
                     "no answer from the master {} to a cluster operation in time",
@@ -290,7 +231,7 @@ impl Node {
         job: Box<RawValue>,
     ) -> Result<u64, ServiceError> {
         match self.state_at()? {
-            StateAt::Here(state) => state.jobs.push(queue, job),
+            StateAt::Here(state) => state.jobs.push(queue, job).await,
             StateAt::Link(link) => {
                 let op = Op::Push {
                     queue: queue.to_string(),
@@ -329,108 +270,27 @@ impl Node {
         }
     }
 
-    /// Ends a delivery of job `id`.
+    /// Ends delivery `given` of a job of `queue`; answered once the cluster
+    /// state has kept the outcome.
     pub(crate) async fn ack(
         &self,
         queue: &str,
-        id: u64,
-        attempt: u32,
+        given: &Given,
         answer: Answer,
     ) -> Result<(), ServiceError> {
+        let (id, attempt, lease) = (given.id, given.attempt, given.lease);
         match self.state_at()? {
-            StateAt::Here(state) => {
-                state.jobs.ack(queue, id, attempt, answer);
-                Ok(())
-            }
+            StateAt::Here(state) => state.jobs.ack(queue, id, attempt, lease, answer).await,
             StateAt::Link(link) => {
                 let op = Op::Ack {
                     queue: queue.to_string(),
                     job: id,
                     attempt,
+                    lease,
                     answer,
                 };
                 Self::call_state::<()>(&link, &op, STATE_TIMEOUT).await
             }
-        }
-    }
-
-    /// Takes the cluster-wide lock `key`, waiting up to 30 s, with no lease.
-    pub fn lock(
-        &self,
-        key: &str,
-    ) -> impl Future<Output = Result<LockGuard, ServiceError>> + 'static {
-        self.lock_with(key, LockOptions::default())
-    }
-
-    /// Takes the cluster-wide lock `key`. Waiters are served first come, first
-    /// served; the guard carries a fencing token and releases the lock when it
-    /// drops. A caller that stops waiting leaves the line.
-    pub fn lock_with(
-        &self,
-        key: &str,
-        options: LockOptions,
-    ) -> impl Future<Output = Result<LockGuard, ServiceError>> + 'static {
-        let node = self.clone();
-        let key = key.to_string();
-        // Who asks is known now, inside the handler, not when the future runs.
-        let owner = caller(self.name());
-        async move {
-            let req = node.inner.next_claim.fetch_add(1, Ordering::Relaxed);
-            let mut claiming = Claiming {
-                node: node.clone(),
-                key: key.clone(),
-                req,
-                armed: true,
-            };
-            let token = match node.state_at()? {
-                StateAt::Here(state) => {
-                    let claim = Claim {
-                        node: node.name().to_string(),
-                        req,
-                        owner,
-                        lease: options.lease,
-                    };
-                    state.locks.acquire(&key, claim, options.wait).await?
-                }
-                StateAt::Link(link) => {
-                    let op = Op::Lock {
-                        key: key.clone(),
-                        req,
-                        owner,
-                        wait_ms: options.wait.as_millis() as u64,
-                        lease_ms: options.lease.map(|l| l.as_millis() as u64),
-                    };
-                    Self::call_state(&link, &op, options.wait + MARGIN).await?
-                }
-            };
-            claiming.armed = false;
-            Ok(LockGuard {
-                node,
-                key,
-                req,
-                token,
-            })
-        }
-    }
-
-    /// Withdraws claim `req` on `key`: releases the lock or leaves its line.
-    fn unlock(&self, key: &str, req: u64) {
-        match self.state_at() {
-            Ok(StateAt::Here(state)) => state.locks.release(key, self.name(), req),
-            Ok(StateAt::Link(link)) => {
-                let op = Op::Unlock {
-                    key: key.to_string(),
-                    req,
-                };
-                let sent = serde_json::to_vec(&op)
-                    .map_err(|e| ServiceError::bad_request(e.to_string()))
-                    .and_then(|payload| link.cluster_tell(&payload));
-                if let Err(e) = sent {
-                    log::warn!("lock {key}: release not sent to the master ({e}); it is released when this node's link drops");
-                }
-            }
-            // No master reachable: it released this node's claims when the link dropped.
-            Err(_) => {}
         }
     }
 
@@ -443,7 +303,7 @@ impl Node {
         let sender = caller(self.name());
         async move {
             match node.state_at()? {
-                StateAt::Here(state) => Ok(state.confirmations.confirm(&id, &sender)),
+                StateAt::Here(state) => state.confirmations.confirm(&id, &sender).await,
                 StateAt::Link(link) => {
                     let op = Op::Confirm { id, sender };
                     Self::call_state(&link, &op, STATE_TIMEOUT).await

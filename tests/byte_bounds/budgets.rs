@@ -98,7 +98,8 @@ async fn a_job_queue_holds_at_most_max_bytes_of_jobs_then_pushes_are_overloaded(
          services: {{ consumer: {{ workers: 1, concurrency: 1 }} }}\n\
          queues: {{ big: {{ max_bytes: {QUEUE_BYTES} }} }}\n"
     );
-    let config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config");
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), &yaml).expect("config");
+    config.state.mode = colony::config::StateMode::Memory;
     let node = Node::start(app, config).await.expect("node starts");
     let url = format!("http://{}/v1/push/big", node.api_addr().expect("api"));
     let body = format!("\"{}\"", "x".repeat(JOB - 2)).into_bytes();

@@ -22,7 +22,8 @@ pub use watch::*;
 
 /// Starts a node from YAML text inside the current actix System.
 pub async fn start_node(yaml: &str) -> Node {
-    let config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    let mut config = NodeConfig::parse(Path::new("test.yaml"), yaml).expect("test config parses");
+    config.state.mode = colony::config::StateMode::Memory;
     Node::start(test_app(), config).await.expect("node starts")
 }
 

@@ -35,13 +35,18 @@ impl Drop for KillOnDrop {
 /// `COLONY_TOKEN` or `COLONY__…` overrides inherited from whoever runs the tests.
 pub fn colony_command() -> Command {
     let mut command = Command::new(COLONY);
+    clean_env(&mut command);
+    command
+}
+
+/// Removes from `command`'s environment what whoever runs the tests may have set.
+fn clean_env(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("COLONY") {
             command.env_remove(key);
         }
     }
     command.env_remove("RUST_LOG");
-    command
 }
 
 /// A running `colony node`, its API address and the stderr lines it wrote so far.
@@ -57,9 +62,31 @@ impl NodeProcess {
     /// Starts `colony node --config FILE` with `env` and waits for its API line.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> NodeProcess {
         let mut command = colony_command();
+        command.args(["node", "--config"]).arg(config);
+        NodeProcess::start_command(command, config, env)
+    }
+
+    /// Starts `colony node --config FILE` in a process that may write files of at
+    /// most `kib` KiB (`ulimit -f`, with `SIGXFSZ` ignored so that a write past it
+    /// fails with `EFBIG`, as on a full disk, instead of killing the node).
+    pub fn start_with_file_limit(config: &Path, kib: u64) -> NodeProcess {
+        let mut command = Command::new("sh");
+        clean_env(&mut command);
         command
-            .args(["node", "--config"])
-            .arg(config)
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" node --config \"$1\""
+            ))
+            .arg(COLONY)
+            .arg(config);
+        NodeProcess::start_command(command, config, &[])
+    }
+
+    fn start_command(mut command: Command, config: &Path, env: &[(&str, &str)]) -> NodeProcess {
+        command
+            // The node keeps its cluster state under `.colony/` of the directory it
+            // starts in: the test's own directory, never shared with another test.
+            .current_dir(config.parent().expect("a config in a directory"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
