@@ -25,6 +25,10 @@ const RETAKE: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_s
 /// Take loops per worker: jobs one worker runs at once, however large its
 /// `concurrency`, so a big concurrency does not become that many idle tasks.
 const MAX_TAKE_LOOPS: usize = 64;
+/// Answers one take loop may have on their way to the cluster state while it runs
+/// its next job: a durable state answers an ack once it is on disk, and the
+/// worker need not wait for the disk before it starts on the next job.
+const ACKS_AHEAD: usize = 8;
 
 /// Starts the take loops of `service` on its workers' threads.
 pub(super) fn start(
@@ -59,7 +63,13 @@ async fn take_loop(
     let worker = service.slots[index].id.to_string();
     let mut backoff = RETAKE;
     let mut warned = false;
+    let mut acks: std::collections::VecDeque<actix_rt::task::JoinHandle<()>> = Default::default();
     loop {
+        while acks.front().is_some_and(|a| a.is_finished()) || acks.len() >= ACKS_AHEAD {
+            if let Some(ack) = acks.pop_front() {
+                let _ = ack.await;
+            }
+        }
         let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
             return;
         };
@@ -122,12 +132,15 @@ async fn take_loop(
             counts: !node.is_stopping(),
             error: result.err(),
         };
-        if let Err(e) = node.ack(&queue, &given, answer).await {
-            log::warn!(
-                "queue {queue}: the answer for job {} did not reach the master ({e}); it will be delivered again",
-                given.id
-            );
-        }
+        let queue = queue.clone();
+        acks.push_back(actix_rt::spawn(async move {
+            if let Err(e) = node.ack(&queue, &given, answer).await {
+                log::warn!(
+                    "queue {queue}: the answer for job {} did not reach the master ({e}); it will be delivered again",
+                    given.id
+                );
+            }
+        }));
     }
 }
 
