@@ -41,8 +41,9 @@ use crate::status::NodeStatus;
 /// The protocol version both ends must speak, agreed in the handshake. Version 2
 /// sends subscription changes ([`Control::Subscribed`], [`Control::Unsubscribed`])
 /// instead of whole tables; version 3 carries cluster operations in their own
-/// frames ([`CLUSTER`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// frames ([`CLUSTER`]); version 4 adds a delivery's lease token to job answers and
+/// lock renewals.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Frame kinds.
 pub const CONTROL: u8 = 1;
