@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
 
 /// Far beyond the bounds the test waits: a request that failed only at its own
 /// timeout, or a sleep that ran out, would fail the test instead of passing.
@@ -63,17 +64,23 @@ fn start_cluster() -> Cluster {
 }
 
 /// Starts two long requests through the master, which runs no chaos: the least
-/// loaded node takes each, so one lands on worker-a and one on worker-b.
+/// loaded node takes each, so one lands on worker-a and one on worker-b. The
+/// second starts once the first is in flight, so that its node counts as loaded.
 fn hold_two_sleeps(master: &NodeProcess) -> Vec<Background> {
-    let sleepers = (0..2)
-        .map(|_| master.cli_background(&["request", "chaos", "sleep", SLEEP, "--timeout", "120s"]))
-        .collect();
+    let held = |status: &Value, node: &str| {
+        (0..2).any(|i| worker(status, &format!("{node}/chaos/{i}"))["in_flight"] == 1)
+    };
+    let sleep =
+        || master.cli_background(&["request", "chaos", "sleep", SLEEP, "--timeout", "120s"]);
+    let mut sleepers = vec![sleep()];
+    poll("the first sleep is in flight", || {
+        let status = master.status();
+        held(&status, "worker-a") || held(&status, "worker-b")
+    });
+    sleepers.push(sleep());
     poll("both sleeps are in flight", || {
         let status = master.status();
-        let held = |node: &str| {
-            (0..2).any(|i| worker(&status, &format!("{node}/chaos/{i}"))["in_flight"] == 1)
-        };
-        held("worker-a") && held("worker-b")
+        held(&status, "worker-a") && held(&status, "worker-b")
     });
     sleepers
 }
