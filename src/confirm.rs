@@ -20,6 +20,8 @@ use crate::store::{committed, Change, Loaded, Store};
 
 /// Ids remembered at once.
 pub(crate) const KEEP: usize = 10_000;
+/// Longest confirmation id or sender name, in bytes.
+const MAX_NAME: usize = 256;
 
 #[derive(Default)]
 struct Entry {
@@ -68,7 +70,15 @@ impl Confirmations {
     /// `sender` confirms `id`; returns how many distinct senders have, once that
     /// is kept.
     pub(crate) async fn confirm(&self, id: &str, sender: &str) -> Result<usize, ServiceError> {
-        let (count, written) = self.count(id, sender);
+        for (what, text) in [("confirmation id", id), ("sender", sender)] {
+            if text.is_empty() || text.len() > MAX_NAME || text.chars().any(char::is_control) {
+                return Err(ServiceError::bad_request(format!(
+                    "{what} `{}` must be 1 to {MAX_NAME} printable characters",
+                    crate::logging::untrusted(text)
+                )));
+            }
+        }
+        let (count, written) = self.count(id, sender)?;
         if let (Some(written), Some(store)) = (written, &self.store) {
             committed(written?, store.file()).await?;
         }
@@ -80,12 +90,21 @@ impl Confirmations {
         &self,
         id: &str,
         sender: &str,
-    ) -> (
-        usize,
-        Option<Result<oneshot::Receiver<Result<(), crate::store::StoreError>>, ServiceError>>,
-    ) {
+    ) -> Result<
+        (
+            usize,
+            Option<Result<oneshot::Receiver<Result<(), crate::store::StoreError>>, ServiceError>>,
+        ),
+        ServiceError,
+    > {
         let mut state = self.state.lock();
         let (entry, forgotten) = state.entry(id);
+        if entry.senders.len() >= KEEP && !entry.senders.contains(sender) {
+            return Err(ServiceError::overloaded(format!(
+                "confirmation id {} already has {KEEP} senders",
+                crate::logging::untrusted(id)
+            )));
+        }
         let new = entry.senders.insert(sender.to_string());
         let count = entry.senders.len();
         let mut changes = Vec::new();
@@ -111,7 +130,7 @@ impl Confirmations {
             (Some(store), false) => Some(store.commit(changes).map_err(Into::into)),
             _ => None,
         };
-        (count, written)
+        Ok((count, written))
     }
 
     /// Resolves once `n` distinct senders have confirmed `id` (at once if they

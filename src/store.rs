@@ -21,13 +21,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-/// Changes waiting for the writer; a sender finding it full gets `Overloaded`.
+/// Batches of changes waiting for the writer; a sender finding it full gets
+/// `Overloaded`.
 const PENDING: usize = 65_536;
+/// Bytes of changes waiting for the writer, at most.
+const PENDING_BYTES: usize = 256 * 1024 * 1024;
 /// Most changes one transaction takes.
 const BATCH: usize = 8_192;
 
@@ -117,6 +121,9 @@ pub enum StoreError {
         /// The file.
         file: PathBuf,
     },
+    /// Too much waits for the disk already.
+    #[error("the cluster state cannot take more now: {0}")]
+    Busy(String),
     /// A write failed.
     #[error("the cluster state could not be written to {file}: {reason}")]
     Write {
@@ -148,7 +155,28 @@ pub(crate) struct Loaded {
 
 struct Batch {
     changes: Vec<Change>,
+    /// What the changes weigh, counted in [`Store::pending`] until written.
+    bytes: usize,
     done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Change {
+    /// Roughly what the change holds in memory while it waits.
+    fn bytes(&self) -> usize {
+        let payload = match self {
+            Change::Job { queue, json, .. } => queue.len() + json.len(),
+            Change::Dead { queue, letter, .. } => queue.len() + letter.len(),
+            Change::Attempts { queue, .. }
+            | Change::Done { queue, .. }
+            | Change::Undead { queue, .. }
+            | Change::Count { queue, .. } => queue.len(),
+            Change::Lock { key, holder } => key.len() + holder.as_ref().map_or(0, Vec::len),
+            Change::Confirm { id, sender, .. } => id.len() + sender.len(),
+            Change::Forget { id } => id.len(),
+            Change::Seq(_) | Change::Fence(_) => 0,
+        };
+        payload + std::mem::size_of::<Change>()
+    }
 }
 
 /// The writer of one state file. Cloning shares it.
@@ -156,6 +184,8 @@ struct Batch {
 pub(crate) struct Store {
     tx: Arc<parking_lot::RwLock<Option<mpsc::Sender<Batch>>>>,
     writer: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Bytes of changes sent and not yet written.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
     file: Arc<PathBuf>,
 }
 
@@ -185,13 +215,16 @@ impl Store {
         let (tx, rx) = mpsc::channel(PENDING);
         let file = Arc::new(file);
         let writer_file = file.clone();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = pending.clone();
         let writer = std::thread::Builder::new()
             .name("colony-store".into())
-            .spawn(move || write_loop(db, rx, &writer_file))
+            .spawn(move || write_loop(db, rx, &writer_file, &written))
             .map_err(|e| directory(format!("cannot start its writer thread: {e}")))?;
         let store = Store {
             tx: Arc::new(parking_lot::RwLock::new(Some(tx))),
             writer: Arc::new(parking_lot::Mutex::new(Some(writer))),
+            pending,
             file,
         };
         Ok((store, loaded))
@@ -219,6 +252,7 @@ impl Store {
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (done, rx) = oneshot::channel();
         self.send(Batch {
+            bytes: changes.iter().map(Change::bytes).sum(),
             changes,
             done: Some(done),
         })?;
@@ -228,6 +262,7 @@ impl Store {
     /// Writes `changes` in the next transaction, without waiting for it.
     pub(crate) fn record(&self, changes: Vec<Change>) {
         if let Err(e) = self.send(Batch {
+            bytes: changes.iter().map(Change::bytes).sum(),
             changes,
             done: None,
         }) {
@@ -243,14 +278,25 @@ impl Store {
                 reason: "the cluster state is closed (the node is stopping)".into(),
             });
         };
-        tx.try_send(batch).map_err(|e| StoreError::Write {
-            file: self.file.to_path_buf(),
-            reason: match e {
+        let bytes = batch.bytes;
+        let before = self.pending.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > PENDING_BYTES {
+            self.pending.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(StoreError::Busy(format!(
+                "{before} bytes of changes are waiting for the disk already (at most {PENDING_BYTES})"
+            )));
+        }
+        tx.try_send(batch).map_err(|e| {
+            self.pending.fetch_sub(bytes, Ordering::AcqRel);
+            match e {
                 mpsc::error::TrySendError::Full(_) => {
-                    format!("{PENDING} changes are waiting for the disk already")
+                    StoreError::Busy(format!("{PENDING} writes are waiting for the disk already"))
                 }
-                mpsc::error::TrySendError::Closed(_) => "its writer has stopped".into(),
-            },
+                mpsc::error::TrySendError::Closed(_) => StoreError::Write {
+                    file: self.file.to_path_buf(),
+                    reason: "its writer has stopped".into(),
+                },
+            }
         })
     }
 }
@@ -361,7 +407,12 @@ fn load(db: &Database) -> Result<Loaded, String> {
     Ok(loaded)
 }
 
-fn write_loop(db: Database, mut rx: mpsc::Receiver<Batch>, file: &Path) {
+fn write_loop(
+    db: Database,
+    mut rx: mpsc::Receiver<Batch>,
+    file: &Path,
+    pending: &std::sync::atomic::AtomicUsize,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batches = vec![first];
         let mut changes = batches[0].changes.len();
@@ -382,6 +433,7 @@ fn write_loop(db: Database, mut rx: mpsc::Receiver<Batch>, file: &Path) {
             log::error!("{e}");
         }
         for batch in batches {
+            pending.fetch_sub(batch.bytes, Ordering::AcqRel);
             if let Some(done) = batch.done {
                 let _ = done.send(result.clone());
             }
@@ -492,6 +544,9 @@ fn raise(meta: &mut redb::Table<&str, u64>, name: &str, value: u64) -> Result<()
 
 impl From<StoreError> for crate::error::ServiceError {
     fn from(e: StoreError) -> Self {
-        crate::error::ServiceError::service_failed(e.to_string())
+        match e {
+            StoreError::Busy(_) => crate::error::ServiceError::overloaded(e.to_string()),
+            _ => crate::error::ServiceError::service_failed(e.to_string()),
+        }
     }
 }

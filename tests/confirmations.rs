@@ -134,6 +134,16 @@ async fn the_master_counts_distinct_senders_of_a_confirmation() {
     assert_eq!(five.expect("confirmed"), 5);
     // Another id counts apart.
     assert_eq!(master.confirm("other").await.expect("master confirms"), 1);
+    // An id too long to keep is refused, from the master and from another node.
+    let huge = "x".repeat(10_000);
+    for node in [&master, &worker] {
+        let err = node.confirm(&huge).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadRequest, "{err:?}");
+        assert!(
+            err.message.len() < 1_000,
+            "the error quotes it cut: {err:?}"
+        );
+    }
 
     // A count that is never reached ends in Timeout, not a wait for ever.
     let err = master
