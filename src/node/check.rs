@@ -1,6 +1,8 @@
 //! Everything a node refuses at start, checked without starting anything: the
 //! config's services against the app, the files it names (secret, token, TLS:
-//! present, private, well formed) and, the same way, each config it spawns.
+//! present, private, well formed; the state directory: one that can be made)
+//! and, the same way, each config it spawns. A damaged state file is found only
+//! when the node opens it: it may be open in a running node now.
 //! `colony check-config` and [`Node::start`](super::Node::start) share it, so a
 //! config that passes the one never fails the other.
 
@@ -10,7 +12,7 @@ use crate::app::App;
 use crate::bridge::handshake::Secret;
 use crate::bridge::tls::Tls;
 use crate::config::files::read_token;
-use crate::config::{ConfigError, NodeConfig, MASTER_SERVICE};
+use crate::config::{ConfigError, NodeConfig, Role, StateMode, MASTER_SERVICE};
 
 /// Checks `config` (read from `file`) and the configs it spawns; returns those.
 pub fn check(config: &NodeConfig, file: &Path, app: &App) -> Result<Vec<NodeConfig>, ConfigError> {
@@ -80,5 +82,36 @@ fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
             })?;
         }
     }
+    let holds_state = config.role() == Role::Master || config.bridge.is_none();
+    if holds_state && config.state.mode == StateMode::Durable {
+        let dir = config.state.dir_of(&config.node.name);
+        check_state_dir(&dir).map_err(|p| fail("state.dir", &dir, p))?;
+    }
     Ok(())
+}
+
+/// Whether the state directory `dir` can be made: the nearest part of its path
+/// that exists is a directory, and a state file already there is a file.
+fn check_state_dir(dir: &Path) -> Result<(), String> {
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => {
+                return Err(format!(
+                    "cannot be made: {} is not a directory",
+                    at.display()
+                ))
+            }
+            Err(_) => match at.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                _ => break,
+            },
+        }
+    }
+    let file = dir.join(crate::store::FILE);
+    match std::fs::metadata(&file) {
+        Ok(meta) if !meta.is_file() => Err(format!("{} is not a regular file", file.display())),
+        _ => Ok(()),
+    }
 }
