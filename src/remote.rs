@@ -202,7 +202,7 @@ pub(crate) fn target(
     turn: &AtomicUsize,
 ) -> Result<Target, ServiceError> {
     let local = router.service(service);
-    let mut remotes = remotes(transport, service);
+    let remotes = remotes(transport, service);
     let local = match (local, remotes.is_empty()) {
         (Ok(local), true) => return Ok(Target::Local(local)),
         (Err(e), true) => return Err(e),
@@ -211,8 +211,21 @@ pub(crate) fn target(
         (Ok(local), false) => Some(local),
         (Err(_), false) => None,
     };
+    // One ticket per request: it breaks ties between equally loaded nodes (two
+    // requests routed at the same instant both see the same loads, and must not
+    // both pick the first node by name) and takes the round-robin turn.
+    let ticket = turn.fetch_add(1, Ordering::Relaxed);
+    let mut ranked: Vec<_> = remotes.into_iter().map(|r| (r.load_ratio(), r)).collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let low = ranked[0].0;
+    let tied = ranked
+        .iter()
+        .take_while(|(load, _)| *load <= low)
+        .count()
+        .max(1);
+    let (_, least) = ranked.swap_remove(ticket % tied);
+    let mut remotes: Vec<_> = ranked.into_iter().map(|(_, r)| r).collect();
     remotes.sort_by(|a, b| a.load_ratio().total_cmp(&b.load_ratio()));
-    let least = remotes.swap_remove(0);
     let Some(local) = local else {
         return Ok(Target::Remote(least));
     };
@@ -221,7 +234,7 @@ pub(crate) fn target(
         Routing::LeastLoaded => local_load(&local) <= least.load_ratio(),
         Routing::RoundRobin => {
             let nodes = remotes.len() + 2;
-            let n = turn.fetch_add(1, Ordering::Relaxed) % nodes;
+            let n = ticket % nodes;
             if n == 0 {
                 true
             } else if n == 1 {
