@@ -56,8 +56,10 @@ impl Confirmations {
     pub(crate) fn new(store: Option<Store>, loaded: &mut Loaded) -> Confirmations {
         let mut state = State::default();
         let confirms = std::mem::take(&mut loaded.confirms);
-        let next = confirms.len() as u64 + 1;
-        for (id, sender) in confirms {
+        let next = confirms
+            .last()
+            .map_or(1, |(order, _, _)| order.saturating_add(1));
+        for (_, id, sender) in confirms {
             state.entry(&id).0.senders.insert(sender);
         }
         Confirmations {

@@ -149,8 +149,8 @@ pub(crate) struct Loaded {
     pub(crate) fence: u64,
     /// Held locks: key, holder JSON.
     pub(crate) locks: Vec<(String, Vec<u8>)>,
-    /// Confirmations: id, sender, in order of arrival.
-    pub(crate) confirms: Vec<(String, String)>,
+    /// Confirmations in order of arrival: their order number, id and sender.
+    pub(crate) confirms: Vec<(u64, String, String)>,
 }
 
 struct Batch {
@@ -403,7 +403,7 @@ fn load(db: &Database) -> Result<Loaded, String> {
         confirms.push((order.value(), id.to_string(), sender.to_string()));
     }
     confirms.sort();
-    loaded.confirms = confirms.into_iter().map(|(_, i, s)| (i, s)).collect();
+    loaded.confirms = confirms;
     Ok(loaded)
 }
 

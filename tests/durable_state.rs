@@ -190,3 +190,25 @@ async fn a_state_directory_that_cannot_be_made_refuses_the_start() {
     assert!(said.contains(&state.display().to_string()), "{said}");
     assert!(said.contains("state.dir"), "{said}");
 }
+
+#[actix_rt::test]
+async fn confirmation_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    assert_eq!(node.confirm("warm").await.expect("confirmed"), 1);
+    node.shutdown(Duration::from_secs(1)).await;
+    drop(node);
+
+    let node = start(dir.path()).await;
+    // The wait for one is met at once, by the confirmation from before.
+    let met = tokio::time::timeout(
+        Duration::from_millis(50),
+        node.on_confirmation(1, "warm", DEADLINE),
+    )
+    .await
+    .expect("met before the restart");
+    assert_eq!(met.expect("confirmed"), 1);
+    // The same sender again counts once.
+    assert_eq!(node.confirm("warm").await.expect("confirmed"), 1);
+    node.shutdown(Duration::from_secs(1)).await;
+}
