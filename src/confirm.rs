@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::error::ServiceError;
-use crate::store::{committed, Change, Loaded, Store};
+use crate::store::{Change, Loaded, Store};
 
 /// Ids remembered at once.
 pub(crate) const KEEP: usize = 10_000;
@@ -31,7 +31,7 @@ struct Entry {
 
 /// The confirmations a node counts.
 pub(crate) struct Confirmations {
-    state: Mutex<State>,
+    state: std::sync::Arc<Mutex<State>>,
     store: Option<Store>,
     next_order: AtomicU64,
 }
@@ -60,10 +60,13 @@ impl Confirmations {
             .last()
             .map_or(1, |(order, _, _)| order.saturating_add(1));
         for (_, id, sender) in confirms {
-            state.entry(&id).0.senders.insert(sender);
+            let senders = &mut state.entry(&id).0.senders;
+            if senders.len() < KEEP {
+                senders.insert(sender);
+            }
         }
         Confirmations {
-            state: Mutex::new(state),
+            state: std::sync::Arc::new(Mutex::new(state)),
             store,
             next_order: AtomicU64::new(next),
         }
@@ -80,59 +83,43 @@ impl Confirmations {
                 )));
             }
         }
-        let (count, written) = self.count(id, sender)?;
-        if let (Some(written), Some(store)) = (written, &self.store) {
-            committed(written?, store.file()).await?;
-        }
-        Ok(count)
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn count(
-        &self,
-        id: &str,
-        sender: &str,
-    ) -> Result<
-        (
-            usize,
-            Option<Result<oneshot::Receiver<Result<(), crate::store::StoreError>>, ServiceError>>,
-        ),
-        ServiceError,
-    > {
-        let mut state = self.state.lock();
-        let (entry, forgotten) = state.entry(id);
-        if entry.senders.len() >= KEEP && !entry.senders.contains(sender) {
+        let Some(store) = &self.store else {
+            return count(&mut self.state.lock(), id, sender, None);
+        };
+        let full = self
+            .state
+            .lock()
+            .ids
+            .get(id)
+            .is_some_and(|e| e.senders.len() >= KEEP && !e.senders.contains(sender));
+        if full {
             return Err(ServiceError::overloaded(format!(
                 "confirmation id {} already has {KEEP} senders",
                 crate::logging::untrusted(id)
             )));
         }
-        let new = entry.senders.insert(sender.to_string());
-        let count = entry.senders.len();
-        let mut changes = Vec::new();
-        if let Some(old) = forgotten {
-            changes.push(Change::Forget { id: old });
-        }
-        if new {
-            changes.push(Change::Confirm {
-                id: id.to_string(),
-                sender: sender.to_string(),
-                order: self.next_order.fetch_add(1, Ordering::Relaxed),
-            });
-        }
-        let (due, waiting): (Vec<_>, Vec<_>) = entry
-            .waiters
-            .drain(..)
-            .partition(|(n, tx)| *n <= count || tx.is_closed());
-        entry.waiters = waiting;
-        for (_, tx) in due {
-            let _ = tx.send(count);
-        }
-        let written = match (&self.store, changes.is_empty()) {
-            (Some(store), false) => Some(store.commit(changes).map_err(Into::into)),
-            _ => None,
-        };
-        Ok((count, written))
+        // Counted once written: a confirmation is never answered, nor a waiter
+        // woken, before it is on disk, and a failed write counts nothing.
+        let (answer, answered) = oneshot::channel();
+        let state = self.state.clone();
+        let (owner, who, keeper) = (id.to_string(), sender.to_string(), store.clone());
+        let changes = vec![Change::Confirm {
+            id: id.to_string(),
+            sender: sender.to_string(),
+            order: self.next_order.fetch_add(1, Ordering::Relaxed),
+        }];
+        store.commit_then(changes, move |kept| {
+            let result = match kept {
+                Ok(()) => count(&mut state.lock(), &owner, &who, Some(&keeper)),
+                Err(e) => Err(e.into()),
+            };
+            let _ = answer.send(result);
+        })?;
+        answered.await.unwrap_or_else(|_| {
+            Err(ServiceError::service_failed(
+                "the cluster state stopped before the confirmation was written",
+            ))
+        })
     }
 
     /// Resolves once `n` distinct senders have confirmed `id` (at once if they
@@ -163,6 +150,38 @@ impl Confirmations {
         }
         Ok(rx)
     }
+}
+
+/// Counts `sender`'s confirmation of `id` in `state` and wakes the waits it
+/// meets; returns the count. An id forgotten to make room is forgotten in `store`
+/// too.
+fn count(
+    state: &mut State,
+    id: &str,
+    sender: &str,
+    store: Option<&Store>,
+) -> Result<usize, ServiceError> {
+    let (entry, forgotten) = state.entry(id);
+    if entry.senders.len() >= KEEP && !entry.senders.contains(sender) {
+        return Err(ServiceError::overloaded(format!(
+            "confirmation id {} already has {KEEP} senders",
+            crate::logging::untrusted(id)
+        )));
+    }
+    entry.senders.insert(sender.to_string());
+    let count = entry.senders.len();
+    let (due, waiting): (Vec<_>, Vec<_>) = entry
+        .waiters
+        .drain(..)
+        .partition(|(n, tx)| *n <= count || tx.is_closed());
+    entry.waiters = waiting;
+    for (_, tx) in due {
+        let _ = tx.send(count);
+    }
+    if let (Some(old), Some(store)) = (forgotten, store) {
+        store.record(vec![Change::Forget { id: old }]);
+    }
+    Ok(count)
 }
 
 impl State {

@@ -41,6 +41,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -54,10 +55,6 @@ use crate::error::{ErrorKind, ServiceError};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::store::{Change, Loaded, Store};
 use queue::{Buried, Job, Queue, Taker};
-
-/// A commit under way, or why it could not start.
-type Commit =
-    Result<tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>, ServiceError>;
 
 /// A job handed to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,7 +121,7 @@ pub struct QueueStatus {
 /// The queues a node holds.
 pub(crate) struct JobQueues {
     node: String,
-    queues: Mutex<HashMap<String, Queue>>,
+    queues: Arc<Mutex<HashMap<String, Queue>>>,
     events: EventBus,
     store: Option<Store>,
     next_id: AtomicU64,
@@ -191,7 +188,9 @@ impl JobQueues {
             let Some(queue) = queues.get_mut(&name) else {
                 continue;
             };
-            for (_, letter) in letters {
+            // The newest `dead_letters` of them, as the queue keeps.
+            let skip = letters.len().saturating_sub(queue.config.dead_letters);
+            for (_, letter) in letters.into_iter().skip(skip) {
                 if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&letter) {
                     let bytes = letter.job.to_string().len();
                     queue.dead_bytes = queue.dead_bytes.saturating_add(bytes);
@@ -213,24 +212,13 @@ impl JobQueues {
         let _ = getrandom::fill(&mut lease);
         JobQueues {
             node: node.to_string(),
-            queues: Mutex::new(queues),
+            queues: Arc::new(Mutex::new(queues)),
             events,
             store,
             next_id: AtomicU64::new(loaded.seq.saturating_add(1)),
             next_taker: AtomicU64::new(1),
             next_lease: AtomicU64::new(u64::from_le_bytes(lease) >> 1),
         }
-    }
-
-    /// Sends the changes `queue` noted to the store, waiting for them or not.
-    /// Called with the queues locked, so that changes reach the store in order.
-    fn flush(&self, queue: &mut Queue) -> Option<Commit> {
-        let store = self.store.as_ref()?;
-        let changes = std::mem::take(queue.log.as_mut()?);
-        if changes.is_empty() {
-            return None;
-        }
-        Some(store.commit(changes).map_err(ServiceError::from))
     }
 
     /// Runs `f` on queue `name`; `NoSuchService` when no config declares it.
@@ -268,7 +256,13 @@ impl JobQueues {
                 Ok(id)
             })?;
         };
-        let (id, written) = self.with_queue(name, |queue| {
+        // The job enters the queue when its commit is done, in the writer's
+        // callback: a pusher that stops waiting (its client went away) leaves
+        // nothing half done.
+        let (answer, answered) = oneshot::channel();
+        let queues = self.queues.clone();
+        let owner = name.to_string();
+        self.with_queue(name, |queue| {
             queue.admit(len)?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let changes = vec![
@@ -284,29 +278,42 @@ impl JobQueues {
                 },
                 Change::Seq(id),
             ];
-            match store.commit(changes) {
-                Ok(written) => Ok((id, written)),
-                Err(e) => {
-                    queue.refuse(len);
-                    Err(ServiceError::from(e))
-                }
-            }
-        })??;
-        let kept = crate::store::committed(written, store.file()).await;
-        self.with_queue(name, |queue| match kept {
-            Ok(()) => {
-                queue.enter(Job {
-                    id,
-                    json,
-                    attempts: 0,
-                });
-                Ok(id)
-            }
-            Err(e) => {
+            let keeper = store.clone();
+            let entered = move |kept: Result<(), crate::store::StoreError>| {
+                let mut all = queues.lock();
+                let Some(queue) = all.get_mut(&owner) else {
+                    return;
+                };
+                let result = match kept {
+                    Ok(()) => {
+                        queue.enter(Job {
+                            id,
+                            json,
+                            attempts: 0,
+                        });
+                        // Handed straight to a waiting worker: its delivery count.
+                        if let Some(log) = queue.log.as_mut().filter(|l| !l.is_empty()) {
+                            keeper.record(std::mem::take(log));
+                        }
+                        Ok(id)
+                    }
+                    Err(e) => {
+                        queue.refuse(len);
+                        Err(ServiceError::from(e))
+                    }
+                };
+                let _ = answer.send(result);
+            };
+            store.commit_then(changes, entered).map_err(|e| {
                 queue.refuse(len);
-                Err(ServiceError::from(e))
-            }
-        })?
+                ServiceError::from(e)
+            })
+        })??;
+        answered.await.unwrap_or_else(|_| {
+            Err(ServiceError::service_failed(format!(
+                "the cluster state stopped before job of queue {name} was written"
+            )))
+        })
     }
 
     /// Waits up to `wait` for a job for `worker` of `node`; `None` when none came.
@@ -372,7 +379,7 @@ impl JobQueues {
         lease: u64,
         answer: Answer,
     ) -> Result<(), ServiceError> {
-        let failed = answer.error.is_some();
+        let (tell, told) = oneshot::channel();
         let outcome = self.with_queue(name, |queue| {
             let current = queue
                 .leased
@@ -380,10 +387,12 @@ impl JobQueues {
                 .is_some_and(|l| l.job.attempts == attempt && l.token == lease);
             if !current {
                 log::debug!("queue {name}: late answer for job {id} (delivery {attempt}) ignored");
-                return None;
+                return Ok(None);
             }
-            let lease = queue.leased.remove(&id)?;
-            match answer.error {
+            let Some(lease) = queue.leased.remove(&id) else {
+                return Ok(None);
+            };
+            let (done, dead) = match answer.error {
                 None => {
                     queue.completed += 1;
                     queue.release(&lease.job);
@@ -396,21 +405,43 @@ impl JobQueues {
                         counter: "completed",
                         add: 1,
                     });
-                    let commit = self.flush(queue);
-                    Some((Some(lease.job), None, commit))
+                    (Some(lease.job), None)
                 }
                 Some(error) => {
                     let dead = queue
                         .failed(lease.job, error, answer.counts)
                         .map(|dead| bury(queue, dead));
-                    let commit = self.flush(queue);
-                    Some((None, dead, commit))
+                    (None, dead)
                 }
-            }
+            };
+            let (Some(store), Some(log)) = (&self.store, queue.log.as_mut()) else {
+                return Ok(Some(dead));
+            };
+            let changes = std::mem::take(log);
+            let queues = self.queues.clone();
+            let owner = name.to_string();
+            // Runs once the outcome is written or has failed, whether or not the
+            // worker still waits: a completion that is not on disk puts the job
+            // back in line, to be delivered again.
+            let kept = move |kept: Result<(), crate::store::StoreError>| {
+                if let (Err(_), Some(job)) = (&kept, done) {
+                    if let Some(queue) = queues.lock().get_mut(&owner) {
+                        queue.completed = queue.completed.saturating_sub(1);
+                        queue.bytes = queue.bytes.saturating_add(job.bytes());
+                        queue.back(job);
+                    }
+                }
+                let _ = tell.send(kept.map_err(ServiceError::from));
+            };
+            store
+                .commit_then(changes, kept)
+                .map_err(ServiceError::from)
+                .map(|()| Some(dead))
         });
-        let (done, dead, commit) = match outcome {
-            Ok(Some(outcome)) => outcome,
-            Ok(None) => return Ok(()),
+        let dead = match outcome {
+            Ok(Ok(Some(dead))) => dead,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
             Err(e) => {
                 log::debug!("answer for job {id} ignored: {e}");
                 return Ok(());
@@ -419,29 +450,14 @@ impl JobQueues {
         if let Some(event) = dead {
             self.events.publish(event);
         }
-        let Some(commit) = commit else {
+        if self.store.is_none() {
             return Ok(());
-        };
-        let file = self
-            .store
-            .as_ref()
-            .map(|s| s.file().to_path_buf())
-            .unwrap_or_default();
-        let kept = match commit {
-            Ok(written) => crate::store::committed(written, &file)
-                .await
-                .map_err(ServiceError::from),
-            Err(e) => Err(e),
-        };
-        if let (Err(_), Some(job), false) = (&kept, done, failed) {
-            // Not on disk as completed: the job stays, to be delivered again.
-            let _ = self.with_queue(name, |queue| {
-                queue.completed = queue.completed.saturating_sub(1);
-                queue.bytes = queue.bytes.saturating_add(job.bytes());
-                queue.ready.push_front(job);
-            });
         }
-        kept
+        told.await.unwrap_or_else(|_| {
+            Err(ServiceError::service_failed(format!(
+                "the cluster state stopped before the answer for job {id} was written"
+            )))
+        })
     }
 
     /// Node `node` is gone: its jobs are delivered again and its waiting workers

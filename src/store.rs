@@ -153,11 +153,14 @@ pub(crate) struct Loaded {
     pub(crate) confirms: Vec<(u64, String, String)>,
 }
 
+/// What the writer calls once a batch's transaction is committed, or failed.
+type Then = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 struct Batch {
     changes: Vec<Change>,
     /// What the changes weigh, counted in [`Store::pending`] until written.
     bytes: usize,
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    done: Option<Then>,
 }
 
 impl Change {
@@ -208,10 +211,13 @@ impl Store {
         let _ = std::fs::remove_file(&probe);
         let file = dir.join(FILE);
         let db = open_file(&file)?;
-        let loaded = load(&db).map_err(|reason| StoreError::Damaged {
-            file: file.clone(),
-            reason,
-        })?;
+        // A damaged file must refuse the start, never abort it.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&db)))
+            .unwrap_or_else(|_| Err("its structure is inconsistent".into()))
+            .map_err(|reason| StoreError::Damaged {
+                file: file.clone(),
+                reason,
+            })?;
         let (tx, rx) = mpsc::channel(PENDING);
         let file = Arc::new(file);
         let writer_file = file.clone();
@@ -251,12 +257,26 @@ impl Store {
         changes: Vec<Change>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (done, rx) = oneshot::channel();
+        self.commit_then(changes, move |kept| {
+            let _ = done.send(kept);
+        })?;
+        Ok(rx)
+    }
+
+    /// Writes `changes` in the next transaction, and calls `then` (on the
+    /// writer's thread) once it is committed or has failed, whether or not
+    /// anyone still waits for it. `then` is not called when the changes cannot
+    /// be sent at all (the error comes back at once).
+    pub(crate) fn commit_then(
+        &self,
+        changes: Vec<Change>,
+        then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
         self.send(Batch {
             bytes: changes.iter().map(Change::bytes).sum(),
             changes,
-            done: Some(done),
-        })?;
-        Ok(rx)
+            done: Some(Box::new(then)),
+        })
     }
 
     /// Writes `changes` in the next transaction, without waiting for it.
@@ -321,7 +341,11 @@ fn open_file(file: &Path) -> Result<Database, StoreError> {
     };
     // redb checks a file's checksums as it opens it; a damaged file must refuse the
     // start, never abort it, so a panic inside the check is an error too.
-    let opened = std::panic::catch_unwind(|| Database::create(file));
+    let opened = std::panic::catch_unwind(|| {
+        Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(file)
+    });
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::InUse {
@@ -413,6 +437,7 @@ fn write_loop(
     file: &Path,
     pending: &std::sync::atomic::AtomicUsize,
 ) {
+    let mut db = Some(db);
     while let Some(first) = rx.blocking_recv() {
         let mut batches = vec![first];
         let mut changes = batches[0].changes.len();
@@ -425,17 +450,31 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let result = apply(&db, &batches).map_err(|reason| StoreError::Write {
+        // After a failed write redb refuses every later one on the same handle
+        // (`PreviousIo`): the file is opened again, so that once the disk has
+        // room, writes succeed again.
+        if db.is_none() {
+            db = open_file(file).ok();
+        }
+        let result = match &db {
+            Some(open) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(open, &batches)))
+                    .unwrap_or_else(|_| Err("the write failed inside the store".into()))
+            }
+            None => Err("the file could not be opened again after a failed write".into()),
+        };
+        let result = result.map_err(|reason| StoreError::Write {
             file: file.to_path_buf(),
             reason,
         });
         if let Err(e) = &result {
             log::error!("{e}");
+            db = None;
         }
         for batch in batches {
             pending.fetch_sub(batch.bytes, Ordering::AcqRel);
-            if let Some(done) = batch.done {
-                let _ = done.send(result.clone());
+            if let Some(then) = batch.done {
+                then(result.clone());
             }
         }
     }

@@ -212,3 +212,73 @@ async fn confirmation_counts_survive_a_restart() {
     assert_eq!(node.confirm("warm").await.expect("confirmed"), 1);
     node.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Sends a whole push over a fresh connection and resets the connection at
+/// once, before the answer (`SO_LINGER` 0): the server's handler is dropped
+/// while the push is being written.
+fn push_and_reset(addr: std::net::SocketAddr, n: usize) {
+    use std::io::Write;
+    let body = format!("{{\"n\":{n}}}");
+    let request = format!(
+        "POST /v1/push/q HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = stream.write_all(request.as_bytes());
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+}
+
+#[actix_rt::test]
+async fn pushes_whose_clients_vanish_keep_the_queue_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(
+        "keeper",
+        dir.path(),
+        "api: { listen: 127.0.0.1:0 }\nqueues: { q: { capacity: 10 } }\n",
+    );
+    config.node.threads = Some(1);
+    let node = Node::start(test_app(), config).await.expect("node starts");
+    let addr = node.api_addr().expect("the API listens");
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    push_and_reset(addr, c * 50 + n);
+                }
+            })
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || clients.into_iter().for_each(|c| c.join().unwrap()))
+        .await
+        .unwrap();
+    // Every push written is in line, and every other left no trace: the queue
+    // takes exactly as many more as it has room for.
+    let deadline = Instant::now() + DEADLINE;
+    let settled = loop {
+        let q = node.queues().await.expect("queues").remove(0);
+        if q.queued as u64 == q.pushed {
+            break q;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs written but not in line: {q:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Pushes still on their way settle within the deadline too.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let settled = {
+        let q = node.queues().await.expect("queues").remove(0);
+        assert_eq!(q.queued as u64, q.pushed, "{q:?}");
+        assert!(q.pushed >= settled.pushed);
+        q
+    };
+    for n in settled.queued..10 {
+        node.push("q", &n).await.expect("room left in the queue");
+    }
+    let err = node.push("q", &"one too many").await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Overloaded, "{err:?}");
+    node.shutdown(Duration::from_secs(1)).await;
+}

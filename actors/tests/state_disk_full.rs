@@ -1,7 +1,8 @@
 //! A master whose state file cannot grow (a file-size limit, `ulimit -f`, makes
 //! every write past it fail with `EFBIG` as a full disk does): a push that cannot
 //! be written is answered `ServiceFailed` with the reason, nothing is counted for
-//! it, and the node keeps serving requests.
+//! it, and the node keeps serving requests. Once the disk has room again (the
+//! limit is lifted with `prlimit`), pushes are written again without a restart.
 
 mod common;
 
@@ -57,4 +58,16 @@ fn a_push_that_cannot_be_written_fails_and_the_node_keeps_serving() {
     let big = &all["queues"][0];
     assert_eq!(big["name"], "big");
     assert_eq!(big["pushed"].as_u64(), Some(accepted), "{big}");
+
+    // Room again: the next push is written, without a restart.
+    let lifted = run(std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(node.pid())
+        .arg("--fsize=unlimited:"));
+    assert_eq!(lifted.code(), 0, "prlimit: {lifted:?}");
+    let out = node.cli(&["push", "big", &job]);
+    assert_eq!(out.code(), 0, "a push once the disk has room: {out:?}");
+    let out = node.cli(&["queues"]);
+    let all: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(all["queues"][0]["pushed"].as_u64(), Some(accepted + 1));
 }

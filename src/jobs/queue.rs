@@ -173,6 +173,18 @@ impl Queue {
         self.dead.push_back(dead);
     }
 
+    /// A job whose completion could not be kept: to the first ready worker, or
+    /// first in line.
+    pub(super) fn back(&mut self, mut job: Job) {
+        while let Some(taker) = self.takers.pop_front() {
+            match self.lease(job, taker) {
+                Ok(_) => return,
+                Err(returned) => job = returned,
+            }
+        }
+        self.ready.push_front(job);
+    }
+
     /// Hands `job` to the first ready worker, or puts it in line.
     fn offer(&mut self, mut job: Job) {
         while let Some(taker) = self.takers.pop_front() {

@@ -67,7 +67,7 @@ impl NodeProcess {
     }
 
     /// Starts `colony node --config FILE` in a process that may write files of at
-    /// most `kib` KiB (`ulimit -f`, with `SIGXFSZ` ignored so that a write past it
+    /// most `kib` KiB (a soft `ulimit -f`, with `SIGXFSZ` ignored so that a write past it
     /// fails with `EFBIG`, as on a full disk, instead of killing the node).
     pub fn start_with_file_limit(config: &Path, kib: u64) -> NodeProcess {
         let mut command = Command::new("sh");
@@ -75,7 +75,7 @@ impl NodeProcess {
         command
             .arg("-c")
             .arg(format!(
-                "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" node --config \"$1\""
+                "trap '' XFSZ; ulimit -S -f {kib}; exec \"$0\" node --config \"$1\""
             ))
             .arg(COLONY)
             .arg(config);
