@@ -157,6 +157,7 @@ impl JobQueues {
                 )
             })
             .collect();
+        let mut exhausted = Vec::new();
         for (name, jobs) in std::mem::take(&mut loaded.jobs) {
             let Some(queue) = queues.get_mut(&name) else {
                 log::warn!(
@@ -174,6 +175,11 @@ impl JobQueues {
                     continue;
                 };
                 let job = Job { id, json, attempts };
+                if attempts >= queue.config.max_attempts {
+                    // Its last delivery was under way when the state stopped.
+                    exhausted.push((name.clone(), job));
+                    continue;
+                }
                 queue.bytes = queue.bytes.saturating_add(job.bytes());
                 queue.ready.push_back(job);
             }
@@ -197,6 +203,40 @@ impl JobQueues {
                     queue.dead.push_back(Buried { letter, bytes });
                 }
             }
+        }
+        let mut buried = Vec::new();
+        for (name, job) in exhausted {
+            let Some(queue) = queues.get_mut(&name) else {
+                continue;
+            };
+            let id = job.id;
+            queue.note(|q| Change::Done {
+                queue: q.to_string(),
+                id,
+            });
+            let dead = Buried {
+                bytes: job.bytes(),
+                letter: DeadLetter {
+                    id,
+                    job: serde_json::from_str(job.json.get()).unwrap_or_default(),
+                    attempts: job.attempts,
+                    error: ServiceError::service_failed(format!(
+                        "delivered {} times; the cluster state stopped during its last delivery",
+                        job.attempts
+                    )),
+                },
+            };
+            buried.push(bury(queue, dead));
+        }
+        if let Some(store) = &store {
+            for queue in queues.values_mut() {
+                if let Some(log) = queue.log.as_mut().filter(|l| !l.is_empty()) {
+                    store.record(std::mem::take(log));
+                }
+            }
+        }
+        for event in buried {
+            events.publish(event);
         }
         for ((name, counter), value) in &loaded.counts {
             if let Some(queue) = queues.get_mut(name) {

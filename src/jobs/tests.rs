@@ -216,3 +216,33 @@ async fn a_durable_queue_reopened_has_every_unfinished_job_its_counts_and_new_id
     assert_eq!(status.dead[0].attempts, 3);
     assert_eq!(status.queued, 4);
 }
+
+#[actix_rt::test]
+async fn a_job_on_its_last_delivery_when_the_state_stops_is_dead_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = durable(dir.path(), reopen(dir.path()).await);
+    let id = before.push("q", job(12)).await.unwrap();
+    for _ in 0..2 {
+        let given = before.take("q", "solo", "w", NOW).await.unwrap().unwrap();
+        before
+            .ack("q", given.id, given.attempt, given.lease, failed())
+            .await
+            .unwrap();
+    }
+    let last = before.take("q", "solo", "w", NOW).await.unwrap().unwrap();
+    assert_eq!((last.id, last.attempt), (id, 3));
+    // Written after the delivery count it follows.
+    before.push("q", job(14)).await.unwrap();
+    drop(before);
+
+    let after = durable(dir.path(), reopen(dir.path()).await);
+    let status = after.status().remove(0);
+    assert_eq!(status.queued, 1, "{status:?}");
+    assert_eq!(status.dead.len(), 1, "{status:?}");
+    assert_eq!((status.dead[0].id, status.dead[0].attempts), (id, 3));
+    drop(after);
+    // Buried on disk too: not delivered again after another restart.
+    let again = durable(dir.path(), reopen(dir.path()).await);
+    let status = again.status().remove(0);
+    assert_eq!((status.queued, status.dead.len()), (1, 1), "{status:?}");
+}
