@@ -140,6 +140,8 @@ impl ClusterState {
                 wait_ms,
             } => {
                 let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+                // The worker's name reaches log lines: escaped and cut.
+                let worker = crate::logging::untrusted(&worker).to_string();
                 serde_json::to_vec(&self.jobs.take(&queue, from, &worker, wait).await?)
             }
             Op::Ack {
@@ -162,7 +164,8 @@ impl ClusterState {
                 let claim = Claim {
                     node: from.to_string(),
                     req,
-                    owner,
+                    // The owner's name reaches log lines: escaped and cut.
+                    owner: crate::logging::untrusted(&owner).to_string(),
                     lease: lease_ms.map_or(crate::locks::DEFAULT_LEASE, |l| {
                         Duration::from_millis(l.min(MAX_LEASE_MS))
                     }),

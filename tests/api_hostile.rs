@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+#[path = "api_hostile/child.rs"]
+mod child;
 #[path = "api_hostile/flood.rs"]
 mod flood;
 #[path = "api_hostile/pipelining.rs"]
@@ -537,23 +539,15 @@ async fn health_answers_through_a_flood_under_a_1024_fd_limit() {
     flood::health_answers_through_a_flood().await;
 }
 
-/// The node process of the flood test, re-run from this binary with its fd limit
-/// lowered; does nothing unless the flood test started it.
+/// The node process of the flood and pipelining tests, re-run from this binary
+/// (see `child`); does nothing unless one of them started it.
 #[test]
-#[ignore = "started by health_answers_through_a_flood_under_a_1024_fd_limit"]
-fn flood_child_node() {
-    flood::child_node();
+#[ignore = "started by the flood and pipelining tests"]
+fn node_child() {
+    child::serve();
 }
 
 #[actix_rt::test]
 async fn pipelining_without_reading_holds_little_and_is_closed() {
     pipelining::pipelining_without_reading().await;
-}
-
-/// The node process of the pipelining test; does nothing unless that test
-/// started it.
-#[test]
-#[ignore = "started by pipelining_without_reading_holds_little_and_is_closed"]
-fn pipelining_child_node() {
-    pipelining::child_node();
 }

@@ -192,3 +192,13 @@ async fn a_node_does_not_start_with_an_unknown_service() {
         Ok(node) => panic!("node {} started with an unknown service", node.name()),
     }
 }
+
+#[test]
+fn an_unknown_state_mode_is_named_with_the_modes_there_are() {
+    let err = parse_err("node: { name: alpha }\nstate: { mode: bogus }\n");
+    assert_eq!(err.key, "state.mode");
+    assert_eq!(
+        err.to_string(),
+        "configs/x.yaml: state.mode: unknown variant bogus, expected durable or memory"
+    );
+}

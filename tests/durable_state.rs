@@ -187,8 +187,18 @@ async fn a_state_directory_that_cannot_be_made_refuses_the_start() {
     std::fs::write(&blocker, "x").unwrap();
     let state = blocker.join("state");
     let said = refusal(Node::start(test_app(), config("keeper", &state, "")).await);
-    assert!(said.contains(&state.display().to_string()), "{said}");
+    assert!(said.contains(&blocker.display().to_string()), "{said}");
     assert!(said.contains("state.dir"), "{said}");
+
+    // A name no file system takes: refused, and quoted cut, not whole.
+    let long = dir.path().join("x".repeat(300_000));
+    let said = refusal(Node::start(test_app(), config("keeper", &long, "")).await);
+    assert!(
+        said.contains("state.dir"),
+        "{}",
+        &said[..said.len().min(500)]
+    );
+    assert!(said.len() < 1_000, "{} bytes of error", said.len());
 }
 
 #[actix_rt::test]

@@ -428,3 +428,22 @@ async fn a_wait_that_runs_out_is_a_timeout() {
     drop(guard);
     c.stop().await;
 }
+
+#[actix_rt::test]
+async fn absurd_waits_and_leases_are_bounded_not_overflowed() {
+    let c = cluster().await;
+    let absurd = LockOptions {
+        wait: Duration::MAX,
+        lease: Duration::MAX,
+        renew: true,
+    };
+    for node in [&c.master, &c.worker] {
+        let guard = within("an absurd lock", node.lock_with("g", absurd))
+            .await
+            .expect("granted");
+        assert!(!guard.is_lost());
+        drop(guard);
+        barrier(&c.worker).await;
+    }
+    c.stop().await;
+}

@@ -1,26 +1,44 @@
 //! The names a config may choose from (`role`, `restart.policy`, …): each refused
 //! with the list of what it may be, and `cpu`, a number or `auto`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-use super::{Cpu, Policy, Role, Routing, Strategy};
+use super::{Cpu, Policy, Role, Routing, StateMode, Strategy};
+
+/// Reads one of `names`, as the value at the same place in `values`; any other
+/// text is refused with the list of names.
+fn one_of<'de, D: Deserializer<'de>, T: Copy>(
+    d: D,
+    names: &'static [&'static str],
+    values: &[T],
+) -> Result<T, D::Error> {
+    let value = String::deserialize(d)?;
+    names
+        .iter()
+        .zip(values)
+        .find(|(name, _)| **name == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| serde::de::Error::unknown_variant(&value, names))
+}
 
 impl<'de> Deserialize<'de> for Role {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = String::deserialize(d)?;
-        match value.as_str() {
-            "master" => Ok(Role::Master),
-            "worker" => Ok(Role::Worker),
-            other => Err(serde::de::Error::unknown_variant(
-                other,
-                &["master", "worker"],
-            )),
-        }
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(d, &["master", "worker"], &[Role::Master, Role::Worker])
+    }
+}
+
+impl<'de> Deserialize<'de> for StateMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(
+            d,
+            &["durable", "memory"],
+            &[StateMode::Durable, StateMode::Memory],
+        )
     }
 }
 
 impl<'de> Deserialize<'de> for Cpu {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct CpuVisitor;
         impl serde::de::Visitor<'_> for CpuVisitor {
             type Value = Cpu;
@@ -52,46 +70,39 @@ impl<'de> Deserialize<'de> for Cpu {
 }
 
 impl<'de> Deserialize<'de> for Policy {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = String::deserialize(d)?;
-        match value.as_str() {
-            "permanent" => Ok(Policy::Permanent),
-            "transient" => Ok(Policy::Transient),
-            "temporary" => Ok(Policy::Temporary),
-            other => Err(serde::de::Error::unknown_variant(
-                other,
-                &["permanent", "transient", "temporary"],
-            )),
-        }
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(
+            d,
+            &["permanent", "transient", "temporary"],
+            &[Policy::Permanent, Policy::Transient, Policy::Temporary],
+        )
     }
 }
 
 impl<'de> Deserialize<'de> for Strategy {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = String::deserialize(d)?;
-        match value.as_str() {
-            "one_for_one" => Ok(Strategy::OneForOne),
-            "one_for_all" => Ok(Strategy::OneForAll),
-            "rest_for_one" => Ok(Strategy::RestForOne),
-            other => Err(serde::de::Error::unknown_variant(
-                other,
-                &["one_for_one", "one_for_all", "rest_for_one"],
-            )),
-        }
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(
+            d,
+            &["one_for_one", "one_for_all", "rest_for_one"],
+            &[
+                Strategy::OneForOne,
+                Strategy::OneForAll,
+                Strategy::RestForOne,
+            ],
+        )
     }
 }
 
 impl<'de> Deserialize<'de> for Routing {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = String::deserialize(d)?;
-        match value.as_str() {
-            "local_first" => Ok(Routing::LocalFirst),
-            "round_robin" => Ok(Routing::RoundRobin),
-            "least_loaded" => Ok(Routing::LeastLoaded),
-            other => Err(serde::de::Error::unknown_variant(
-                other,
-                &["local_first", "round_robin", "least_loaded"],
-            )),
-        }
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(
+            d,
+            &["local_first", "round_robin", "least_loaded"],
+            &[
+                Routing::LocalFirst,
+                Routing::RoundRobin,
+                Routing::LeastLoaded,
+            ],
+        )
     }
 }

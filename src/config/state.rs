@@ -20,7 +20,7 @@ pub struct StateSection {
 }
 
 /// How the cluster state is kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateMode {
     /// On disk, in one transactional file.

@@ -85,7 +85,11 @@ fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
     let holds_state = config.role() == Role::Master || config.bridge.is_none();
     if holds_state && config.state.mode == StateMode::Durable {
         let dir = config.state.dir_of(&config.node.name);
-        check_state_dir(&dir).map_err(|p| fail("state.dir", &dir, p))?;
+        check_state_dir(&dir).map_err(|problem| ConfigError {
+            file: file.display().to_string(),
+            key: "state.dir".into(),
+            problem,
+        })?;
     }
     Ok(())
 }
@@ -93,15 +97,14 @@ fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
 /// Whether the state directory `dir` can be made: the nearest part of its path
 /// that exists is a directory, and a state file already there is a file.
 fn check_state_dir(dir: &Path) -> Result<(), String> {
+    let shown = |path: &Path| crate::logging::untrusted(&path.to_string_lossy()).to_string();
     let mut at = dir;
     loop {
         match std::fs::metadata(at) {
             Ok(meta) if meta.is_dir() => break,
-            Ok(_) => {
-                return Err(format!(
-                    "cannot be made: {} is not a directory",
-                    at.display()
-                ))
+            Ok(_) => return Err(format!("cannot be made: {} is not a directory", shown(at))),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot be made: {}: {e}", shown(at)))
             }
             Err(_) => match at.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => at = parent,
@@ -111,7 +114,7 @@ fn check_state_dir(dir: &Path) -> Result<(), String> {
     }
     let file = dir.join(crate::store::FILE);
     match std::fs::metadata(&file) {
-        Ok(meta) if !meta.is_file() => Err(format!("{} is not a regular file", file.display())),
+        Ok(meta) if !meta.is_file() => Err(format!("{} is not a regular file", shown(&file))),
         _ => Ok(()),
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::handle::Node;
 use super::messaging::{caller, StateAt, MARGIN, STATE_TIMEOUT};
 use crate::backoff::Backoff;
+use crate::config::limits::MAX_DURATION;
 use crate::error::{ErrorKind, ServiceError};
 use crate::locks::{Claim, DEFAULT_LEASE};
 use crate::state::Op;
@@ -25,10 +26,11 @@ const RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_se
 /// How [`Node::lock_with`] waits and holds.
 #[derive(Debug, Clone, Copy)]
 pub struct LockOptions {
-    /// How long to wait for the lock before `Timeout`. Default: 30 s.
+    /// How long to wait for the lock before `Timeout`. Default: 30 s; at most a week.
     pub wait: Duration,
     /// The lock's lease: without a renewal within it, the master releases the
-    /// lock (and the guard's fencing token is stale). Default: 30 s; at least 30 ms.
+    /// lock (and the guard's fencing token is stale). Default: 30 s; at least 30 ms,
+    /// at most a week.
     pub lease: Duration,
     /// Whether the guard renews the lease while it lives (every third of the
     /// lease). Default: yes. Without renewal the lock is released when the lease
@@ -151,7 +153,9 @@ impl Node {
         let key = key.to_string();
         // Who asks is known now, inside the handler, not when the future runs.
         let owner = caller(self.name());
-        let lease = options.lease.max(MIN_LEASE);
+        // A week at most, as for every duration of a config: no deadline overflows.
+        let lease = options.lease.clamp(MIN_LEASE, MAX_DURATION);
+        let wait = options.wait.min(MAX_DURATION);
         async move {
             let req = node.inner.next_claim.fetch_add(1, Ordering::Relaxed);
             let mut claiming = Claiming {
@@ -169,17 +173,17 @@ impl Node {
                         owner,
                         lease,
                     };
-                    state.locks.acquire(&key, claim, options.wait).await?
+                    state.locks.acquire(&key, claim, wait).await?
                 }
                 StateAt::Link(link) => {
                     let op = Op::Lock {
                         key: key.clone(),
                         req,
                         owner,
-                        wait_ms: options.wait.as_millis() as u64,
+                        wait_ms: wait.as_millis() as u64,
                         lease_ms: Some(lease.as_millis() as u64),
                     };
-                    Self::call_state(&link, &op, options.wait + MARGIN).await?
+                    Self::call_state(&link, &op, wait + MARGIN).await?
                 }
             };
             claiming.armed = false;

@@ -4,16 +4,14 @@
 //! the limit minus a reserve, whatever api.max_connections says), never hold the
 //! bodies, close each connection after api.read_timeout, and answer /v1/health.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::child::{self, open_fds};
 use super::*;
 
 const FD_LIMIT: u64 = 1024;
 const ATTACKERS: usize = 1100;
-const CHILD_CONFIG: &str = "API_HOSTILE_FLOOD_CONFIG";
 
 /// api.max_connections far above the fd limit: only the node's own budget can
 /// keep it from running out of descriptors.
@@ -24,66 +22,24 @@ services:
   calc: { workers: 1 }
 ";
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The child: starts the node and prints its API address; runs until killed.
-pub fn child_node() {
-    let Ok(yaml) = std::env::var(CHILD_CONFIG) else {
-        return;
-    };
-    actix_rt::System::new().block_on(async move {
-        let node = start_node(&yaml).await;
-        println!("FLOOD-API {}", node.api_addr().expect("API"));
-        std::future::pending::<()>().await;
-    });
-}
-
-fn open_fds(pid: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
-
 pub async fn health_answers_through_a_flood() {
-    let mut command = Command::new(std::env::current_exe().expect("test binary"));
-    command
-        .args(["--exact", "flood_child_node", "--ignored", "--nocapture"])
-        .env(CHILD_CONFIG, FLOOD_CONFIG)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: setrlimit is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: FD_LIMIT,
-                rlim_max: FD_LIMIT,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = KillOnDrop(command.spawn().expect("spawn the node process"));
-    let pid = child.0.id().to_string();
-    let stdout = child.0.stdout.take().expect("piped stdout");
-    let addr: SocketAddr = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("FLOOD-API ").map(str::to_string))
+    let node = child::start(FLOOD_CONFIG, |command| {
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: FD_LIMIT,
+                    rlim_max: FD_LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     })
-    .await
-    .expect("reader")
-    .expect("the node process printed its API address")
-    .parse()
-    .expect("an address");
+    .await;
+    let (pid, addr) = (node.pid.clone(), node.addr);
     let health = || async move {
         timeout(
             Duration::from_secs(3),

@@ -7,18 +7,17 @@
 //! client that pipelines and reads along is served in full on its kept-alive
 //! connection.
 
-use std::io::{self, BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::child::{self, open_fds};
 use super::*;
 
 const ATTACKERS: usize = 40;
 /// Requests an attacker writes at once, again and again.
 const REQUESTS: usize = 1000;
-const CHILD_CONFIG: &str = "API_HOSTILE_PIPELINING_CONFIG";
 /// Before pacing, each such connection made the node hold 13 to 18 MB.
 const MEMORY_BOUND_KB: u64 = 64 * 1024;
 
@@ -29,31 +28,6 @@ services:
   calc: { workers: 4 }
   chaos: { workers: 4 }
 ";
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The child: starts the node and prints its API address; runs until killed.
-pub fn child_node() {
-    let Ok(yaml) = std::env::var(CHILD_CONFIG) else {
-        return;
-    };
-    actix_rt::System::new().block_on(async move {
-        let node = start_node(&yaml).await;
-        println!("PIPELINING-API {}", node.api_addr().expect("API"));
-        std::future::pending::<()>().await;
-    });
-}
-
-fn open_fds(pid: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
 
 /// A connection with a 4 KiB receive buffer, as a client that reads nothing.
 async fn unread(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -108,32 +82,8 @@ async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<Answer> {
 }
 
 pub async fn pipelining_without_reading() {
-    let mut command = Command::new(std::env::current_exe().expect("test binary"));
-    command
-        .args([
-            "--exact",
-            "pipelining_child_node",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(CHILD_CONFIG, PIPELINING_CONFIG)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = KillOnDrop(command.spawn().expect("spawn the node process"));
-    let pid = child.0.id().to_string();
-    let stdout = child.0.stdout.take().expect("piped stdout");
-    let addr: SocketAddr = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("PIPELINING-API ").map(str::to_string))
-    })
-    .await
-    .expect("reader")
-    .expect("the node process printed its API address")
-    .parse()
-    .expect("an address");
+    let node = child::start(PIPELINING_CONFIG, |_| {}).await;
+    let (pid, addr) = (node.pid.clone(), node.addr);
     let health = || async move {
         timeout(EXCHANGE, Req::get(addr, "/v1/health").send(addr))
             .await
