@@ -20,13 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::{Buf, BytesMut};
 use colony::bridge::wire::Control;
 use colony::pubsub::{HIGH_WATER_BYTES, MAX_PREFIXES};
 use colony::{ErrorKind, Node, Subscription};
 use common::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -179,25 +177,8 @@ async fn an_http_subscriber_that_stalls_holds_at_most_subscribe_buffer_and_hears
     let api = node.api_addr().expect("api");
 
     // A client with a small receive buffer, so that the kernel holds little for it.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(64 * 1024).unwrap();
-    let mut stream = socket.connect(api).await.expect("connect");
-    let request = format!("GET /v1/subscribe/big. HTTP/1.1\r\nHost: {api}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = BytesMut::new();
-    let head_end = loop {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.expect("response");
-        assert!(n > 0, "the API closed the stream");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (stream, buf, head) = open_stream(api, "big.", 64 * 1024).await;
     assert!(head.to_ascii_lowercase().contains("chunked"), "{head}");
-    buf.advance(head_end);
     wait_until("the stream is subscribed", DEADLINE, || async {
         node.subscribers("big.x") == 1
     })

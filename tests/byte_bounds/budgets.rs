@@ -7,11 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::{Buf, BytesMut};
 use colony::{App, Node, NodeConfig, QueueStatus, Request, ServiceError, WorkerContext};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::common::*;
@@ -139,30 +136,6 @@ async fn a_job_queue_holds_at_most_max_bytes_of_jobs_then_pushes_are_overloaded(
     node.shutdown(Duration::from_millis(100)).await;
 }
 
-/// Opens `GET /v1/subscribe/PREFIX` with a small receive buffer and reads the
-/// response head; the stream and what was read past the head.
-async fn open_stream(api: std::net::SocketAddr, prefix: &str) -> (TcpStream, BytesMut) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(api).await.expect("connect");
-    let request = format!("GET /v1/subscribe/{prefix} HTTP/1.1\r\nHost: {api}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = BytesMut::new();
-    let head_end = loop {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.expect("response");
-        assert!(n > 0, "the API closed the stream");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    buf.advance(head_end);
-    (stream, buf)
-}
-
 #[actix_rt::test]
 async fn stalled_http_subscribers_together_hold_at_most_the_shared_budget() {
     let _serial = serial().await;
@@ -176,7 +149,7 @@ async fn stalled_http_subscribers_together_hold_at_most_the_shared_budget() {
     const PUBLISHES: usize = 10;
     let mut streams = Vec::new();
     for _ in 0..STREAMS {
-        streams.push(open_stream(api, "big.").await);
+        streams.push(open_stream(api, "big.", 4096).await.0);
     }
     wait_until("every stream is subscribed", DEADLINE, || async {
         node.subscribers("big.x") == STREAMS
@@ -214,7 +187,7 @@ async fn stalled_http_subscribers_together_hold_at_most_the_shared_budget() {
     })
     .await;
     let dropped = node.publish_dropped();
-    let (stream, buf) = open_stream(api, "big.").await;
+    let (stream, buf, _) = open_stream(api, "big.", 4096).await;
     wait_until("the new stream is subscribed", DEADLINE, || async {
         node.subscribers("big.x") == 1
     })

@@ -236,3 +236,32 @@ pub async fn read_lines(
         }
     }
 }
+
+/// Opens `GET /v1/subscribe/PREFIX` with a receive buffer of `recv` bytes and
+/// reads the response head, which must be 200; the stream, what was read past
+/// the head, and the head.
+pub async fn open_stream(
+    api: SocketAddr,
+    prefix: &str,
+    recv: u32,
+) -> (tokio::net::TcpStream, BytesMut, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(recv).unwrap();
+    let mut stream = socket.connect(api).await.expect("connect");
+    let request = format!("GET /v1/subscribe/{prefix} HTTP/1.1\r\nHost: {api}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = BytesMut::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.expect("response");
+        assert!(n > 0, "the API closed the stream");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    buf.advance(head_end);
+    (stream, buf, head)
+}
