@@ -112,6 +112,30 @@ fn control_frame(control: &Control) -> Frame {
     }
 }
 
+/// Asserts that the node's RSS grew by less than [`RSS_BOUND`] since `before`.
+#[track_caller]
+fn assert_grew_little(before: u64) {
+    let grown = rss().saturating_sub(before);
+    eprintln!("RSS +{} KiB", grown / 1024);
+    assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
+}
+
+/// Waits until `closed` counts `expected` connections closed (`what`), and
+/// asserts it is exactly that many: the others are held.
+async fn exactly_closed(closed: &AtomicUsize, expected: usize, what: &str) {
+    wait_until(
+        &format!("{what} are closed"),
+        Duration::from_secs(4),
+        || async { closed.load(Ordering::SeqCst) >= expected },
+    )
+    .await;
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        expected,
+        "exactly {what} are closed; the others are held"
+    );
+}
+
 #[actix_rt::test]
 async fn announced_16_mib_frames_are_refused_without_reserving_them() {
     capture_logs();
@@ -164,9 +188,7 @@ async fn announced_16_mib_frames_are_refused_without_reserving_them() {
     );
 
     let worker = real_peer_is_served(&secret, &master, 1).await;
-    let grown = rss().saturating_sub(before);
-    eprintln!("{}: RSS +{} KiB", line!(), grown / 1024);
-    assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
+    assert_grew_little(before);
     worker.shutdown(Duration::from_secs(1)).await;
     master.shutdown(Duration::from_secs(1)).await;
 }
@@ -204,20 +226,13 @@ async fn connections_past_max_handshakes_are_closed_at_once() {
             futures::future::pending::<()>().await;
         }));
     }
-    wait_until(
-        "every connection past the cap is closed",
-        Duration::from_secs(4),
-        || async { closed.load(Ordering::SeqCst) >= CONNECTIONS - CAP },
+    exactly_closed(
+        &closed,
+        CONNECTIONS - CAP,
+        "the connections past bridge.max_handshakes",
     )
     .await;
-    assert_eq!(
-        closed.load(Ordering::SeqCst),
-        CONNECTIONS - CAP,
-        "exactly the {CAP} connections within bridge.max_handshakes stay in their handshake"
-    );
-    let grown = rss().saturating_sub(before);
-    eprintln!("{}: RSS +{} KiB", line!(), grown / 1024);
-    assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
+    assert_grew_little(before);
     // One line for the whole network, naming it and the cap.
     let network = "127.0.1.0/24";
     wait_until("the refusal is logged", Duration::from_secs(5), || async {
@@ -276,17 +291,12 @@ async fn one_address_holds_at_most_its_share_of_handshakes_and_a_real_peer_still
     for _ in 0..CONNECTIONS {
         stalls.push(actix_rt::spawn(stall_from(attacker, addr, closed.clone())));
     }
-    wait_until(
-        "every connection past the address's share is closed",
-        Duration::from_secs(4),
-        || async { closed.load(Ordering::SeqCst) >= CONNECTIONS - PER_ADDRESS },
+    exactly_closed(
+        &closed,
+        CONNECTIONS - PER_ADDRESS,
+        "the connections past one address's share",
     )
     .await;
-    assert_eq!(
-        closed.load(Ordering::SeqCst),
-        CONNECTIONS - PER_ADDRESS,
-        "exactly {PER_ADDRESS} handshakes from one address are held"
-    );
     wait_until("the refusal is logged", Duration::from_secs(5), || async {
         !lines_from(attacker).is_empty()
     })
@@ -411,9 +421,7 @@ async fn forged_and_huge_node_names_are_refused_and_never_reach_the_log_raw() {
         assert!(line.len() <= MAX_LINE, "a line of {} bytes", line.len());
         assert!(!line.contains("FORGED"), "{line:?}");
     }
-    let grown = rss().saturating_sub(before);
-    eprintln!("{}: RSS +{} KiB", line!(), grown / 1024);
-    assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
+    assert_grew_little(before);
 
     let worker = real_peer_is_served(&secret, &master, 3).await;
     worker.shutdown(Duration::from_secs(1)).await;
@@ -483,9 +491,7 @@ async fn a_storm_of_wrong_secrets_logs_one_line_per_network_and_period_with_a_co
         (99..dialed).contains(&count),
         "{count} counted of {dialed} refusals: {lines:?}"
     );
-    let grown = rss().saturating_sub(before);
-    eprintln!("{}: RSS +{} KiB", line!(), grown / 1024);
-    assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
+    assert_grew_little(before);
 
     let worker = real_peer_is_served(&secret, &master, 4).await;
     worker.shutdown(Duration::from_secs(1)).await;
@@ -517,9 +523,7 @@ async fn bad_hellos_from_100_addresses_of_one_network_log_one_line_for_it() {
         (1..=2).contains(&lines.len()) && lines[0].contains("node name"),
         "100 refusals from one network logged as {lines:?}"
     );
-    let grown = rss().saturating_sub(before);
-    eprintln!("{}: RSS +{} KiB", line!(), grown / 1024);
-    assert!(grown < RSS_BOUND, "grew by {} MiB", grown / MIB);
+    assert_grew_little(before);
 
     let worker = real_peer_is_served(&secret, &master, 6).await;
     worker.shutdown(Duration::from_secs(1)).await;
