@@ -245,9 +245,7 @@ impl JobQueues {
                             attempts: 0,
                         });
                         // Handed straight to a waiting worker: its delivery count.
-                        if let Some(log) = queue.log.as_mut().filter(|l| !l.is_empty()) {
-                            keeper.record(std::mem::take(log));
-                        }
+                        queue.record(&keeper);
                         Ok(id)
                     }
                     Err(e) => {
@@ -332,7 +330,6 @@ impl JobQueues {
         lease: u64,
         answer: Answer,
     ) -> Result<(), ServiceError> {
-        let (tell, told) = oneshot::channel();
         let outcome = self.with_queue(name, |queue| {
             let current = queue
                 .leased
@@ -368,8 +365,9 @@ impl JobQueues {
                 }
             };
             let (Some(store), Some(log)) = (&self.store, queue.log.as_mut()) else {
-                return Ok(Some(dead));
+                return Ok(Some((dead, None)));
             };
+            let (tell, told) = oneshot::channel();
             let changes = std::mem::take(log);
             let queues = self.queues.clone();
             let owner = name.to_string();
@@ -389,10 +387,10 @@ impl JobQueues {
             store
                 .commit_then(changes, kept)
                 .map_err(ServiceError::from)
-                .map(|()| Some(dead))
+                .map(|()| Some((dead, Some(told))))
         });
-        let dead = match outcome {
-            Ok(Ok(Some(dead))) => dead,
+        let (dead, told) = match outcome {
+            Ok(Ok(Some(outcome))) => outcome,
             Ok(Ok(None)) => return Ok(()),
             Ok(Err(e)) => return Err(e),
             Err(e) => {
@@ -403,9 +401,9 @@ impl JobQueues {
         if let Some(event) = dead {
             self.events.publish(event);
         }
-        if self.store.is_none() {
+        let Some(told) = told else {
             return Ok(());
-        }
+        };
         told.await.unwrap_or_else(|_| {
             Err(ServiceError::service_failed(format!(
                 "the cluster state stopped before the answer for job {id} was written"
@@ -482,10 +480,8 @@ impl JobQueues {
 
     /// Sends the changes `queue` noted to the store without waiting for them.
     fn record(&self, queue: &mut Queue) {
-        if let (Some(store), Some(log)) = (&self.store, queue.log.as_mut()) {
-            if !log.is_empty() {
-                store.record(std::mem::take(log));
-            }
+        if let Some(store) = &self.store {
+            queue.record(store);
         }
     }
 

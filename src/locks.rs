@@ -217,6 +217,7 @@ impl Locks {
     /// Renews the lease of `node`'s claim `req` on `key`; `ServiceFailed` when
     /// that claim does not hold the lock (any more).
     pub(crate) async fn renew(&self, key: &str, node: &str, req: u64) -> Result<(), ServiceError> {
+        check_key(key)?;
         let written = {
             let mut table = self.table.lock();
             let holding = table
@@ -325,6 +326,7 @@ impl Locks {
 
     /// Releases `node`'s claim `req` on `key` and waits until that is kept.
     pub(crate) async fn unlock(&self, key: &str, node: &str, req: u64) -> Result<(), ServiceError> {
+        check_key(key)?;
         let written = self.release(key, node, req);
         self.kept(written).await
     }

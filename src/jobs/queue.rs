@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::{DeadLetter, Given};
 use crate::config::QueueConfig;
 use crate::error::ServiceError;
-use crate::store::Change;
+use crate::store::{Change, Store};
 
 pub(super) struct Job {
     pub(super) id: u64,
@@ -122,6 +122,13 @@ impl Queue {
     pub(super) fn refuse(&mut self, len: usize) {
         self.admitted = self.admitted.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(len);
+    }
+
+    /// Sends the changes noted so far to `store` without waiting for them.
+    pub(super) fn record(&mut self, store: &Store) {
+        if let Some(log) = self.log.as_mut().filter(|l| !l.is_empty()) {
+            store.record(std::mem::take(log));
+        }
     }
 
     /// Notes a change for the store, when the state is durable.

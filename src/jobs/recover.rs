@@ -93,9 +93,7 @@ pub(super) fn restore(
     }
     if let Some(store) = store {
         for queue in queues.values_mut() {
-            if let Some(log) = queue.log.as_mut().filter(|l| !l.is_empty()) {
-                store.record(std::mem::take(log));
-            }
+            queue.record(store);
         }
     }
     for ((name, counter), value) in &loaded.counts {

@@ -133,14 +133,18 @@ async fn take_loop(
             error: result.err(),
         };
         let queue = queue.clone();
-        acks.push_back(actix_rt::spawn(async move {
+        let mut ack = Box::pin(async move {
             if let Err(e) = node.ack(&queue, &given, answer).await {
                 log::warn!(
                     "queue {queue}: the answer for job {} did not reach the master ({e}); it will be delivered again",
                     given.id
                 );
             }
-        }));
+        });
+        // An answer kept at once (the state in this node's memory) needs no task.
+        if futures::FutureExt::now_or_never(&mut ack).is_none() {
+            acks.push_back(actix_rt::spawn(ack));
+        }
     }
 }
 
