@@ -278,13 +278,13 @@ fn parse_timeout(query: &str) -> Result<Option<Duration>, ServiceError> {
         .ok_or_else(|| {
             ServiceError::bad_request(format!(
                 "timeout `{}` is not a duration like 500ms or 5s",
-                text.escape_debug()
+                crate::logging::untrusted(&text)
             ))
         })?;
     if timeout > MAX_REQUEST_TIMEOUT {
         return Err(ServiceError::bad_request(format!(
             "timeout `{}` is longer than the 1h maximum",
-            text.escape_debug()
+            crate::logging::untrusted(&text)
         )));
     }
     Ok(Some(timeout))

@@ -524,7 +524,7 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(ServiceError::bad_request(format!(
             "queue name `{}` must be 1 to 128 printable characters",
-            name.escape_debug()
+            crate::logging::untrusted(name)
         )));
     }
     Ok(())

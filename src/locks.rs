@@ -383,8 +383,33 @@ fn check_key(key: &str) -> Result<(), ServiceError> {
     if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
         return Err(ServiceError::bad_request(format!(
             "lock key `{}` must be 1 to 256 printable characters",
-            key.escape_debug()
+            crate::logging::untrusted(key)
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn renewals_and_releases_of_outside_keys_are_checked_as_grants_are() {
+        let locks = Locks::new(None, &mut Loaded::default());
+        for key in [
+            "x".repeat(10 * 1024 * 1024),
+            "evil\nFORGED".to_string(),
+            String::new(),
+        ] {
+            let renewed = locks.renew(&key, "peer", 1).await.unwrap_err();
+            assert_eq!(renewed.kind, crate::error::ErrorKind::BadRequest);
+            assert!(renewed.message.len() < 1_000, "quoted cut");
+            let released = locks.unlock(&key, "peer", 1).await.unwrap_err();
+            assert_eq!(released.kind, crate::error::ErrorKind::BadRequest);
+        }
+        // A key that was never held: the renewal is refused, the release is a no-op.
+        let err = locks.renew("free", "peer", 1).await.unwrap_err();
+        assert_eq!(err.kind, crate::error::ErrorKind::ServiceFailed);
+        locks.unlock("free", "peer", 1).await.unwrap();
+    }
 }

@@ -345,7 +345,7 @@ impl PubSub {
                 Offered::Full => self.count_dropped(1, &delivery.topic, || {
                     format!(
                         "a subscriber of `{}` is past its bounds ({HIGH_WATER} messages or its bytes)",
-                        shown(&entry.prefix)
+                        crate::logging::untrusted(&entry.prefix)
                     )
                 }),
                 Offered::Gone => gone.push(entry.id),
@@ -367,7 +367,7 @@ impl PubSub {
             log::warn!(
                 "pubsub: {}; message on {} dropped ({after} dropped so far)",
                 why(),
-                shown(topic),
+                crate::logging::untrusted(topic),
             );
         }
     }
@@ -411,15 +411,6 @@ impl PubSub {
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
-}
-
-/// Text from outside as a log line shows it: escaped, and cut to 200 characters.
-fn shown(text: &str) -> String {
-    let mut shown: String = text.escape_debug().take(200).collect();
-    if shown.len() < text.escape_debug().count() {
-        shown.push('…');
-    }
-    shown
 }
 
 enum Offered {
@@ -491,7 +482,7 @@ pub(crate) fn check_topic(topic: &str, what: &str) -> Result<(), ServiceError> {
     if topic.chars().any(char::is_control) {
         return Err(ServiceError::bad_request(format!(
             "{what} `{}` contains control characters",
-            topic.escape_debug()
+            crate::logging::untrusted(topic)
         )));
     }
     Ok(())
