@@ -15,8 +15,10 @@ mod input;
 pub mod limits;
 mod load;
 mod names;
+mod nats;
 mod state;
 
+pub use nats::{NatsSection, NatsTls, DEFAULT_PREFIX};
 pub use state::{StateMode, StateSection};
 
 /// The start of environment variables that override config keys.
@@ -39,6 +41,10 @@ pub struct NodeConfig {
     /// How this node joins the cluster; absent, it runs alone.
     #[serde(default)]
     pub bridge: Option<BridgeSection>,
+    /// The cluster over NATS instead of the bridge; `bridge:` and `nats:` do not
+    /// go together.
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
     /// The services this node runs, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,

@@ -229,6 +229,21 @@ pub(crate) trait Transport: Send + Sync {
     fn addr(&self) -> Option<SocketAddr>;
     /// Traffic since the transport started, for a backbone that counts it.
     fn stats(&self) -> Option<BridgeStats>;
+    /// The cluster state, for a backbone that keeps it itself (every node reaches
+    /// it alike); `None` when the master holds it.
+    fn shared_state(&self) -> Option<Arc<dyn SharedState>> {
+        None
+    }
+}
+
+/// The cluster's queues, locks and confirmations where a backbone keeps them
+/// itself (NATS: JetStream streams and buckets) rather than on the master.
+pub(crate) trait SharedState: Send + Sync {
+    /// Does `op` for this node; the answer is the JSON the master would answer.
+    fn serve(&self, op: crate::state::Op) -> BoxFuture<'static, Result<Vec<u8>, ServiceError>>;
+    /// Resolves once `n` distinct senders have confirmed `id`, with their count
+    /// (at once if they already have).
+    fn confirmed(&self, n: usize, id: &str) -> Result<oneshot::Receiver<usize>, ServiceError>;
 }
 
 /// Hands every change to this node's subscriptions (`pubsub`) to `transport`,

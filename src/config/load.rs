@@ -101,6 +101,17 @@ impl NodeConfig {
                 );
             }
         }
+        if let (Some(_), Some(_)) = (&self.bridge, &self.nats) {
+            return err(
+                "nats",
+                "cannot go with bridge: a node joins the cluster by one or the other".into(),
+            );
+        }
+        if let Some(nats) = &self.nats {
+            if let Err((key, problem)) = nats.check() {
+                return err(key, problem);
+            }
+        }
         if let Some(bridge) = &self.bridge {
             if bridge.max_frame < 1024 {
                 return err("bridge.max_frame", "must be at least 1024".into());

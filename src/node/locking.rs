@@ -175,7 +175,7 @@ impl Node {
                     };
                     state.locks.acquire(&key, claim, wait).await?
                 }
-                StateAt::Link(link) => {
+                remote => {
                     let op = Op::Lock {
                         key: key.clone(),
                         req,
@@ -183,7 +183,7 @@ impl Node {
                         wait_ms: wait.as_millis() as u64,
                         lease_ms: Some(lease.as_millis() as u64),
                     };
-                    Self::call_state(&link, &op, wait + MARGIN).await?
+                    Self::call_remote(remote, op, wait + MARGIN).await?
                 }
             };
             claiming.armed = false;
@@ -221,7 +221,7 @@ impl Node {
                 state.locks.renew(&key, self.name(), req).await
             }
             (StateAt::Here(_), _) => Ok(()),
-            (StateAt::Link(link), op) => Self::call_state::<()>(&link, &op, timeout).await,
+            (remote, op) => Self::call_remote::<()>(remote, op, timeout).await,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The cluster messaging calls of a node: publish and subscribe, job queues,
 //! locks and confirmations. Queues, locks and confirmations are kept by the
-//! master in the cluster state (see `state`); this node calls it directly when it is the master, or
-//! over its link to the master otherwise.
+//! master in the cluster state (see `state`); this node calls it directly when it
+//! is the master, or over its link to the master otherwise. A backbone that keeps
+//! the cluster state itself (NATS, on JetStream) is called by every node alike.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::pubsub::{
     channel, check_topic, Delivery, LineReceiver, PublishMeta, Published, Sink, Subscription,
 };
 use crate::state::{ClusterState, Op};
-use crate::transport::{BridgeStats, Link, Pending};
+use crate::transport::{BridgeStats, Link, Pending, SharedState};
 
 /// Extra time a call to the master gets beyond the wait it asks for.
 pub(super) const MARGIN: Duration = Duration::from_secs(5);
@@ -32,6 +33,7 @@ pub(super) const STATE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) enum StateAt {
     Here(Arc<ClusterState>),
     Link(Arc<dyn Link>),
+    Shared(Arc<dyn SharedState>),
 }
 
 /// Who is calling: the worker whose handler runs now, else the node.
@@ -154,6 +156,9 @@ impl Node {
         let transport = self.transport().ok_or_else(|| {
             ServiceError::no_such_service("this node holds no queues and has no bridge")
         })?;
+        if let Some(shared) = transport.shared_state() {
+            return Ok(StateAt::Shared(shared));
+        }
         let master = transport.master().ok_or_else(|| {
             ServiceError::new(
                 ErrorKind::NodeDown,
@@ -181,6 +186,32 @@ impl Node {
     ) -> Result<R, ServiceError> {
         let pending = Self::send_state(link, op)?;
         Self::answer_of(link, pending, timeout).await
+    }
+
+    /// Does `op` at the cluster state `at`, away from this node, within `timeout`.
+    pub(super) async fn call_remote<R: DeserializeOwned>(
+        at: StateAt,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<R, ServiceError> {
+        match at {
+            StateAt::Link(link) => Self::call_state(&link, &op, timeout).await,
+            StateAt::Shared(shared) => {
+                let reply = tokio::time::timeout(timeout, shared.serve(op))
+                    .await
+                    .map_err(|_| {
+                        ServiceError::timeout("no answer from the cluster state in time")
+                    })??;
+                serde_json::from_slice(&reply).map_err(|e| {
+                    ServiceError::bad_request(format!(
+                        "unreadable answer of the cluster state: {e}"
+                    ))
+                })
+            }
+            StateAt::Here(_) => Err(ServiceError::bad_request(
+                "the cluster state is on this node",
+            )),
+        }
     }
 
     /// Sends `op` to the master over `link` now; its answer comes with
@@ -232,12 +263,12 @@ impl Node {
     ) -> Result<u64, ServiceError> {
         match self.state_at()? {
             StateAt::Here(state) => state.jobs.push(queue, job).await,
-            StateAt::Link(link) => {
+            remote => {
                 let op = Op::Push {
                     queue: queue.to_string(),
                     job,
                 };
-                Self::call_state(&link, &op, STATE_TIMEOUT).await
+                Self::call_remote(remote, op, STATE_TIMEOUT).await
             }
         }
     }
@@ -246,7 +277,7 @@ impl Node {
     pub async fn queues(&self) -> Result<Vec<QueueStatus>, ServiceError> {
         match self.state_at()? {
             StateAt::Here(state) => Ok(state.jobs.status()),
-            StateAt::Link(link) => Self::call_state(&link, &Op::Queues, STATE_TIMEOUT).await,
+            remote => Self::call_remote(remote, Op::Queues, STATE_TIMEOUT).await,
         }
     }
 
@@ -259,13 +290,13 @@ impl Node {
     ) -> Result<Option<Given>, ServiceError> {
         match self.state_at()? {
             StateAt::Here(state) => state.jobs.take(queue, self.name(), worker, wait).await,
-            StateAt::Link(link) => {
+            remote => {
                 let op = Op::Take {
                     queue: queue.to_string(),
                     worker: worker.to_string(),
                     wait_ms: wait.as_millis() as u64,
                 };
-                Self::call_state(&link, &op, wait + MARGIN).await
+                Self::call_remote(remote, op, wait + MARGIN).await
             }
         }
     }
@@ -281,7 +312,7 @@ impl Node {
         let (id, attempt, lease) = (given.id, given.attempt, given.lease);
         match self.state_at()? {
             StateAt::Here(state) => state.jobs.ack(queue, id, attempt, lease, answer).await,
-            StateAt::Link(link) => {
+            remote => {
                 let op = Op::Ack {
                     queue: queue.to_string(),
                     job: id,
@@ -289,7 +320,7 @@ impl Node {
                     lease,
                     answer,
                 };
-                Self::call_state::<()>(&link, &op, STATE_TIMEOUT).await
+                Self::call_remote::<()>(remote, op, STATE_TIMEOUT).await
             }
         }
     }
@@ -304,9 +335,9 @@ impl Node {
         async move {
             match node.state_at()? {
                 StateAt::Here(state) => state.confirmations.confirm(&id, &sender).await,
-                StateAt::Link(link) => {
+                remote => {
                     let op = Op::Confirm { id, sender };
-                    Self::call_state(&link, &op, STATE_TIMEOUT).await
+                    Self::call_remote(remote, op, STATE_TIMEOUT).await
                 }
             }
         }
@@ -321,9 +352,11 @@ impl Node {
         id: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<usize, ServiceError>> + 'static {
-        let waiting = match &self.inner.state {
-            Some(state) => state.confirmations.wait(n, id),
-            None => Err(ServiceError::no_such_service(format!(
+        let shared = self.transport().and_then(|t| t.shared_state());
+        let waiting = match (&self.inner.state, shared) {
+            (Some(state), _) => state.confirmations.wait(n, id),
+            (None, Some(shared)) => shared.confirmed(n, id),
+            (None, None) => Err(ServiceError::no_such_service(format!(
                 "confirmations are counted on the master; node {} is not it",
                 self.inner.name
             ))),
