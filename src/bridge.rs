@@ -45,7 +45,6 @@ mod peer;
 mod pubsub;
 mod session;
 mod state;
-mod subscriptions;
 pub(crate) mod tls;
 pub mod wire;
 

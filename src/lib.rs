@@ -11,8 +11,8 @@
 //!        |                                            HTTP, a whole node, children
 //!  5 the node          node  app                      bootstrap, the handle for calls,
 //!        |                                            a config checked against the app
-//!  4 transports        bridge  memory                 backbones: TCP links, or nodes
-//!        |                                            of one process linked in memory
+//!  4 transports        bridge  memory  nats           backbones: TCP links, nodes of
+//!        |                                            one process in memory, or NATS
 //!  3 cluster services  transport  remote  pubsub      what crosses nodes, written
 //!        |             jobs  locks  confirm  state    against the transport seam;
 //!        |             store                          the state's file on disk
@@ -36,7 +36,8 @@
 //!   lists its services: an actor type and one typed line per message.
 //! - Transports implement [`transport`]'s traits: [`bridge`] connects nodes with
 //!   authenticated, framed TCP (or TLS) links; [`memory`] links nodes of one
-//!   process without sockets. A new backbone is one new folder here.
+//!   process without sockets; `nats` joins them through a NATS server, with the
+//!   cluster state in JetStream. A new backbone is one new folder here.
 //! - Cluster services: [`transport`] is the seam where a backbone plugs in
 //!   (requests, replies and one-way sends; publishes and subscription changes;
 //!   cluster-state operations; membership and liveness); `remote` decides whether
@@ -75,6 +76,7 @@ pub mod logging;
 pub mod memory;
 pub mod message;
 mod metrics;
+mod nats;
 pub mod node;
 pub mod pubsub;
 mod remote;

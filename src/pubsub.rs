@@ -32,6 +32,7 @@
 mod delivery;
 mod lines;
 mod meta;
+mod peers;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +48,7 @@ use delivery::Payload;
 use lines::Budget;
 pub(crate) use lines::{line_queue, LineReceiver, LineSender};
 pub use meta::PublishMeta;
+pub(crate) use peers::PeerSubscriptions;
 
 /// Messages a subscriber may hold delivered but not yet handled; past this,
 /// further messages to it are dropped and counted.

@@ -37,6 +37,7 @@ impl Node {
     ) -> Result<Node, StartError> {
         let mut config = config;
         config.bridge = None;
+        config.nats = None;
         Self::start_on(app, config, Some(backbone)).await
     }
 
@@ -71,6 +72,15 @@ impl Node {
         };
         let api_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
+        // A node on NATS is connected, and its subscriptions made, before it boots.
+        let backbone = match (&config.nats, backbone) {
+            (Some(section), None) => Some(crate::nats::backbone(
+                crate::nats::prepare(&config, section)
+                    .await
+                    .map_err(StartError::Transport)?,
+            )),
+            (_, backbone) => backbone,
+        };
         let node = Node::boot(app, config.clone(), api_addr, backbone)?;
 
         if let Some(listener) = listener {

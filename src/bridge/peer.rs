@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{timeout_at, Instant};
 
-use super::subscriptions::PeerSubscriptions;
+use crate::pubsub::PeerSubscriptions;
 use super::wire::{self, Control, Offer, RequestHead, ONE_WAY, TO_WORKER};
 use crate::error::ServiceError;
 use crate::status::NodeStatus;

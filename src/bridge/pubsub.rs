@@ -7,7 +7,7 @@
 //! heartbeat tick on, and changes after it.
 //!
 //! What each peer announces is kept, bounded, in its link's
-//! `subscriptions::PeerSubscriptions`.
+//! `pubsub::PeerSubscriptions`.
 
 use std::sync::atomic::Ordering;
 

@@ -111,6 +111,12 @@ impl NodeConfig {
             if let Err((key, problem)) = nats.check() {
                 return err(key, problem);
             }
+            if self.node.role.is_none() {
+                return err(
+                    "node.role",
+                    "is required with nats: master on one node, worker on the others".into(),
+                );
+            }
         }
         if let Some(bridge) = &self.bridge {
             if bridge.max_frame < 1024 {

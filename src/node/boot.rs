@@ -53,7 +53,9 @@ impl Node {
         let events = EventBus::default();
         // The master holds the cluster's queues and locks; a node alone holds its own.
         let role = config.role();
-        let holds = role == Role::Master || (config.bridge.is_none() && backbone.is_none());
+        // On NATS the cluster state is in JetStream, and no node holds it.
+        let holds = config.nats.is_none()
+            && (role == Role::Master || (config.bridge.is_none() && backbone.is_none()));
         let state = match holds {
             true => Some(ClusterState::start(
                 &name,

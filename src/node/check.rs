@@ -82,7 +82,8 @@ fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
             })?;
         }
     }
-    let holds_state = config.role() == Role::Master || config.bridge.is_none();
+    let holds_state =
+        config.nats.is_none() && (config.role() == Role::Master || config.bridge.is_none());
     if holds_state && config.state.mode == StateMode::Durable {
         let dir = config.state.dir_of(&config.node.name);
         check_state_dir(&dir).map_err(|problem| ConfigError {

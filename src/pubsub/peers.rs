@@ -1,5 +1,5 @@
-//! One peer's subscriptions: the topic prefixes its subscribers hold, as it
-//! announces them over its link (see `pubsub`).
+//! One other node's subscriptions: the topic prefixes its subscribers hold, as
+//! it announces them over its backbone.
 //!
 //! The map of a peer's prefixes is keyed by names from outside, so it is bounded:
 //! at most [`MAX_PREFIXES`] distinct prefixes of at most [`MAX_TOPIC`] bytes are
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::pubsub::{matching, MAX_PREFIXES, MAX_TOPIC};
+use super::{matching, MAX_PREFIXES, MAX_TOPIC};
 
 /// One peer's subscriptions.
 #[derive(Debug, Default)]
@@ -74,7 +74,7 @@ impl PeerSubscriptions {
         // The first time, then once per thousand: a hostile peer cannot flood the log.
         if before.is_multiple_of(1000) {
             log::warn!(
-                "bridge: node {peer} announced subscriptions past the bounds of \
+                "node {peer} announced subscriptions past the bounds of \
                  {MAX_PREFIXES} prefixes of at most {MAX_TOPIC} bytes; what is past them \
                  is ignored ({} announcements so far)",
                 before + 1
