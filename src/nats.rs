@@ -121,13 +121,14 @@ impl NatsNode {
             heartbeat,
             state,
             subscriptions,
+            inbox,
         } = prepared;
         let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
         let max_payload = client.server_info().max_payload.max(1024);
         let node = Arc::new_cyclic(|this| NatsNode {
             this: this.clone(),
             instance: client.new_inbox().replace("_INBOX.", ""),
-            inbox: client.new_inbox(),
+            inbox,
             me,
             client,
             subjects,
@@ -244,11 +245,7 @@ impl Transport for NatsNode {
         let Some(me) = self.this() else {
             return Vec::new();
         };
-        self.peers
-            .up()
-            .into_iter()
-            .map(|p| me.link_to(p))
-            .collect()
+        self.peers.up().into_iter().map(|p| me.link_to(p)).collect()
     }
 
     fn offering(&self, service: &str) -> Vec<Offered> {

@@ -1,5 +1,7 @@
-//! Two nodes in one process, bridged over loopback TCP: a worker node joins the
-//! master, each reaches the other's services, and status shows both.
+//! Two nodes in one process, on each backbone (the bridge over loopback TCP, and
+//! a real nats-server): a worker node joins the master, each reaches the
+//! other's services with every call form, errors keep their kind, and status
+//! shows both.
 
 mod common;
 
@@ -8,19 +10,25 @@ use std::time::Duration;
 use colony::{ErrorKind, WorkerId};
 use common::*;
 
-const SECRET: &str = "a-cluster-secret-for-tests-only";
+#[actix_rt::test]
+async fn a_joined_node_serves_and_is_served_over_the_bridge() {
+    two_nodes(Net::bridge()).await;
+}
 
 #[actix_rt::test]
-async fn a_joined_node_serves_and_is_served() {
-    let secret = secret_file(SECRET);
+async fn a_joined_node_serves_and_is_served_over_nats() {
+    two_nodes(Net::nats()).await;
+}
+
+async fn two_nodes(net: Net) {
     let master = start_node(&format!(
         "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{ calc: {{ workers: 2 }} }}\n",
-        bridge_yaml(&secret, None)
+        net.yaml(None)
     ))
     .await;
     let worker = start_node(&format!(
         "node: {{ name: w, role: worker, threads: 1 }}\n{}services: {{ chaos: {{ workers: 1 }} }}\n",
-        bridge_yaml(&secret, master.bridge_addr())
+        net.yaml(Some(&master))
     ))
     .await;
     cluster_of(&master, 2).await;

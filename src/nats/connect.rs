@@ -31,6 +31,8 @@ pub(crate) struct Prepared {
     pub(super) heartbeat: Duration,
     pub(super) state: Arc<JetStreamState>,
     pub(super) subscriptions: Subscriptions,
+    /// Where answers to the node's calls come: `INBOX.<call>`.
+    pub(super) inbox: String,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -57,7 +59,10 @@ pub(crate) struct Subscriptions {
 /// Connects node `config` to its NATS server and makes ready what it needs
 /// there; an error says what is wrong (an unreachable or old server, no
 /// JetStream, refused credentials).
-pub(crate) async fn prepare(config: &NodeConfig, section: &NatsSection) -> Result<Prepared, String> {
+pub(crate) async fn prepare(
+    config: &NodeConfig,
+    section: &NatsSection,
+) -> Result<Prepared, String> {
     let node = &config.node.name;
     let client = connect(section, node).await?;
     let version = client.server_info().version;
@@ -76,14 +81,8 @@ pub(crate) async fn prepare(config: &NodeConfig, section: &NatsSection) -> Resul
             section.url.join(", ")
         ));
     }
-    let state = JetStreamState::open(
-        js,
-        &section.prefix,
-        node,
-        &config.queues,
-        section.replicas,
-    )
-    .await?;
+    let state =
+        JetStreamState::open(js, &section.prefix, node, &config.queues, section.replicas).await?;
     let subjects = Subjects::new(&section.prefix);
     let subscribe = |subject: String| {
         let client = client.clone();
@@ -133,6 +132,7 @@ pub(crate) async fn prepare(config: &NodeConfig, section: &NatsSection) -> Resul
         heartbeat: section.heartbeat,
         state,
         subscriptions,
+        inbox,
     })
 }
 

@@ -27,7 +27,10 @@ impl NatsLink {
         if self.peer.is_up() {
             Ok(())
         } else {
-            Err(transport::node_down(&self.peer.name, "its presence beats stopped"))
+            Err(transport::node_down(
+                &self.peer.name,
+                "its presence beats stopped",
+            ))
         }
     }
 
@@ -40,7 +43,11 @@ impl NatsLink {
     }
 
     /// A control request, answered by `deadline`.
-    async fn control(&self, control: Control, deadline: Instant) -> Result<bytes::Bytes, ServiceError> {
+    async fn control(
+        &self,
+        control: Control,
+        deadline: Instant,
+    ) -> Result<bytes::Bytes, ServiceError> {
         self.up()?;
         let body = serde_json::to_vec(&control)
             .map_err(|e| ServiceError::bad_request(format!("control request is not JSON: {e}")))?;

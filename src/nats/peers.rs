@@ -39,10 +39,22 @@ pub(crate) struct Peer {
 impl Peer {
     /// This node's load on the peer's service `service`, if it runs it.
     pub(crate) fn load(&self, service: &str) -> Option<Arc<AtomicU64>> {
-        if self.member.read().services.iter().all(|o| o.name != service) {
+        if self
+            .member
+            .read()
+            .services
+            .iter()
+            .all(|o| o.name != service)
+        {
             return None;
         }
-        Some(self.loads.lock().entry(service.to_string()).or_default().clone())
+        Some(
+            self.loads
+                .lock()
+                .entry(service.to_string())
+                .or_default()
+                .clone(),
+        )
     }
 
     pub(crate) fn is_up(&self) -> bool {

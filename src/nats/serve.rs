@@ -413,7 +413,8 @@ async fn topics_loop(
                 Ok(subscriber) => {
                     let _ = node.client.flush().await;
                     node.filters.ready(&filter);
-                    let reader = actix_rt::spawn(publications(weak.clone(), filter.clone(), subscriber));
+                    let reader =
+                        actix_rt::spawn(publications(weak.clone(), filter.clone(), subscriber));
                     readers.insert(filter, reader);
                 }
                 Err(e) => log::error!("nats: cannot subscribe to {filter}: {e}"),
@@ -483,8 +484,9 @@ async fn service_loop(
                     )
                     .await
                     .and_then(|reply| {
-                        serde_json::to_vec(&reply)
-                            .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
+                        serde_json::to_vec(&reply).map_err(|e| {
+                            ServiceError::bad_request(format!("reply is not JSON: {e}"))
+                        })
                     }),
             };
             let response = match answer {

@@ -94,7 +94,10 @@ mod tests {
     #[test]
     fn a_publication_is_taken_once_from_the_widest_ready_filter() {
         let f = Filters::default();
-        assert_eq!(f.add("c.pub.a.>".into()), Todo::Subscribe("c.pub.a.>".into()));
+        assert_eq!(
+            f.add("c.pub.a.>".into()),
+            Todo::Subscribe("c.pub.a.>".into())
+        );
         f.ready("c.pub.a.>");
         assert_eq!(f.add("c.pub.a.>".into()), Todo::Nothing);
         assert!(f.takes("c.pub.a.>", "c.pub.a.x"));

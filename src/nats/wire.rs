@@ -85,7 +85,9 @@ pub(crate) fn read_request(bytes: Bytes) -> Result<Request, String> {
     let mut r = Reader(bytes);
     let version = r.u8("version")?;
     if version != VERSION {
-        return Err(format!("has head version {version}; this node reads {VERSION}"));
+        return Err(format!(
+            "has head version {version}; this node reads {VERSION}"
+        ));
     }
     let timeout_ms = r.u32("timeout")?;
     let worker = r.u32("worker")?.checked_sub(1);
@@ -165,7 +167,9 @@ pub(crate) fn read_publication(bytes: Bytes) -> Result<Publication, String> {
     let mut r = Reader(bytes);
     let version = r.u8("version")?;
     if version != VERSION {
-        return Err(format!("has head version {version}; this node reads {VERSION}"));
+        return Err(format!(
+            "has head version {version}; this node reads {VERSION}"
+        ));
     }
     Ok(Publication {
         topic: r.str("topic")?,
@@ -250,7 +254,10 @@ mod tests {
         assert_eq!(back.kind, e.kind);
         assert!(read_reply(Bytes::new(), "n").is_err());
         assert!(read_reply(Bytes::from_static(&[7]), "n").is_err());
-        assert_eq!(&read_reply(reply(&Ok(b"1".to_vec())), "n").expect("ok")[..], b"1");
+        assert_eq!(
+            &read_reply(reply(&Ok(b"1".to_vec())), "n").expect("ok")[..],
+            b"1"
+        );
     }
 
     #[test]
@@ -258,9 +265,15 @@ mod tests {
         let bytes = publication("a b.c", "n1", "n1/svc/0", b"[1]");
         let p = read_publication(bytes.clone()).expect("reads");
         assert_eq!((p.topic.as_str(), p.node.as_str()), ("a b.c", "n1"));
-        assert_eq!((p.worker.as_str(), &p.payload[..]), ("n1/svc/0", &b"[1]"[..]));
+        assert_eq!(
+            (p.worker.as_str(), &p.payload[..]),
+            ("n1/svc/0", &b"[1]"[..])
+        );
         for cut in 0..bytes.len() - 3 {
-            assert!(read_publication(bytes.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(
+                read_publication(bytes.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 }
