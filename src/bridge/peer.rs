@@ -15,9 +15,9 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{timeout_at, Instant};
 
-use crate::pubsub::PeerSubscriptions;
 use super::wire::{self, Control, Offer, RequestHead, ONE_WAY, TO_WORKER};
 use crate::error::ServiceError;
+use crate::pubsub::PeerSubscriptions;
 use crate::status::NodeStatus;
 use crate::transport::{self, Answer, Call, Link, Pending};
 
