@@ -16,6 +16,7 @@ use colony::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+pub mod nats;
 mod watch;
 #[allow(unused_imports)]
 pub use watch::*;

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A real nats-server for the NATS tests: the framework's harness, shared (std and tempfile only).
+#[path = "../../../tests/common/nats.rs"]
+pub mod nats;
+
 pub const COLONY: &str = env!("CARGO_BIN_EXE_colony");
 pub const NODE_START: Duration = Duration::from_secs(20);
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(20);
