@@ -60,6 +60,16 @@ use topics::Filters;
 
 /// Beats a node may miss before it is down.
 const MISSED_BEATS: u32 = 3;
+/// Kinds of message received, as [`BridgeStats::frames_in`] counts them.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Control = 0,
+    Request = 1,
+    Reply = 2,
+    Beat = 3,
+    Publication = 4,
+}
+
 /// Calls waiting for an answer at most.
 const MAX_CALLS: usize = 1 << 20;
 
@@ -93,6 +103,8 @@ pub(crate) struct NatsNode {
     subs_version: AtomicU64,
     state: Arc<JetStreamState>,
     tasks: Mutex<Vec<actix_rt::task::JoinHandle<()>>>,
+    /// Messages received, by kind, as [`BridgeStats::frames_in`] counts them.
+    received: [AtomicU64; 6],
     /// This transport, for the links it hands out.
     this: std::sync::Weak<NatsNode>,
 }
@@ -147,9 +159,15 @@ impl NatsNode {
             subs_version: AtomicU64::new(0),
             state,
             tasks: Mutex::default(),
+            received: Default::default(),
         });
         serve::start(&node, subscriptions, changed);
         node
+    }
+
+    /// Counts a message received.
+    fn count(&self, kind: Kind) {
+        self.received[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
@@ -395,7 +413,7 @@ impl Transport for NatsNode {
     fn stats(&self) -> Option<BridgeStats> {
         let stats = self.client.statistics();
         Some(BridgeStats {
-            frames_in: [0; 6],
+            frames_in: std::array::from_fn(|i| self.received[i].load(Ordering::Relaxed)),
             bytes_in: stats.in_bytes.load(Ordering::Relaxed),
             bytes_out: stats.out_bytes.load(Ordering::Relaxed),
             links_opened: stats.connects.load(Ordering::Relaxed),

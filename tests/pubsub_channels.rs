@@ -1,4 +1,4 @@
-//! Channels route across nodes: workers on three bridged nodes join the public,
+//! Channels route across nodes, on the bridge and on NATS: workers on three nodes join the public,
 //! group and private channels in `started()`, and an actor on the master joins
 //! the public channel. A message on `public` reaches every one of them exactly
 //! once, on `group(service)` exactly that service's workers on every node, and on
@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use colony::{channel, App, Node, NodeConfig, Published, Subscription, WorkerContext, WorkerId};
-use common::{bridged_nodes, secret_file, wait_until};
+use common::{nodes_on, wait_until, Net};
 use parking_lot::Mutex;
 
-const SECRET: &str = "a-cluster-secret-for-tests-only";
 const DEADLINE: Duration = Duration::from_secs(10);
 const NODES: [&str; 3] = ["m", "a", "b"];
 /// Who subscribes to the public channel besides the workers.
@@ -122,11 +121,19 @@ fn ends(received: &[(String, String)]) -> usize {
 }
 
 #[actix_rt::test]
-async fn channels_reach_exactly_their_members() {
-    let secret = secret_file(SECRET);
+async fn channels_reach_exactly_their_members_over_the_bridge() {
+    channels(Net::bridge()).await;
+}
+
+#[actix_rt::test]
+async fn channels_reach_exactly_their_members_over_nats() {
+    channels(Net::nats()).await;
+}
+
+async fn channels(net: Net) {
     let log = Log::default();
     let services = "services: { svc: { workers: 2 }, svc2: { workers: 1 } }\n";
-    let nodes = bridged_nodes(&secret, &NODES, services, |yaml| start(&log, yaml)).await;
+    let nodes = nodes_on(&net, &NODES, services, |yaml| start(&log, yaml)).await;
     let m = nodes[0].clone();
     let _observer = Observer::create(|ctx| Observer {
         log: log.clone(),

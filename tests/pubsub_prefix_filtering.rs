@@ -1,5 +1,5 @@
-//! Pub/sub filters by topic prefix at the publishing node: across three bridged
-//! nodes a message reaches exactly the subscribers whose prefix it matches, with
+//! Pub/sub filters by topic prefix at the publishing node: across three nodes,
+//! on the bridge and on NATS (where the server filters on `.` boundaries), a message reaches exactly the subscribers whose prefix it matches, with
 //! its topic and who published it (node, worker, service); a node with no
 //! matching subscriber receives no PUBLISH frame at all; `publish` returns the
 //! exact number of subscribers reached; a subscriber on the publishing node gets
@@ -17,11 +17,10 @@ use colony::{
     App, Node, NodeConfig, PublishMeta, Published, Request, ServiceError, Subscription,
     WorkerContext,
 };
-use common::{bridge_yaml, cluster_of, secret_file, wait_until};
+use common::{cluster_of, wait_until, Net};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-const SECRET: &str = "a-cluster-secret-for-tests-only";
 /// Messages published on `user.x` by a plain task, and again by a worker.
 const N: u64 = 40;
 /// Index of PUBLISH frames in `BridgeStats::frames_in`.
@@ -207,21 +206,29 @@ fn check_user_messages(got: &[Received], local: bool) {
 }
 
 #[actix_rt::test]
-async fn messages_reach_only_matching_subscribers() {
-    let secret = secret_file(SECRET);
+async fn messages_reach_only_matching_subscribers_over_the_bridge() {
+    matching(Net::bridge()).await;
+}
+
+#[actix_rt::test]
+async fn messages_reach_only_matching_subscribers_over_nats() {
+    matching(Net::nats()).await;
+}
+
+async fn matching(net: Net) {
     let m = start(&format!(
         "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{ pub: {{ workers: 1 }} }}\n",
-        bridge_yaml(&secret, None)
+        net.yaml(None)
     ))
     .await;
     let b = start(&format!(
         "node: {{ name: b, role: worker, threads: 1 }}\n{}",
-        bridge_yaml(&secret, m.bridge_addr())
+        net.yaml(Some(&m))
     ))
     .await;
     let c = start(&format!(
         "node: {{ name: c, role: worker, threads: 1 }}\n{}",
-        bridge_yaml(&secret, m.bridge_addr())
+        net.yaml(Some(&m))
     ))
     .await;
     for node in [&m, &b, &c] {

@@ -1,5 +1,5 @@
 //! messenger's shout is `Node::broadcast(service, msg)`: with a service running
-//! two workers on each of three bridged nodes, a broadcast from any node reaches
+//! two workers on each of three nodes (on the bridge, and on NATS), a broadcast from any node reaches
 //! each of the six workers exactly once and reports six.
 
 mod common;
@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use colony::{App, Node, NodeConfig, Request, ServiceError, WorkerContext, WorkerId};
-use common::{all_running, bridged_nodes, secret_file, wait_until};
+use common::{all_running, nodes_on, wait_until, Net};
 use serde::{Deserialize, Serialize};
 
-const SECRET: &str = "a-cluster-secret-for-tests-only";
 const DEADLINE: Duration = Duration::from_secs(10);
 const NODES: [&str; 3] = ["m", "a", "b"];
 const PER_NODE: usize = 2;
@@ -120,11 +119,19 @@ async fn everyone_heard(node: &Node, heard: &Heard, n: usize) {
 }
 
 #[actix_rt::test]
-async fn a_shout_reaches_every_worker_once() {
-    let secret = secret_file(SECRET);
+async fn a_shout_reaches_every_worker_once_over_the_bridge() {
+    shout(Net::bridge()).await;
+}
+
+#[actix_rt::test]
+async fn a_shout_reaches_every_worker_once_over_nats() {
+    shout(Net::nats()).await;
+}
+
+async fn shout(net: Net) {
     let heard = Heard::default();
     let services = format!("services: {{ listen: {{ workers: {PER_NODE} }} }}\n");
-    let nodes = bridged_nodes(&secret, &NODES, &services, |yaml| start(&heard, yaml)).await;
+    let nodes = nodes_on(&net, &NODES, &services, |yaml| start(&heard, yaml)).await;
     let m = nodes[0].clone();
     // A broadcast skips a worker that is not running yet (and a remote one
     // silently: it counts as reached), so every worker must be up first.

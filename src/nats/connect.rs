@@ -172,6 +172,8 @@ async fn options(section: &NatsSection, node: &str) -> Result<ConnectOptions, St
         .name(format!("colony {node}"))
         .connection_timeout(Duration::from_secs(2))
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        // A node's own publications and requests never come back to it.
+        .no_echo()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
             let mut backoff = RECONNECT;

@@ -17,7 +17,7 @@ use super::peers::{Heard, Peer};
 use super::subjects::Subjects;
 use super::topics::Todo;
 use super::wire::{self, Beat, Control, SubsChange, SubsTable};
-use super::{NatsNode, MISSED_BEATS};
+use super::{Kind, NatsNode, MISSED_BEATS};
 use crate::error::{ErrorKind, ServiceError};
 use crate::guard::Origin;
 use crate::pubsub::Change;
@@ -82,6 +82,7 @@ fn bad(what: &str, why: &str) {
 async fn answers(node: std::sync::Weak<NatsNode>, mut inbox: Subscriber) {
     while let Some(message) = inbox.next().await {
         let Some(node) = node.upgrade() else { return };
+        node.count(Kind::Reply);
         let Some(id) = message
             .subject
             .rsplit('.')
@@ -109,6 +110,7 @@ async fn answers(node: std::sync::Weak<NatsNode>, mut inbox: Subscriber) {
 async fn requests_loop(node: std::sync::Weak<NatsNode>, mut requests: Subscriber) {
     while let Some(message) = requests.next().await {
         let Some(node) = node.upgrade() else { return };
+        node.count(Kind::Request);
         let request = match wire::read_request(message.payload) {
             Ok(request) => request,
             Err(why) => {
@@ -180,6 +182,7 @@ impl Drop for Serving {
 async fn control_loop(node: std::sync::Weak<NatsNode>, mut control: Subscriber) {
     while let Some(message) = control.next().await {
         let Some(node) = node.upgrade() else { return };
+        node.count(Kind::Control);
         let Some(reply) = message.reply else { continue };
         let local = node.inbound.local.clone();
         let answer: Result<Vec<u8>, ServiceError> =
@@ -252,6 +255,7 @@ async fn beats_loop(weak: std::sync::Weak<NatsNode>, mut beats: Subscriber) {
             message = beats.next() => {
                 let Some(message) = message else { return };
                 let Some(node) = weak.upgrade() else { return };
+                node.count(Kind::Beat);
                 heard(&node, message).await;
             }
         }
@@ -436,11 +440,15 @@ async fn topics_loop(
 async fn publications(weak: std::sync::Weak<NatsNode>, filter: String, mut subscriber: Subscriber) {
     while let Some(message) = subscriber.next().await {
         let Some(node) = weak.upgrade() else { return };
+        node.count(Kind::Publication);
         if !node.filters.takes(&filter, &message.subject) {
             continue;
         }
         match wire::read_publication(message.payload) {
             Ok(p) => {
+                if p.node == node.me.name {
+                    continue;
+                }
                 if node.subjects.topic(&p.topic) != message.subject.as_str() {
                     bad("publication", "its topic is not its subject's");
                     continue;
