@@ -16,8 +16,11 @@ use colony::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+mod backbone;
 pub mod nats;
 mod watch;
+#[allow(unused_imports)]
+pub use backbone::*;
 #[allow(unused_imports)]
 pub use watch::*;
 
