@@ -289,9 +289,9 @@ fn nats_server_bin() -> &'static PathBuf {
         let mut tried = Vec::new();
         for candidate in candidates() {
             match version(&candidate) {
-                Some(v) if v >= (2, 10) => return candidate,
-                Some((major, minor)) => tried.push(format!(
-                    "{} is nats-server {major}.{minor}, older than 2.10, which colony needs \
+                Some((v, _)) if v >= (2, 10) => return candidate,
+                Some((_, full)) => tried.push(format!(
+                    "nats-server {full} ({}) is older than 2.10, which colony needs \
                      (JetStream KV and the 2.10 stream and consumer options)",
                     candidate.display()
                 )),
@@ -342,16 +342,19 @@ fn workspace_root() -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
-/// `(major, minor)` of `BIN --version` ("nats-server: v2.15.1").
-fn version(bin: &Path) -> Option<(u32, u32)> {
+/// `(major, minor)` and `X.Y.Z` of `BIN --version` ("nats-server: v2.15.1").
+fn version(bin: &Path) -> Option<((u32, u32), String)> {
     let out = Command::new(bin).arg("--version").output().ok()?;
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let v = text.split('v').skip(1).find_map(|rest| {
-        let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    text.split('v').skip(1).find_map(|rest| {
+        let full: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let mut parts = full.split('.');
         let major = parts.next()?.parse().ok()?;
         let minor = parts.next()?.parse().ok()?;
-        Some((major, minor))
-    })?;
-    Some(v)
+        Some(((major, minor), full))
+    })
 }
