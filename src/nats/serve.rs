@@ -501,7 +501,7 @@ async fn service_loop(
                 Ok(json) => Ok(Bytes::from(json)),
                 Err(e) => Err(async_nats::service::error::Error {
                     code: e.kind.http_status() as usize,
-                    status: format!("{:?}: {}", e.kind, e.message),
+                    status: format!("{}: {}", e.kind.as_str(), e.message),
                 }),
             };
             let _ = request.respond(response).await;
