@@ -73,6 +73,10 @@ enum Kind {
 /// Calls waiting for an answer at most.
 const MAX_CALLS: usize = 1 << 20;
 
+/// A call waiting for its answer: where the answer goes, and the node that
+/// holds the call.
+type Waiting = (oneshot::Sender<Answer>, Arc<str>);
+
 /// This node's side of the cluster over NATS.
 pub(crate) struct NatsNode {
     me: Member,
@@ -85,7 +89,7 @@ pub(crate) struct NatsNode {
     peers: Peers,
     /// Calls waiting for their answer, by number: where it goes, and the node
     /// that holds the call.
-    calls: Mutex<HashMap<u64, (oneshot::Sender<Answer>, Arc<str>)>>,
+    calls: Mutex<HashMap<u64, Waiting>>,
     next_call: AtomicU64,
     /// Where answers to this node's calls come: `INBOX.<call>`.
     inbox: String,
