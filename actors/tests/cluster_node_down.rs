@@ -1,7 +1,9 @@
-//! Three node processes bridged on loopback. A worker node killed with SIGKILL
-//! while it holds a request: that request fails with `NodeDown` long before its
-//! own timeout, the master drops the node from the cluster, later requests go to
-//! the survivor, and the node, started again, rejoins and serves.
+//! Three node processes on one backbone, bridged on loopback or joined through
+//! a nats-server of the test's own. A worker node killed with SIGKILL while it
+//! holds a request: that request fails with `NodeDown` long before its own
+//! timeout, the master drops the node from the cluster (on NATS it stays listed,
+//! `down`), later requests go to the survivor, and the node, started again,
+//! rejoins and serves. Each test runs on both backbones.
 
 mod common;
 
@@ -17,45 +19,33 @@ const SLEEP: &str = r#"{"ms":60000}"#;
 /// A master and two worker nodes, each worker node with two chaos workers.
 struct Cluster {
     _dir: tempfile::TempDir,
+    /// Keeps the nats-server, on NATS, running for the test.
+    _net: Net,
     master: NodeProcess,
     a: NodeProcess,
     _b: NodeProcess,
     a_cfg: std::path::PathBuf,
 }
 
-fn start_cluster() -> Cluster {
+fn start_cluster(backbone: Backbone) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let secret = write_secret(dir.path());
-    let master_cfg = write_config(
-        dir.path(),
-        "master.yaml",
-        &cluster_config(
-            "master",
-            "master",
-            &secret,
-            None,
-            "{ math: { workers: 1 } }",
-        ),
-    );
-    let master = NodeProcess::start(&master_cfg, &[]);
-    let join = master
-        .bridge
-        .clone()
-        .expect("the master logs its bridge address");
+    let mut net = Net::new(backbone, dir.path());
+    let master_cfg = net.config("master", "master", "{ math: { workers: 1 } }", "");
+    let master = net.start(&master_cfg);
     let node_config = |name: &str, chaos: usize| {
         let services = format!("{{ chaos: {{ workers: {chaos} }}, math: {{ workers: 1 }} }}");
-        let cfg = cluster_config(name, "worker", &secret, Some(&join), &services);
-        write_config(dir.path(), &format!("{name}.yaml"), &cfg)
+        net.config(name, "worker", &services, "")
     };
     let (a_cfg, b_cfg) = (node_config("worker-a", 2), node_config("worker-b", 2));
-    let a = NodeProcess::start(&a_cfg, &[]);
-    let b = NodeProcess::start(&b_cfg, &[]);
+    let a = net.start(&a_cfg);
+    let b = net.start(&b_cfg);
     poll("three nodes run", || {
         let nodes = master.nodes();
         nodes.len() == 3 && nodes.iter().all(|(_, state)| state == "running")
     });
     Cluster {
         _dir: dir,
+        _net: net,
         master,
         a,
         _b: b,
@@ -109,16 +99,45 @@ fn expect_node_down(sleepers: &mut [Background]) {
     );
 }
 
-fn expect_dropped_then_serving_elsewhere(master: &NodeProcess) {
-    poll("the master drops worker-a", || {
-        let nodes = master.nodes();
-        nodes.iter().all(|(name, _)| name != "worker-a") && nodes.len() == 2
-    });
-    assert!(
-        master.log().contains("node worker-a: down"),
-        "{}",
-        master.log()
-    );
+/// On the bridge the master forgets worker-a; on NATS it keeps it listed,
+/// `down` (a node whose connection is gone shows down), having heard no beat of
+/// it for three heartbeats. Either way the next request goes to worker-b.
+fn expect_dropped_then_serving_elsewhere(master: &NodeProcess, backbone: Backbone) {
+    match backbone {
+        Backbone::Bridge => {
+            poll("the master drops worker-a", || {
+                let nodes = master.nodes();
+                nodes.iter().all(|(name, _)| name != "worker-a") && nodes.len() == 2
+            });
+            assert!(
+                master.log().contains("node worker-a: down"),
+                "{}",
+                master.log()
+            );
+        }
+        Backbone::Nats => {
+            let expected = [
+                ("master", "running"),
+                ("worker-a", "down"),
+                ("worker-b", "running"),
+            ]
+            .map(|(name, state)| (name.to_string(), state.to_string()));
+            poll("the master shows worker-a down", || {
+                master.nodes() == expected
+            });
+            let why = "no presence beat for 300ms";
+            for line in [
+                format!("colony::nats: nats: node worker-a is down: {why}"),
+                format!("colony::events: node worker-a: down ({why})"),
+            ] {
+                assert!(
+                    master.log().contains(&line),
+                    "no {line:?} in\n{}",
+                    master.log()
+                );
+            }
+        }
+    }
     let out = master.cli(&["request", "chaos", "echo", r#"{"after":"down"}"#]);
     assert_eq!(
         (out.code(), out.stdout.trim()),
@@ -143,40 +162,61 @@ fn expect_rejoined_and_serving(master: &NodeProcess) {
     });
 }
 
-#[test]
-fn a_killed_node_fails_its_requests_at_once_and_rejoins_when_restarted() {
+fn a_killed_node_fails_its_requests_at_once_and_rejoins_when_restarted(backbone: Backbone) {
     let Cluster {
         _dir,
+        _net,
         master,
         mut a,
         _b,
         a_cfg,
-    } = start_cluster();
+    } = start_cluster(backbone);
     let mut sleepers = hold_two_sleeps(&master);
     a.kill9();
     expect_node_down(&mut sleepers);
-    expect_dropped_then_serving_elsewhere(&master);
+    expect_dropped_then_serving_elsewhere(&master, backbone);
     let _a = NodeProcess::start(&a_cfg, &[]);
     expect_rejoined_and_serving(&master);
 }
 
-/// SIGSTOP keeps the node's sockets open but silences it: only the missing
-/// heartbeats tell the others it is gone. SIGCONT brings it back to rejoin.
 #[test]
-fn a_silent_node_is_declared_down_by_its_heartbeats_and_rejoins() {
+fn a_killed_node_fails_its_requests_at_once_and_rejoins_when_restarted_on_the_bridge() {
+    a_killed_node_fails_its_requests_at_once_and_rejoins_when_restarted(Backbone::Bridge);
+}
+
+#[test]
+fn a_killed_node_fails_its_requests_at_once_and_rejoins_when_restarted_on_nats() {
+    a_killed_node_fails_its_requests_at_once_and_rejoins_when_restarted(Backbone::Nats);
+}
+
+/// SIGSTOP keeps the node's sockets open but silences it: only the missing
+/// heartbeats (on NATS, presence beats) tell the others it is gone. SIGCONT
+/// brings it back to rejoin.
+fn a_silent_node_is_declared_down_by_its_heartbeats_and_rejoins(backbone: Backbone) {
     let Cluster {
         _dir,
+        _net,
         master,
         a,
         _b,
         ..
-    } = start_cluster();
+    } = start_cluster(backbone);
     let mut sleepers = hold_two_sleeps(&master);
     signal(&a, "-STOP");
     expect_node_down(&mut sleepers);
-    expect_dropped_then_serving_elsewhere(&master);
+    expect_dropped_then_serving_elsewhere(&master, backbone);
     signal(&a, "-CONT");
     expect_rejoined_and_serving(&master);
+}
+
+#[test]
+fn a_silent_node_is_declared_down_by_its_heartbeats_and_rejoins_on_the_bridge() {
+    a_silent_node_is_declared_down_by_its_heartbeats_and_rejoins(Backbone::Bridge);
+}
+
+#[test]
+fn a_silent_node_is_declared_down_by_its_heartbeats_and_rejoins_on_nats() {
+    a_silent_node_is_declared_down_by_its_heartbeats_and_rejoins(Backbone::Nats);
 }
 
 fn signal(node: &NodeProcess, sig: &str) {

@@ -435,6 +435,80 @@ pub fn cluster_config(
     )
 }
 
+/// A node config on the NATS backbone at `url` (`nats://127.0.0.1:PORT`) with
+/// fast presence beats: a node silent for three of them (300 ms) is down.
+pub fn nats_cluster_config(name: &str, role: &str, url: &str, services: &str) -> String {
+    format!(
+        "node: {{ name: {name}, role: {role}, threads: 1 }}\n\
+         api: {{ listen: 127.0.0.1:0 }}\n\
+         nats: {{ url: \"{url}\", heartbeat: 100ms }}\n\
+         services: {services}\n"
+    )
+}
+
+/// Which backbone a cluster of node processes runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backbone {
+    /// colony's own bridge: the other nodes join the master's bridge address.
+    Bridge,
+    /// A nats-server of the test's own, with JetStream.
+    Nats,
+}
+
+/// A test's cluster of node processes on one backbone: writes each node's config
+/// into a directory and starts it. On the bridge the master must start first (the
+/// others join its bridge address); on NATS every node joins through the server.
+pub struct Net {
+    pub backbone: Backbone,
+    dir: PathBuf,
+    secret: PathBuf,
+    join: Option<String>,
+    server: Option<nats::NatsServer>,
+}
+
+impl Net {
+    /// A cluster on `backbone` with its configs in `dir`; on NATS this starts the
+    /// server.
+    pub fn new(backbone: Backbone, dir: &Path) -> Net {
+        Net {
+            backbone,
+            dir: dir.to_path_buf(),
+            secret: write_secret(dir),
+            join: None,
+            server: (backbone == Backbone::Nats).then(nats::NatsServer::start),
+        }
+    }
+
+    /// The config of node `name` (written to `dir/NAME.yaml`), with `extra` YAML
+    /// after its services; returns its path.
+    pub fn config(&self, name: &str, role: &str, services: &str, extra: &str) -> PathBuf {
+        let text = match (self.backbone, &self.server) {
+            (Backbone::Nats, Some(server)) => {
+                nats_cluster_config(name, role, &server.url(), services)
+            }
+            _ => cluster_config(name, role, &self.secret, self.join.as_deref(), services),
+        };
+        write_config(&self.dir, &format!("{name}.yaml"), &(text + extra))
+    }
+
+    /// Starts the node of `config`; on the bridge the first node started (the
+    /// master) is the one the later configs join.
+    pub fn start(&mut self, config: &Path) -> NodeProcess {
+        let node = NodeProcess::start(config, &[]);
+        if self.backbone == Backbone::Bridge && self.join.is_none() {
+            self.join = Some(node.bridge_addr().to_string());
+        }
+        node
+    }
+
+    /// The nats-server; panics on the bridge.
+    pub fn server(&mut self) -> &mut nats::NatsServer {
+        self.server
+            .as_mut()
+            .expect("a nats-server: the cluster runs on NATS")
+    }
+}
+
 /// A master config on port-0 addresses that spawns `children` (each
 /// `(name, extra YAML keys of its spawn entry, its services)`); the children's
 /// configs have a bridge and no `join`, so they join the master that spawned them.
