@@ -491,12 +491,14 @@ impl Net {
         write_config(&self.dir, &format!("{name}.yaml"), &(text + extra))
     }
 
-    /// Starts the node of `config`; on the bridge the first node started (the
+    /// Starts the node of `config`. On the bridge it must log its bridge
+    /// address ([`NodeProcess::start_bridged`]), and the first node started (the
     /// master) is the one the later configs join.
     pub fn start(&mut self, config: &Path) -> NodeProcess {
         let node = NodeProcess::start(config, &[]);
-        if self.backbone == Backbone::Bridge && self.join.is_none() {
-            self.join = Some(node.bridge_addr().to_string());
+        if self.backbone == Backbone::Bridge {
+            let bridge = node.bridge_addr().to_string();
+            self.join.get_or_insert(bridge);
         }
         node
     }
