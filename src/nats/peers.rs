@@ -18,6 +18,11 @@ use crate::transport::Member;
 
 /// Nodes known at most.
 pub(crate) const MAX_PEERS: usize = 1024;
+/// The largest presence beat read: a member entry with hundreds of services.
+pub(crate) const MAX_BEAT: usize = 64 * 1024;
+/// How long a node that went down stays listed (as `down`) before it is
+/// forgotten, as pm2 keeps a crashed process in its list for a while.
+pub(crate) const FORGET_DOWN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// One other node.
 #[derive(Debug)]
@@ -191,6 +196,14 @@ impl Peers {
             .filter(|p| now.duration_since(*p.last_beat.lock()) > silence)
             .filter(|p| p.up.swap(false, Ordering::AcqRel))
             .collect()
+    }
+
+    /// Forgets the peers down and silent for longer than `forget`.
+    pub(crate) fn forget_silent(&self, forget: std::time::Duration) {
+        let now = Instant::now();
+        self.peers
+            .write()
+            .retain(|_, p| p.is_up() || now.duration_since(*p.last_beat.lock()) <= forget);
     }
 
     /// Node `name` left the cluster: it is forgotten.

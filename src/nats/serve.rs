@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use super::connect::Subscriptions;
 use super::outbox::Out;
-use super::peers::{Heard, Peer};
+use super::peers::{Heard, Peer, FORGET_DOWN, MAX_BEAT};
 use super::subjects::Subjects;
 use super::topics::Todo;
 use super::wire::{self, Beat, Control, SubsChange, SubsTable};
@@ -251,6 +251,7 @@ async fn beats_loop(weak: std::sync::Weak<NatsNode>, mut beats: Subscriber) {
                 for peer in node.peers.silent(heartbeat * MISSED_BEATS) {
                     node.down(&peer, &format!("no presence beat for {:?}", heartbeat * MISSED_BEATS));
                 }
+                node.peers.forget_silent(FORGET_DOWN);
             }
             message = beats.next() => {
                 let Some(message) = message else { return };
@@ -264,6 +265,9 @@ async fn beats_loop(weak: std::sync::Weak<NatsNode>, mut beats: Subscriber) {
 
 /// One presence beat.
 async fn heard(node: &Arc<NatsNode>, message: Message) {
+    if message.payload.len() > MAX_BEAT {
+        return bad("presence beat", "it is larger than 64 KiB");
+    }
     let heard_beat: Beat = match serde_json::from_slice(&message.payload) {
         Ok(b) => b,
         Err(e) => return bad("presence beat", &e.to_string()),
