@@ -138,6 +138,7 @@ impl NatsNode {
             state,
             subscriptions,
             inbox,
+            disconnects,
         } = prepared;
         let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
         let max_payload = client.server_info().max_payload.max(1024);
@@ -165,7 +166,7 @@ impl NatsNode {
             tasks: Mutex::default(),
             received: Default::default(),
         });
-        serve::start(&node, subscriptions, changed);
+        serve::start(&node, subscriptions, changed, disconnects);
         node
     }
 
@@ -222,6 +223,14 @@ impl NatsNode {
         }
     }
 
+    /// Fails every call waiting for an answer, for `why`.
+    fn fail_all_calls(&self, why: &str) {
+        let failed: Vec<_> = self.calls.lock().drain().collect();
+        for (_, (tx, node)) in failed {
+            let _ = tx.send(Err(transport::node_down(&node, why)));
+        }
+    }
+
     /// Sends a message (to a node's subject, maybe with a reply inbox) through
     /// the outbox.
     fn send(&self, out: Out) -> Result<(), ServiceError> {
@@ -241,6 +250,13 @@ impl NatsNode {
         peer.subs.replace(&peer.name, Default::default());
         peer.subs_version.store(0, Ordering::Release);
         log::warn!("nats: node {} is down: {why}", peer.name);
+        // The master releases the locks the node held, as on the bridge, when
+        // it is itself connected: a node cut off from the server sees every
+        // other node fall silent, and must not release their locks.
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        if Self::is_master(&self.me) && connected {
+            self.state.node_down(&peer.name);
+        }
         self.inbound.node_down(&peer.name, why);
     }
 

@@ -3,7 +3,9 @@
 //! after `max_attempts` deliveries with a `JobDead` event, workers that are not
 //! online take nothing (jobs pushed before the consuming node joins wait, then
 //! every worker gets a share), and a push beyond the queue's capacity is
-//! `Overloaded` — on a node alone and across a bridged master + worker pair.
+//! `Overloaded` — on a node alone and across a master + worker pair, on the
+//! bridge and on NATS (where the queues are JetStream streams that only the
+//! master's config declares, and no `JobDead` event is published).
 
 mod common;
 
@@ -21,7 +23,6 @@ use common::*;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-const SECRET: &str = "a-cluster-secret-for-tests-only";
 const QUEUE: &str = "jobs";
 /// Normal jobs pushed per run; every third panics on its first delivery.
 const JOBS: u64 = 30;
@@ -193,7 +194,7 @@ async fn check_outcome(
     status: QueueStatus,
     seen: &Seen,
     poison: u64,
-    events: &Events,
+    events: Option<&Events>,
 ) {
     assert_eq!(status.pushed, JOBS + 1, "{status:?}");
     assert_eq!(status.completed, JOBS, "{status:?}");
@@ -227,6 +228,11 @@ async fn check_outcome(
     }
     assert_eq!(attempts.get(&POISON), Some(&MAX_ATTEMPTS));
 
+    let Some(events) = events else {
+        let again = queue(holder, QUEUE).await;
+        assert_eq!(again.completed, JOBS, "{again:?}");
+        return;
+    };
     let is_dead = |e: &LifecycleEvent| {
         matches!(e, LifecycleEvent::JobDead { queue, job, attempts, .. }
             if queue == QUEUE && *job == poison && *attempts == MAX_ATTEMPTS)
@@ -264,18 +270,26 @@ async fn a_node_alone_retries_panicked_jobs_and_buries_the_poison() {
     let events = Events::subscribe(&node).await;
     let poison = push_all(&node).await;
     let status = settled(&node, JOBS + 1).await;
-    check_outcome(&node, status, &seen, poison, &events).await;
+    check_outcome(&node, status, &seen, poison, Some(&events)).await;
     node.shutdown(Duration::from_secs(1)).await;
 }
 
 #[actix_rt::test]
 async fn a_worker_node_consumes_the_masters_queue_through_panics() {
-    let secret = secret_file(SECRET);
+    consumes_through_panics(Net::bridge()).await;
+}
+
+#[actix_rt::test]
+async fn a_worker_node_consumes_the_masters_queue_through_panics_over_nats() {
+    consumes_through_panics(Net::nats()).await;
+}
+
+async fn consumes_through_panics(net: Net) {
     let seen = Arc::new(Seen::default());
     let master = start(
         &format!(
             "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{}}\n{}",
-            bridge_yaml(&secret, None),
+            net.yaml(None),
             queues_yaml()
         ),
         &seen,
@@ -285,7 +299,7 @@ async fn a_worker_node_consumes_the_masters_queue_through_panics() {
     let worker = start(
         &format!(
             "node: {{ name: w, role: worker, threads: 2 }}\n{}{CONSUMERS}",
-            bridge_yaml(&secret, master.bridge_addr())
+            net.yaml(Some(&master))
         ),
         &seen,
     )
@@ -293,24 +307,33 @@ async fn a_worker_node_consumes_the_masters_queue_through_panics() {
     cluster_of(&master, 2).await;
     cluster_of(&worker, 2).await;
 
-    // Pushed through the worker node: the master holds the queue.
+    // Pushed through the worker node, whose config declares no queue.
     let poison = push_all(&worker).await;
     let status = settled(&master, JOBS + 1).await;
     assert_eq!(queue(&worker, QUEUE).await.completed, JOBS);
-    check_outcome(&master, status, &seen, poison, &events).await;
+    let events = matches!(net, Net::Bridge(_)).then_some(&events);
+    check_outcome(&master, status, &seen, poison, events).await;
     worker.shutdown(Duration::from_secs(1)).await;
     master.shutdown(Duration::from_secs(1)).await;
 }
 
 #[actix_rt::test]
 async fn jobs_wait_for_workers_and_every_worker_gets_a_share() {
+    jobs_wait_for_workers(Net::bridge()).await;
+}
+
+#[actix_rt::test]
+async fn jobs_wait_for_workers_and_every_worker_gets_a_share_over_nats() {
+    jobs_wait_for_workers(Net::nats()).await;
+}
+
+async fn jobs_wait_for_workers(net: Net) {
     const GATED: u64 = 20;
-    let secret = secret_file(SECRET);
     let seen = Arc::new(Seen::default());
     let master = start(
         &format!(
             "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{}}\n{}",
-            bridge_yaml(&secret, None),
+            net.yaml(None),
             queues_yaml()
         ),
         &seen,
@@ -348,7 +371,7 @@ async fn jobs_wait_for_workers_and_every_worker_gets_a_share() {
     let worker = start(
         &format!(
             "node: {{ name: w, role: worker, threads: 2 }}\n{}{CONSUMERS}",
-            bridge_yaml(&secret, master.bridge_addr())
+            net.yaml(Some(&master))
         ),
         &seen,
     )
@@ -382,12 +405,20 @@ async fn jobs_wait_for_workers_and_every_worker_gets_a_share() {
 
 #[actix_rt::test]
 async fn a_push_beyond_the_capacity_is_overloaded() {
-    let secret = secret_file(SECRET);
+    push_beyond_capacity(Net::bridge()).await;
+}
+
+#[actix_rt::test]
+async fn a_push_beyond_the_capacity_is_overloaded_over_nats() {
+    push_beyond_capacity(Net::nats()).await;
+}
+
+async fn push_beyond_capacity(net: Net) {
     let seen = Arc::new(Seen::default());
     let master = start(
         &format!(
             "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{}}\n{}",
-            bridge_yaml(&secret, None),
+            net.yaml(None),
             queues_yaml()
         ),
         &seen,
@@ -396,7 +427,7 @@ async fn a_push_beyond_the_capacity_is_overloaded() {
     let worker = start(
         &format!(
             "node: {{ name: w, role: worker, threads: 1 }}\n{}services: {{}}\n",
-            bridge_yaml(&secret, master.bridge_addr())
+            net.yaml(Some(&master))
         ),
         &seen,
     )
@@ -409,7 +440,7 @@ async fn a_push_beyond_the_capacity_is_overloaded() {
     }
     let err = master.push("backlog", &3).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Overloaded, "{err:?}");
-    // The same across the bridge.
+    // The same from the other node.
     let err = worker.push("backlog", &4).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Overloaded, "{err:?}");
     let backlog = queue(&worker, "backlog").await;

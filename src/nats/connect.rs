@@ -33,6 +33,8 @@ pub(crate) struct Prepared {
     pub(super) subscriptions: Subscriptions,
     /// Where answers to the node's calls come: `INBOX.<call>`.
     pub(super) inbox: String,
+    /// Bumped each time the connection to the server is lost.
+    pub(super) disconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -64,7 +66,8 @@ pub(crate) async fn prepare(
     section: &NatsSection,
 ) -> Result<Prepared, String> {
     let node = &config.node.name;
-    let client = connect(section, node).await?;
+    let (lost, disconnects) = tokio::sync::watch::channel(0u64);
+    let client = connect(section, node, lost).await?;
     let version = client.server_info().version;
     if !new_enough(&version) {
         return Err(format!(
@@ -133,6 +136,7 @@ pub(crate) async fn prepare(
         state,
         subscriptions,
         inbox,
+        disconnects,
     })
 }
 
@@ -146,7 +150,11 @@ pub(crate) fn new_enough(version: &str) -> bool {
     (major, minor) >= MIN_VERSION
 }
 
-async fn options(section: &NatsSection, node: &str) -> Result<ConnectOptions, String> {
+async fn options(
+    section: &NatsSection,
+    node: &str,
+    lost: Arc<tokio::sync::watch::Sender<u64>>,
+) -> Result<ConnectOptions, String> {
     let mut options = match &section.credentials_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
@@ -185,10 +193,13 @@ async fn options(section: &NatsSection, node: &str) -> Result<ConnectOptions, St
         })
         .event_callback(move |event| {
             let name = name.clone();
+            let lost = lost.clone();
             async move {
                 match event {
                     Event::Disconnected => {
-                        log::warn!("nats: node {name} lost the server; reconnecting")
+                        log::warn!("nats: node {name} lost the server; reconnecting");
+                        // What was on its way may be lost: the node's calls fail.
+                        lost.send_modify(|n| *n += 1);
                     }
                     Event::Connected => log::info!("nats: node {name} connected to the server"),
                     Event::SlowConsumer(sid) => log::warn!(
@@ -201,11 +212,16 @@ async fn options(section: &NatsSection, node: &str) -> Result<ConnectOptions, St
 }
 
 /// Connects, trying again with backoff for up to [`FIRST_CONNECT`].
-async fn connect(section: &NatsSection, node: &str) -> Result<Client, String> {
+async fn connect(
+    section: &NatsSection,
+    node: &str,
+    lost: tokio::sync::watch::Sender<u64>,
+) -> Result<Client, String> {
     let deadline = tokio::time::Instant::now() + FIRST_CONNECT;
     let mut backoff = RECONNECT;
+    let lost = Arc::new(lost);
     loop {
-        let options = options(section, node).await?;
+        let options = options(section, node, lost.clone()).await?;
         match options.connect(section.url.clone()).await {
             Ok(client) => return Ok(client),
             Err(e) => {

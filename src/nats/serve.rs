@@ -28,6 +28,7 @@ pub(super) fn start(
     node: &Arc<NatsNode>,
     subscriptions: Subscriptions,
     changed: tokio::sync::mpsc::UnboundedReceiver<Change>,
+    mut disconnects: tokio::sync::watch::Receiver<u64>,
 ) {
     let Subscriptions {
         requests,
@@ -55,6 +56,18 @@ pub(super) fn start(
         }));
     }
     node.spawn(answers(weak.clone(), inbox));
+    {
+        // Requests and answers on their way when the connection drops may be
+        // lost (core NATS delivers at most once): every call waiting fails with
+        // NodeDown at once, as a lost link's do on the bridge.
+        let weak = weak.clone();
+        node.spawn(async move {
+            while disconnects.changed().await.is_ok() {
+                let Some(node) = weak.upgrade() else { return };
+                node.fail_all_calls("this node lost its NATS server, and the call with it");
+            }
+        });
+    }
     node.spawn(requests_loop(weak.clone(), requests));
     node.spawn(control_loop(weak.clone(), control));
     node.spawn(beats_loop(weak.clone(), beats));

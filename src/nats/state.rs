@@ -150,7 +150,6 @@ impl JetStreamState {
 
     /// Node `node` is down: the locks it holds are released (its jobs come
     /// back when their leases end).
-    #[allow(dead_code)] // until the transport calls it on a node's loss
     pub(crate) fn node_down(&self, node: &str) {
         self.inner.locks.node_down(node);
     }

@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
@@ -42,6 +43,8 @@ use crate::error::ServiceError;
 use crate::jobs::{Answer, DeadLetter, Given, QueueStatus};
 use crate::logging::untrusted;
 
+/// Queues one node binds at most.
+pub(super) const MAX_QUEUES: usize = 1024;
 /// Deliveries one node may hold unanswered; more takes get `Overloaded`.
 const MAX_HELD: usize = 100_000;
 /// How often deliveries past their lease are dropped from the held map.
@@ -62,11 +65,13 @@ struct HeldMap {
     pruned: Option<Instant>,
 }
 
-/// The job queues this node declares, in JetStream.
+/// The job queues, in JetStream: those this node declares, made (or bound)
+/// when it starts, and those other nodes declare, bound when first used.
 pub(super) struct Jobs {
     js: Context,
+    prefix: String,
     node: String,
-    queues: BTreeMap<String, Queue>,
+    queues: parking_lot::RwLock<BTreeMap<String, Arc<Queue>>>,
     held: Mutex<HeldMap>,
     counts: kv::Store,
     next_lease: AtomicU64,
@@ -85,14 +90,15 @@ impl Jobs {
         let mut queues = BTreeMap::new();
         for (name, config) in configs {
             let queue = Queue::open(js, prefix, name, config, replicas).await?;
-            queues.insert(name.clone(), queue);
+            queues.insert(name.clone(), Arc::new(queue));
         }
         let mut lease = [0u8; 8];
         let _ = getrandom::fill(&mut lease);
         Ok(Jobs {
             js: js.clone(),
+            prefix: prefix.to_string(),
             node: node.to_string(),
-            queues,
+            queues: parking_lot::RwLock::new(queues),
             held: Mutex::new(HeldMap::default()),
             counts,
             next_lease: AtomicU64::new(u64::from_le_bytes(lease) >> 1),
@@ -100,27 +106,42 @@ impl Jobs {
     }
 
     /// Queue `name`: `BadRequest` for a name no queue can have,
-    /// `NoSuchService` when this node's config declares none.
-    fn queue(&self, name: &str) -> Result<&Queue, ServiceError> {
+    /// `NoSuchService` when no node's config declares it.
+    async fn queue(&self, name: &str) -> Result<Arc<Queue>, ServiceError> {
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(ServiceError::bad_request(format!(
                 "queue name `{}` must be 1 to 128 printable characters",
                 untrusted(name)
             )));
         }
-        self.queues.get(name).ok_or_else(|| {
+        if let Some(queue) = self.queues.read().get(name) {
+            return Ok(queue.clone());
+        }
+        let none = || {
             ServiceError::no_such_service(format!(
-                "no queue `{}` is declared (queues: in the config of node {})",
+                "no queue `{}` is declared (queues: in a node's config; node {} knows none)",
                 untrusted(name),
                 self.node
             ))
-        })
+        };
+        if self.queues.read().len() >= MAX_QUEUES {
+            return Err(none());
+        }
+        let bound = Queue::bind(&self.js, &self.prefix, name)
+            .await
+            .map_err(|e| failed(format_args!("bind queue {}", untrusted(name)), e))?
+            .ok_or_else(none)?;
+        let mut queues = self.queues.write();
+        Ok(queues
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(bound))
+            .clone())
     }
 
     /// Queues `job` and returns its id once the server has stored it;
     /// `Overloaded` when the queue is full.
     pub(super) async fn push(&self, name: &str, job: Box<RawValue>) -> Result<u64, ServiceError> {
-        let queue = self.queue(name)?;
+        let queue = &*self.queue(name).await?;
         let len = job.get().len();
         if len > queue.config.max_bytes {
             return Err(ServiceError::overloaded(format!(
@@ -145,7 +166,7 @@ impl Jobs {
         name: &str,
         wait: Duration,
     ) -> Result<Option<Given>, ServiceError> {
-        let queue = self.queue(name)?;
+        let queue = &*self.queue(name).await?;
         self.make_room()?;
         let deadline = crate::deadline::tokio_after(wait);
         loop {
@@ -226,7 +247,7 @@ impl Jobs {
         lease: u64,
         answer: Answer,
     ) -> Result<(), ServiceError> {
-        let queue = match self.queue(name) {
+        let queue = &*match self.queue(name).await {
             Ok(queue) => queue,
             Err(e) => {
                 log::debug!("answer for job {id} ignored: {e}");
@@ -358,8 +379,17 @@ impl Jobs {
 
     /// Every queue this node declares, by name, counted across the cluster.
     pub(super) async fn status(&self) -> Result<Vec<QueueStatus>, ServiceError> {
-        let mut all = Vec::with_capacity(self.queues.len());
-        for (name, queue) in &self.queues {
+        let known = Queue::names(&self.js, &self.prefix)
+            .await
+            .map_err(|e| failed("list the queues", e))?;
+        let mut queues = Vec::new();
+        for name in known {
+            if let Ok(queue) = self.queue(&name).await {
+                queues.push((name, queue));
+            }
+        }
+        let mut all = Vec::with_capacity(queues.len());
+        for (name, queue) in &queues {
             let what = format!("read queue {}", untrusted(name));
             let jobs = queue.jobs.get_info().await.map_err(|e| failed(&what, e))?;
             let consumer = queue

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType, Stream};
 use async_nats::jetstream::{Context, ErrorCode, Message};
 use futures::StreamExt;
@@ -31,6 +32,10 @@ const MAX_WAITING: i64 = 65_536;
 const MAX_STREAM_NAME: usize = 255;
 /// The consumer every node takes from.
 const CONSUMER: &str = "workers";
+/// The stream metadata key that holds the queue's name.
+const NAME_KEY: &str = "colony.queue";
+/// The stream metadata key that holds the queue's config, as JSON.
+const CONFIG_KEY: &str = "colony.config";
 
 /// One queue's streams and consumer.
 pub(super) struct Queue {
@@ -78,6 +83,15 @@ impl Queue {
             max_messages: limit(config.capacity),
             max_bytes: limit(config.max_bytes),
             discard: DiscardPolicy::New,
+            // A node whose config does not declare the queue binds it from these.
+            metadata: [
+                (NAME_KEY.to_string(), name.to_string()),
+                (
+                    CONFIG_KEY.to_string(),
+                    serde_json::to_string(config).unwrap_or_default(),
+                ),
+            ]
+            .into(),
             ..Default::default()
         };
         let dead = stream::Config {
@@ -132,6 +146,79 @@ impl Queue {
             consumer,
             failures_key: format!("failures.{token}"),
         })
+    }
+
+    /// Binds queue `name`, which a node whose config declares it has made:
+    /// its config is read from its jobs stream's metadata. `None` when no node
+    /// has made it.
+    pub(super) async fn bind(
+        js: &Context,
+        prefix: &str,
+        name: &str,
+    ) -> Result<Option<Queue>, String> {
+        let jobs_name = format!("{prefix}_JOBS_{}", encode(name));
+        if jobs_name.len() > MAX_STREAM_NAME {
+            return Ok(None);
+        }
+        let mut stream = match js.get_stream(&jobs_name).await {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    GetStreamErrorKind::JetStream(ref js)
+                        if js.error_code() == ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot look up the JetStream stream {jobs_name}: {e}"
+                ))
+            }
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| format!("cannot read the JetStream stream {jobs_name}: {e}"))?;
+        let config = info
+            .config
+            .metadata
+            .get(CONFIG_KEY)
+            .and_then(|json| serde_json::from_str::<QueueConfig>(json).ok());
+        let (Some(config), Some(true)) = (
+            config,
+            info.config.metadata.get(NAME_KEY).map(|n| n == name),
+        ) else {
+            return Err(format!(
+                "the JetStream stream {jobs_name} is not colony queue {}'s",
+                untrusted(name)
+            ));
+        };
+        let replicas = info.config.num_replicas.max(1);
+        Queue::open(js, prefix, name, &config, replicas)
+            .await
+            .map(Some)
+    }
+
+    /// The names of the queues made in JetStream under `prefix`, by any node.
+    pub(super) async fn names(js: &Context, prefix: &str) -> Result<Vec<String>, String> {
+        let start = format!("{prefix}_JOBS_");
+        let mut streams = js.streams();
+        let mut names = Vec::new();
+        while let Some(info) = streams.next().await {
+            let info = info.map_err(|e| format!("cannot list the JetStream streams: {e}"))?;
+            if !info.config.name.starts_with(&start) {
+                continue;
+            }
+            if let Some(name) = info.config.metadata.get(NAME_KEY) {
+                names.push(name.clone());
+            }
+            if names.len() >= super::jobs::MAX_QUEUES {
+                break;
+            }
+        }
+        Ok(names)
     }
 
     /// The error of a push the server refused: `Overloaded` when the queue is
