@@ -3,7 +3,9 @@
 //! only once `n` distinct senders have confirmed (repeats from one worker count
 //! once), a later wait that is already met resolves at once, a confirmation
 //! from outside a worker counts its node as the sender, and only the master
-//! counts (`NoSuchService` elsewhere).
+//! counts (`NoSuchService` elsewhere). The same on NATS, where the counts are in
+//! a JetStream bucket: there any node may wait, and a wait already met
+//! resolves a moment later rather than within the call.
 
 mod common;
 
@@ -16,7 +18,6 @@ use common::*;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
-const SECRET: &str = "a-cluster-secret-for-tests-only";
 const ID: &str = "ready";
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -74,15 +75,35 @@ async fn confirm_by(master: &Node, index: usize) -> usize {
 
 #[actix_rt::test]
 async fn the_master_counts_distinct_senders_of_a_confirmation() {
-    let secret = secret_file(SECRET);
+    counts(Net::bridge()).await;
+}
+
+#[actix_rt::test]
+async fn distinct_senders_of_a_confirmation_are_counted_over_nats() {
+    counts(Net::nats()).await;
+}
+
+/// Resolves `wait` at once on the bridge, within a moment on NATS.
+async fn met<F: std::future::Future>(net: &Net, wait: F) -> F::Output {
+    match net {
+        Net::Bridge(_) => wait
+            .now_or_never()
+            .expect("a wait already met resolves at once"),
+        Net::Nats(_) => actix_rt::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("a wait already met resolves"),
+    }
+}
+
+async fn counts(net: Net) {
     let master = start(&format!(
         "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{}}\n",
-        bridge_yaml(&secret, None)
+        net.yaml(None)
     ))
     .await;
     let worker = start(&format!(
         "node: {{ name: w, role: worker, threads: 2 }}\n{}services: {{ confirmer: {{ workers: 3 }} }}\n",
-        bridge_yaml(&secret, master.bridge_addr())
+        net.yaml(Some(&master))
     ))
     .await;
     cluster_of(&master, 2).await;
@@ -115,10 +136,7 @@ async fn the_master_counts_distinct_senders_of_a_confirmation() {
     assert_eq!(resolved.expect("confirmed"), 3);
 
     // Already met: resolves at once, with the count so far.
-    let two = master
-        .on_confirmation(2, ID, WAIT)
-        .now_or_never()
-        .expect("a wait already met resolves at once");
+    let two = met(&net, master.on_confirmation(2, ID, WAIT)).await;
     assert_eq!(two.expect("confirmed"), 3);
 
     // Outside a worker, the sender is the node: the master counts once however often.
@@ -127,10 +145,7 @@ async fn the_master_counts_distinct_senders_of_a_confirmation() {
     // The worker node outside a worker is another sender, `w`.
     assert_eq!(worker.confirm(ID).await.expect("w confirms"), 5);
     assert_eq!(worker.confirm(ID).await.expect("w confirms"), 5);
-    let five = master
-        .on_confirmation(5, ID, WAIT)
-        .now_or_never()
-        .expect("five senders: resolves at once");
+    let five = met(&net, master.on_confirmation(5, ID, WAIT)).await;
     assert_eq!(five.expect("confirmed"), 5);
     // Another id counts apart.
     assert_eq!(master.confirm("other").await.expect("master confirms"), 1);
@@ -152,9 +167,21 @@ async fn the_master_counts_distinct_senders_of_a_confirmation() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout, "{err:?}");
 
-    // Only the master counts.
-    let err = worker.on_confirmation(1, ID, WAIT).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::NoSuchService, "{err:?}");
+    // Only the master counts, on the bridge; on NATS any node may wait.
+    match net {
+        Net::Bridge(_) => {
+            let err = worker.on_confirmation(1, ID, WAIT).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::NoSuchService, "{err:?}");
+        }
+        Net::Nats(_) => {
+            assert_eq!(
+                met(&net, worker.on_confirmation(5, ID, WAIT))
+                    .await
+                    .unwrap(),
+                5
+            );
+        }
+    }
 
     worker.shutdown(Duration::from_secs(1)).await;
     master.shutdown(Duration::from_secs(1)).await;

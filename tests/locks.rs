@@ -5,6 +5,12 @@
 //! that gave up, was aborted or whose node went down leaves the line; a wait that
 //! runs out is a `Timeout`.
 //!
+//! On NATS the lock table is a JetStream key-value bucket that every node uses
+//! alike: the same guarantees hold (exclusion, increasing tokens, release by a
+//! panic, a node's loss or a lease), except the order of waiters, which is not
+//! first come, first served, and a grant comes a moment after the release
+//! rather than within it.
+//!
 //! Waiters are lined up deterministically: a lock future on the master registers
 //! its wait in its first poll (`futures::poll!`); a lock future on the worker node
 //! sends its request in its first poll, and any later round trip of the worker
@@ -23,10 +29,8 @@ use colony::{
     ErrorKind, LockGuard, LockOptions, Node, NodeConfig, Request, ServiceError, WorkerContext,
     WorkerId,
 };
-use common::{bridge_yaml, cluster_of, secret_file, wait_until};
+use common::{cluster_of, wait_until, Net};
 use serde::{Deserialize, Serialize};
-
-const SECRET: &str = "a-cluster-secret-for-lock-tests";
 
 /// How long any single step may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -104,7 +108,7 @@ impl Handler<Panic> for Locker {
 struct Cluster {
     master: Node,
     worker: Node,
-    _secret: tempfile::NamedTempFile,
+    _net: Net,
 }
 
 async fn start(yaml: &str) -> Node {
@@ -115,15 +119,19 @@ async fn start(yaml: &str) -> Node {
 
 /// Master `m` and worker node `w`, each with one `locker` worker, bridged.
 async fn cluster() -> Cluster {
-    let secret = secret_file(SECRET);
+    cluster_on(Net::bridge()).await
+}
+
+/// The same on `net`.
+async fn cluster_on(net: Net) -> Cluster {
     let master = start(&format!(
         "node: {{ name: m, role: master, threads: 1 }}\n{}services: {{ locker: {{ workers: 1 }} }}\n",
-        bridge_yaml(&secret, None)
+        net.yaml(None)
     ))
     .await;
     let worker = start(&format!(
         "node: {{ name: w, role: worker, threads: 1 }}\n{}services: {{ locker: {{ workers: 1 }} }}\n",
-        bridge_yaml(&secret, master.bridge_addr())
+        net.yaml(Some(&master))
     ))
     .await;
     cluster_of(&master, 2).await;
@@ -131,7 +139,7 @@ async fn cluster() -> Cluster {
     Cluster {
         master,
         worker,
-        _secret: secret,
+        _net: net,
     }
 }
 
@@ -228,7 +236,15 @@ async fn waiters_are_served_in_the_order_they_asked_with_increasing_tokens() {
 
 #[actix_rt::test]
 async fn a_panicking_holder_releases_its_lock_to_the_next_waiter() {
-    let c = cluster().await;
+    a_panicking_holder_releases_its_lock_to_the_next_waiter_on(cluster().await).await;
+}
+
+#[actix_rt::test]
+async fn a_panicking_holder_releases_its_lock_to_the_next_waiter_over_nats() {
+    a_panicking_holder_releases_its_lock_to_the_next_waiter_on(cluster_on(Net::nats()).await).await;
+}
+
+async fn a_panicking_holder_releases_its_lock_to_the_next_waiter_on(c: Cluster) {
     for (holder, waiter) in [(&c.worker, &c.master), (&c.master, &c.worker)] {
         let locker = WorkerId::new(holder.name(), "locker", 0);
         let key = format!("held-by-{}", holder.name());
@@ -271,7 +287,18 @@ async fn a_panicking_holder_releases_its_lock_to_the_next_waiter() {
 
 #[actix_rt::test]
 async fn a_lock_held_from_a_node_that_goes_down_passes_to_the_next_waiter() {
-    let c = cluster().await;
+    a_lock_held_from_a_node_that_goes_down_passes_to_the_next_waiter_on(cluster().await).await;
+}
+
+#[actix_rt::test]
+async fn a_lock_held_from_a_node_that_goes_down_passes_to_the_next_waiter_over_nats() {
+    a_lock_held_from_a_node_that_goes_down_passes_to_the_next_waiter_on(
+        cluster_on(Net::nats()).await,
+    )
+    .await;
+}
+
+async fn a_lock_held_from_a_node_that_goes_down_passes_to_the_next_waiter_on(c: Cluster) {
     let held = c.worker.lock("c").await.unwrap();
     let mut next = ask(&c.master, "c").await;
 
@@ -379,7 +406,15 @@ async fn waiters_of_a_node_that_goes_down_are_skipped() {
 
 #[actix_rt::test]
 async fn a_lease_releases_a_lock_whose_guard_still_lives() {
-    let c = cluster().await;
+    a_lease_releases_a_lock_whose_guard_still_lives_on(cluster().await).await;
+}
+
+#[actix_rt::test]
+async fn a_lease_releases_a_lock_whose_guard_still_lives_over_nats() {
+    a_lease_releases_a_lock_whose_guard_still_lives_on(cluster_on(Net::nats()).await).await;
+}
+
+async fn a_lease_releases_a_lock_whose_guard_still_lives_on(c: Cluster) {
     let leased = LockOptions {
         wait: DEADLINE,
         lease: Duration::from_millis(300),
@@ -414,7 +449,15 @@ async fn a_lease_releases_a_lock_whose_guard_still_lives() {
 
 #[actix_rt::test]
 async fn a_wait_that_runs_out_is_a_timeout() {
-    let c = cluster().await;
+    a_wait_that_runs_out_is_a_timeout_on(cluster().await).await;
+}
+
+#[actix_rt::test]
+async fn a_wait_that_runs_out_is_a_timeout_over_nats() {
+    a_wait_that_runs_out_is_a_timeout_on(cluster_on(Net::nats()).await).await;
+}
+
+async fn a_wait_that_runs_out_is_a_timeout_on(c: Cluster) {
     let held = c.master.lock("f").await.unwrap();
     let err = c.master.lock_with("f", wait(100)).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout, "{err:?}");
@@ -431,7 +474,15 @@ async fn a_wait_that_runs_out_is_a_timeout() {
 
 #[actix_rt::test]
 async fn absurd_waits_and_leases_are_bounded_not_overflowed() {
-    let c = cluster().await;
+    absurd_waits_and_leases_are_bounded_not_overflowed_on(cluster().await).await;
+}
+
+#[actix_rt::test]
+async fn absurd_waits_and_leases_are_bounded_not_overflowed_over_nats() {
+    absurd_waits_and_leases_are_bounded_not_overflowed_on(cluster_on(Net::nats()).await).await;
+}
+
+async fn absurd_waits_and_leases_are_bounded_not_overflowed_on(c: Cluster) {
     let absurd = LockOptions {
         wait: Duration::MAX,
         lease: Duration::MAX,
@@ -446,4 +497,55 @@ async fn absurd_waits_and_leases_are_bounded_not_overflowed() {
         barrier(&c.worker).await;
     }
     c.stop().await;
+}
+
+#[actix_rt::test]
+async fn over_nats_one_holder_at_a_time_with_increasing_tokens() {
+    let c = cluster_on(Net::nats()).await;
+    let first = c.master.lock("k").await.unwrap();
+    let mut waiting = Vec::new();
+    for i in 0..6 {
+        let node = if i % 2 == 0 { &c.master } else { &c.worker };
+        waiting.push(Some(ask(node, "k").await));
+    }
+    let mut last = first.token();
+    let mut holding = first;
+    for _ in 0..6 {
+        drop(holding);
+        // Exactly one waiter gets it, a moment after the release.
+        let mut granted = None;
+        wait_until("a waiter holds the lock", DEADLINE, || {
+            let mut now = Vec::new();
+            for (i, w) in waiting.iter_mut().enumerate() {
+                if let Some(w) = w {
+                    if let Poll::Ready(taken) = futures::FutureExt::poll_unpin(w, &mut noop()) {
+                        now.push((i, taken.expect("granted")));
+                    }
+                }
+            }
+            assert!(now.len() <= 1, "two holders at once");
+            let got = now.pop();
+            let done = got.is_some();
+            if let Some((i, guard)) = got {
+                waiting[i] = None;
+                granted = Some(guard);
+            }
+            async move { done }
+        })
+        .await;
+        let guard = granted.expect("granted");
+        assert!(guard.token() > last, "token {} after {last}", guard.token());
+        last = guard.token();
+        holding = guard;
+    }
+    drop(holding);
+    let again = c.worker.lock_with("k", wait(5_000)).await.unwrap();
+    assert!(again.token() > last);
+    drop(again);
+    c.stop().await;
+}
+
+/// A context whose waker does nothing: the test polls by itself.
+fn noop() -> std::task::Context<'static> {
+    std::task::Context::from_waker(std::task::Waker::noop())
 }
