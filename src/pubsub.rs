@@ -33,6 +33,7 @@ mod delivery;
 mod lines;
 mod meta;
 mod peers;
+mod prefixes;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -49,6 +50,8 @@ use lines::Budget;
 pub(crate) use lines::{line_queue, LineReceiver, LineSender};
 pub use meta::PublishMeta;
 pub(crate) use peers::PeerSubscriptions;
+pub(crate) use prefixes::matching;
+pub use prefixes::{MAX_PREFIXES, MAX_TOPIC};
 
 /// Messages a subscriber may hold delivered but not yet handled; past this,
 /// further messages to it are dropped and counted.
@@ -64,10 +67,6 @@ pub const HIGH_WATER_BYTES: usize = 8 * 1024 * 1024;
 /// to any stream is dropped and counted, as one past the stream's own buffer is,
 /// so that many stalled streams cost no more than this.
 pub const STREAM_BUDGET_BUFFERS: usize = 8;
-
-/// Distinct prefixes a node's subscribers may hold at once; a subscription to a
-/// new prefix past it gets `Overloaded`. A peer's table is kept up to it too.
-pub const MAX_PREFIXES: usize = 10_000;
 
 /// A message an actor receives for its subscription: implement
 /// `Handler<Published>` and subscribe with [`Node::subscribe`](crate::Node::subscribe).
@@ -421,25 +420,6 @@ enum Offered {
     Gone,
 }
 
-/// How many subscribers to `prefixes` want `topic`.
-pub(crate) fn matching(prefixes: &BTreeMap<String, u32>, topic: &str) -> u32 {
-    // Scanning costs the table's size, looking up each prefix of the topic the
-    // topic's length: take the cheaper.
-    if prefixes.len() <= topic.len() + 1 {
-        prefixes
-            .iter()
-            .filter(|(prefix, _)| topic.starts_with(prefix.as_str()))
-            .fold(0, |sum, (_, n)| sum.saturating_add(*n))
-    } else {
-        topic
-            .char_indices()
-            .map(|(at, _)| at)
-            .chain([topic.len()])
-            .filter_map(|end| prefixes.get(&topic[..end]))
-            .fold(0, |sum, n| sum.saturating_add(*n))
-    }
-}
-
 /// A live subscription; dropping it unsubscribes. Keep it in the subscribing
 /// actor's state, so that it ends with the actor (a worker that panics or is
 /// killed unsubscribes, and its restarted incarnation subscribes again).
@@ -489,9 +469,6 @@ pub(crate) fn check_topic(topic: &str, what: &str) -> Result<(), ServiceError> {
     }
     Ok(())
 }
-
-/// The longest topic or prefix, in bytes.
-pub const MAX_TOPIC: usize = 1024;
 
 /// clustr-node's channels as topics. Each ends with `/`, so that no channel's
 /// topic is a prefix of another's (`@group/math/` does not match `@group/maths/`).

@@ -44,7 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "store",
         ],
     ),
-    ("transports", &["bridge", "memory"]),
+    ("transports", &["bridge", "memory", "nats"]),
     ("the node", &["node", "app"]),
     ("surfaces", &["api", "cli", "spawn", "certs", "run"]),
 ];

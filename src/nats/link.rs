@@ -8,10 +8,10 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
+use super::node::NatsNode;
 use super::outbox::Out;
 use super::peers::Peer;
 use super::wire::{self, Control};
-use super::NatsNode;
 use crate::error::{ErrorKind, ServiceError};
 use crate::status::NodeStatus;
 use crate::transport::{self, Call, Link, Offer, Pending};

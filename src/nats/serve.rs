@@ -12,12 +12,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::connect::Subscriptions;
+use super::node::{Kind, NatsNode, MISSED_BEATS};
 use super::outbox::Out;
 use super::peers::{Heard, Peer, FORGET_DOWN, MAX_BEAT};
 use super::subjects::Subjects;
 use super::topics::Todo;
 use super::wire::{self, Beat, Control, SubsChange, SubsTable};
-use super::{Kind, NatsNode, MISSED_BEATS};
 use crate::error::{ErrorKind, ServiceError};
 use crate::guard::Origin;
 use crate::pubsub::Change;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use super::{matching, MAX_PREFIXES, MAX_TOPIC};
+use super::prefixes::{matching, MAX_PREFIXES, MAX_TOPIC};
 
 /// One peer's subscriptions.
 #[derive(Debug, Default)]

@@ -36,15 +36,13 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::queue::Queue;
+use super::queue::{Queue, MAX_QUEUES};
 use super::{failed, CAS_TRIES};
 use crate::config::QueueConfig;
 use crate::error::ServiceError;
 use crate::jobs::{Answer, DeadLetter, Given, QueueStatus};
 use crate::logging::untrusted;
 
-/// Queues one node binds at most.
-pub(super) const MAX_QUEUES: usize = 1024;
 /// Deliveries one node may hold unanswered; more takes get `Overloaded`.
 const MAX_HELD: usize = 100_000;
 /// How often deliveries past their lease are dropped from the held map.

@@ -30,6 +30,8 @@ const DEAD_ENVELOPE: usize = 1024 * 1024;
 const MAX_WAITING: i64 = 65_536;
 /// JetStream's longest stream name.
 const MAX_STREAM_NAME: usize = 255;
+/// Queues one node binds at most.
+pub(super) const MAX_QUEUES: usize = 1024;
 /// The consumer every node takes from.
 const CONSUMER: &str = "workers";
 /// The stream metadata key that holds the queue's name.
@@ -214,7 +216,7 @@ impl Queue {
             if let Some(name) = info.config.metadata.get(NAME_KEY) {
                 names.push(name.clone());
             }
-            if names.len() >= super::jobs::MAX_QUEUES {
+            if names.len() >= MAX_QUEUES {
                 break;
             }
         }
