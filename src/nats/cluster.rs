@@ -43,6 +43,7 @@ impl NatsNode {
             inbox,
             disconnects,
         } = prepared;
+        state.tell(inbound.events.clone());
         let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
         let max_payload = client.server_info().max_payload.max(1024);
         let node = Arc::new_cyclic(|this| NatsNode {

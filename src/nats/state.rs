@@ -148,6 +148,11 @@ impl JetStreamState {
         }))
     }
 
+    /// Jobs buried by this node are told on `events` from now on (`JobDead`).
+    pub(crate) fn tell(&self, events: crate::events::EventBus) {
+        let _ = self.inner.jobs.events.set(events);
+    }
+
     /// Node `node` is down: the locks it holds are released (its jobs come
     /// back when their leases end).
     pub(crate) fn node_down(&self, node: &str) {

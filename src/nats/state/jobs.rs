@@ -73,6 +73,8 @@ pub(super) struct Jobs {
     held: Mutex<HeldMap>,
     counts: kv::Store,
     next_lease: AtomicU64,
+    /// Where a job buried here is told (`JobDead`), once the node has booted.
+    pub(super) events: std::sync::OnceLock<crate::events::EventBus>,
 }
 
 impl Jobs {
@@ -99,6 +101,7 @@ impl Jobs {
             queues: parking_lot::RwLock::new(queues),
             held: Mutex::new(HeldMap::default()),
             counts,
+            events: std::sync::OnceLock::new(),
             next_lease: AtomicU64::new(u64::from_le_bytes(lease) >> 1),
         })
     }
@@ -322,11 +325,20 @@ impl Jobs {
             .double_ack_with(AckKind::Term)
             .await
             .map_err(|e| failed(format_args!("end job {id}"), e))?;
-        log::error!(
-            "queue {}: job {id} failed {attempts} times; moved to its dead letters: {}",
-            untrusted(&queue.name),
-            letter.error
-        );
+        match self.events.get() {
+            // The event's log line says it.
+            Some(events) => events.publish(crate::events::LifecycleEvent::JobDead {
+                queue: queue.name.clone(),
+                job: id,
+                attempts,
+                error: letter.error.to_string(),
+            }),
+            None => log::error!(
+                "queue {}: job {id} failed {attempts} times; moved to its dead letters: {}",
+                untrusted(&queue.name),
+                letter.error
+            ),
+        }
         Ok(())
     }
 
