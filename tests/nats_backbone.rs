@@ -288,3 +288,31 @@ async fn an_unreachable_server_is_a_start_error_naming_it() {
         "{err}"
     );
 }
+
+#[actix_rt::test]
+async fn missing_or_shared_credential_files_are_start_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("token");
+    std::fs::write(&shared, "t0ken\n").unwrap();
+    let readable = std::fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    std::fs::set_permissions(&shared, readable).unwrap();
+    for (section, key) in [
+        ("token_file: /nonexistent/token", "nats.token_file"),
+        (
+            "credentials_file: /nonexistent/x.creds",
+            "nats.credentials_file",
+        ),
+        (
+            &*format!("token_file: {}", shared.display()),
+            "nats.token_file",
+        ),
+        ("tls: { ca: /nonexistent/ca.pem }", "nats.tls.ca"),
+    ] {
+        let yaml = format!(
+            "node: {{ name: n, role: master }}\nnats: {{ url: \"nats://127.0.0.1:1\", {section} }}\n"
+        );
+        let config = NodeConfig::parse(std::path::Path::new("n.yaml"), &yaml).unwrap();
+        let err = Node::start(test_app(), config).await.unwrap_err();
+        assert!(err.to_string().contains(key), "{section}: {err}");
+    }
+}

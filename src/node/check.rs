@@ -82,6 +82,24 @@ fn check_files(config: &NodeConfig, file: &Path) -> Result<(), ConfigError> {
             })?;
         }
     }
+    if let Some(nats) = &config.nats {
+        if let Some(path) = &nats.token_file {
+            read_token(path).map_err(|p| fail("nats.token_file", path, p))?;
+        }
+        if let Some(path) = &nats.credentials_file {
+            crate::config::files::read_private(path)
+                .map_err(|p| fail("nats.credentials_file", path, p))?;
+        }
+        let tls = nats.tls.iter().flat_map(|t| [&t.ca, &t.cert, &t.key]);
+        for (path, key) in tls.zip(["nats.tls.ca", "nats.tls.cert", "nats.tls.key"]) {
+            if let Some(path) = path {
+                let readable = std::fs::metadata(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| m.is_file().then_some(()).ok_or("is not a file".into()));
+                readable.map_err(|p| fail(key, path, p))?;
+            }
+        }
+    }
     let holds_state =
         config.nats.is_none() && (config.role() == Role::Master || config.bridge.is_none());
     if holds_state && config.state.mode == StateMode::Durable {
