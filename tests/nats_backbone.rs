@@ -294,7 +294,7 @@ async fn missing_or_shared_credential_files_are_start_errors_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("token");
     std::fs::write(&shared, "t0ken\n").unwrap();
-    let readable = std::fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let readable: std::fs::Permissions = std::os::unix::fs::PermissionsExt::from_mode(0o644);
     std::fs::set_permissions(&shared, readable).unwrap();
     for (section, key) in [
         ("token_file: /nonexistent/token", "nats.token_file"),
