@@ -56,6 +56,7 @@ test:
 bench:
 	cargo bench --bench request_reply
 	cargo bench --bench bridge_request_reply
+	cargo bench --bench nats_request_reply
 	cargo bench --bench messaging
 	cargo bench -p actors --bench operations
 
