@@ -155,7 +155,7 @@ impl Transport for NatsNode {
             delivery.json_bytes(),
         );
         let out = Out {
-            subject: self.subjects.topic(&delivery.topic),
+            subject: self.subjects.topic(&delivery.topic).into(),
             reply: None,
             payload,
             call: None,
@@ -213,7 +213,7 @@ impl Transport for NatsNode {
         };
         if let Ok(payload) = serde_json::to_vec(&gone) {
             let _ = self.outbox.push(Out {
-                subject: self.subjects.beat(&self.me.name),
+                subject: self.subjects.beat(&self.me.name).into(),
                 reply: None,
                 payload: Bytes::from(payload),
                 call: None,

@@ -91,7 +91,7 @@ impl Link for NatsLink {
         let (id, pending) = self.node.register(&self.peer.name)?;
         let out = Out {
             subject: self.peer.requests.clone(),
-            reply: Some(format!("{}.{id}", self.node.inbox)),
+            reply: Some(format!("{}.{id}", self.node.inbox).into()),
             payload: wire::request(&self.node.me.name, &call, payload),
             call: Some(id),
         };

@@ -139,6 +139,19 @@ impl NatsNode {
         }
     }
 
+    /// Sends `answer` to the inbox `reply` through the outbox.
+    pub(super) fn answer_to(&self, reply: async_nats::Subject, answer: &Result<Vec<u8>, ServiceError>) {
+        let out = Out {
+            subject: reply,
+            reply: None,
+            payload: super::wire::reply(answer),
+            call: None,
+        };
+        if let Err(e) = self.outbox.push(out) {
+            log::debug!("nats: an answer was not sent: {e}");
+        }
+    }
+
     /// Fails every call waiting for an answer, for `why`.
     pub(super) fn fail_all_calls(&self, why: &str) {
         let failed: Vec<_> = self.calls.lock().drain().collect();

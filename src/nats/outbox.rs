@@ -23,8 +23,8 @@ pub(crate) const MAX_BYTES: usize = 64 * 1024 * 1024;
 /// One message to send.
 #[derive(Debug)]
 pub(crate) struct Out {
-    pub(crate) subject: String,
-    pub(crate) reply: Option<String>,
+    pub(crate) subject: async_nats::Subject,
+    pub(crate) reply: Option<async_nats::Subject>,
     pub(crate) payload: Bytes,
     /// The pending call it belongs to, failed if the message cannot be sent.
     pub(crate) call: Option<u64>,
@@ -43,7 +43,7 @@ impl Outbox {
     /// Queues `out`; `Overloaded` past the bounds.
     pub(crate) fn push(&self, out: Out) -> Result<(), ServiceError> {
         let size = out.subject.len() + out.payload.len();
-        {
+        let wake = {
             let mut queue = self.queue.lock();
             if queue.0.len() >= MAX_ITEMS || queue.1.saturating_add(size) > MAX_BYTES {
                 drop(queue);
@@ -56,10 +56,16 @@ impl Outbox {
                     ),
                 ));
             }
+            // The writer waits only once it has found the queue empty: it
+            // needs waking only when the queue stops being empty.
+            let wake = queue.0.is_empty();
             queue.0.push_back(out);
             queue.1 += size;
+            wake
+        };
+        if wake {
+            self.ready.notify_one();
         }
-        self.ready.notify_one();
         Ok(())
     }
 

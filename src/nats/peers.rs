@@ -29,7 +29,7 @@ pub(crate) const FORGET_DOWN: std::time::Duration = std::time::Duration::from_se
 pub(crate) struct Peer {
     pub(crate) name: String,
     /// Where its requests and control requests go.
-    pub(crate) requests: String,
+    pub(crate) requests: async_nats::Subject,
     pub(crate) control: String,
     pub(crate) member: RwLock<Member>,
     pub(crate) instance: Mutex<String>,
@@ -145,7 +145,7 @@ impl Peers {
         }
         let peer = Arc::new(Peer {
             name: member.name.clone(),
-            requests: subjects.requests(&member.name),
+            requests: subjects.requests(&member.name).into(),
             control: subjects.control(&member.name),
             member: RwLock::new(member),
             instance: Mutex::new(instance.to_string()),

@@ -5,7 +5,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::{Message, Subscriber};
 use bytes::Bytes;
@@ -105,8 +104,9 @@ async fn answers(node: std::sync::Weak<NatsNode>, mut inbox: Subscriber) {
             bad("answer", "its subject names no call");
             continue;
         };
-        let holder = node.calls.lock().get(&id).map(|(_, n)| n.clone());
-        let Some(holder) = holder else { continue };
+        let Some((tx, holder)) = node.calls.lock().remove(&id) else {
+            continue;
+        };
         let answer = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             Err(crate::transport::node_down(
                 &holder,
@@ -115,14 +115,30 @@ async fn answers(node: std::sync::Weak<NatsNode>, mut inbox: Subscriber) {
         } else {
             wire::read_reply(message.payload, &holder)
         };
-        node.answer(id, answer);
+        let _ = tx.send(answer);
     }
 }
 
-/// Requests of other nodes for this node's workers.
-async fn requests_loop(node: std::sync::Weak<NatsNode>, mut requests: Subscriber) {
-    while let Some(message) = requests.next().await {
-        let Some(node) = node.upgrade() else { return };
+/// Requests served at once from one node's subscription; past it the loop
+/// reads no more until one is answered, and the server holds the rest.
+const MAX_SERVING: usize = 4096;
+
+/// Requests of other nodes for this node's workers, served in this task (no
+/// task per request); answers go out through the outbox, with the others.
+async fn requests_loop(weak: std::sync::Weak<NatsNode>, mut requests: Subscriber) {
+    let mut serving = futures::stream::FuturesUnordered::new();
+    loop {
+        let message = if serving.len() >= MAX_SERVING {
+            serving.next().await;
+            continue;
+        } else {
+            tokio::select! {
+                message = requests.next() => message,
+                Some(()) = serving.next(), if !serving.is_empty() => continue,
+            }
+        };
+        let Some(message) = message else { return };
+        let Some(node) = weak.upgrade() else { return };
         node.count(Kind::Request);
         let request = match wire::read_request(message.payload) {
             Ok(request) => request,
@@ -130,12 +146,11 @@ async fn requests_loop(node: std::sync::Weak<NatsNode>, mut requests: Subscriber
                 bad("request", &why);
                 if let Some(reply) = message.reply {
                     let e = ServiceError::bad_request(format!("malformed request: {why}"));
-                    let _ = node.client.publish(reply, wire::reply(&Err(e))).await;
+                    node.answer_to(reply, &Err(e));
                 }
                 continue;
             }
         };
-        let from = crate::logging::untrusted(&request.from).to_string();
         let incoming = Incoming {
             service: request.service,
             subject: request.subject,
@@ -143,25 +158,22 @@ async fn requests_loop(node: std::sync::Weak<NatsNode>, mut requests: Subscriber
             timeout_ms: request.timeout_ms,
             worker: request.worker,
         };
-        let serving = Serving::start(&node);
+        let counted = Serving::start(&node);
         let reply = message.reply;
-        let inbound = node.inbound.clone();
-        let client = node.client.clone();
+        let from = request.from;
         drop(node);
-        actix_rt::spawn(async move {
-            let _serving = serving;
+        let weak = weak.clone();
+        serving.push(async move {
+            let _counted = counted;
+            let Some(inbound) = weak.upgrade().map(|n| n.inbound.clone()) else {
+                return;
+            };
+            // A peer's name reaches logs and guards escaped and cut.
+            let from = crate::logging::untrusted(&from).to_string();
             let answer = inbound.serve(incoming, &from).await;
+            let Some(node) = weak.upgrade() else { return };
             match reply {
-                Some(reply) => {
-                    let sent = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        client.publish(reply, wire::reply(&answer)),
-                    )
-                    .await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        log::debug!("nats: an answer to node {from} was not sent");
-                    }
-                }
+                Some(reply) => node.answer_to(reply, &answer),
                 None => {
                     if let Err(e) = answer {
                         log::warn!(
@@ -423,7 +435,7 @@ async fn topics_loop(
         };
         if let Ok(payload) = serde_json::to_vec(&announce) {
             let _ = node.outbox.push(Out {
-                subject: node.subjects.subscriptions(&node.me.name),
+                subject: node.subjects.subscriptions(&node.me.name).into(),
                 reply: None,
                 payload: payload.into(),
                 call: None,
