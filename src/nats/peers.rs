@@ -53,13 +53,11 @@ impl Peer {
         {
             return None;
         }
-        Some(
-            self.loads
-                .lock()
-                .entry(service.to_string())
-                .or_default()
-                .clone(),
-        )
+        let mut loads = self.loads.lock();
+        if let Some(load) = loads.get(service) {
+            return Some(load.clone());
+        }
+        Some(loads.entry(service.to_string()).or_default().clone())
     }
 
     pub(crate) fn is_up(&self) -> bool {
