@@ -140,7 +140,11 @@ impl NatsNode {
     }
 
     /// Sends `answer` to the inbox `reply` through the outbox.
-    pub(super) fn answer_to(&self, reply: async_nats::Subject, answer: &Result<Vec<u8>, ServiceError>) {
+    pub(super) fn answer_to(
+        &self,
+        reply: async_nats::Subject,
+        answer: &Result<Vec<u8>, ServiceError>,
+    ) {
         let out = Out {
             subject: reply,
             reply: None,
