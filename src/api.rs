@@ -256,12 +256,19 @@ async fn request(
         let (service, subject) = path.into_inner();
         let reply = state
             .node
-            .request_json(&service, &subject, body, timeout)
+            .request_json(&service, &subject, body.into(), timeout)
             .await?;
         Ok::<_, Refusal>(reply)
     };
     match answer.await {
-        Ok(reply) => HttpResponse::Ok().json(json!({ "reply": reply })),
+        Ok(reply) => {
+            // The reply's JSON goes out as it came, not parsed again.
+            #[derive(serde::Serialize)]
+            struct Replied {
+                reply: Box<serde_json::value::RawValue>,
+            }
+            HttpResponse::Ok().json(Replied { reply })
+        }
         Err(e) => e.response(),
     }
 }

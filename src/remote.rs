@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::Routing;
 use crate::error::ServiceError;
@@ -129,7 +129,7 @@ impl Remote {
         subject: &str,
         body: &[u8],
         timeout: Option<Duration>,
-    ) -> Result<Value, ServiceError> {
+    ) -> Result<Box<RawValue>, ServiceError> {
         let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -138,9 +138,12 @@ impl Remote {
         let reply = self
             .call(subject, body, self.timeout(timeout), None)
             .await?;
-        serde_json::from_slice(&reply).map_err(|e| {
+        // Checked as JSON, and passed on as it came.
+        let not_json = |e: String| {
             ServiceError::bad_request(format!("reply from node {} is not JSON: {e}", self.node()))
-        })
+        };
+        let text = String::from_utf8(reply.to_vec()).map_err(|e| not_json(e.to_string()))?;
+        RawValue::from_string(text).map_err(|e| not_json(e.to_string()))
     }
 
     /// The ids of the remote service's workers.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::future::{join_all, BoxFuture};
 use parking_lot::RwLock;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 
@@ -74,11 +74,11 @@ impl Router {
         &self,
         service: &str,
         subject: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         timeout: Option<Duration>,
         origin: Origin,
         worker: Option<usize>,
-    ) -> Result<Value, ServiceError> {
+    ) -> Result<Box<RawValue>, ServiceError> {
         let service = self.service(service)?;
         let started = Instant::now();
         let served = async {
@@ -124,11 +124,11 @@ impl Router {
 /// path and encodes the reply.
 pub(crate) fn call_json<M: Request>(
     service: Arc<LocalService>,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     timeout: Option<Duration>,
     origin: Origin,
     worker: Option<Arc<Incarnation>>,
-) -> BoxFuture<'static, Result<Value, ServiceError>> {
+) -> BoxFuture<'static, Result<Box<RawValue>, ServiceError>> {
     Box::pin(async move {
         let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
             b"{}"
@@ -147,7 +147,7 @@ pub(crate) fn call_json<M: Request>(
             Some(worker) => service.request_worker(worker, msg, timeout, origin).await?,
             None => service.request(msg, timeout, origin).await?,
         };
-        serde_json::to_value(reply)
+        serde_json::value::to_raw_value(&reply)
             .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
     })
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures::future::BoxFuture;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::config::ServiceConfig;
@@ -26,14 +26,15 @@ use crate::worker::{self, Incarnation, Mailbox, WorkerSlot};
 /// Hands `msg` to a worker's mailbox, or gives it back if the mailbox is closed.
 pub(crate) type SendFn<M> = fn(&Mailbox, M) -> Result<oneshot::Receiver<<M as Message>::Result>, M>;
 
-/// Decodes a JSON request, runs it through the typed path and encodes the reply.
+/// Decodes a JSON request, runs it through the typed path and encodes the reply,
+/// which passes on as the JSON text it is, never parsed again.
 pub(crate) type JsonFn = fn(
     Arc<LocalService>,
-    Vec<u8>,
+    bytes::Bytes,
     Option<Duration>,
     Origin,
     Option<Arc<Incarnation>>,
-) -> BoxFuture<'static, Result<Value, ServiceError>>;
+) -> BoxFuture<'static, Result<Box<RawValue>, ServiceError>>;
 
 /// A service-wide guard: sees every request's [`Meta`], whatever its subject.
 pub(crate) type ServiceGuard = Arc<dyn Fn(&Meta<'_>) -> Result<(), Rejection> + Send + Sync>;

@@ -315,14 +315,14 @@ impl Inbound {
             .request_json(
                 &request.service,
                 &request.subject,
-                request.payload.to_vec(),
+                request.payload,
                 Some(timeout),
                 Origin::Node(from.to_string()),
                 request.worker.map(|w| w as usize),
             )
             .await?;
-        serde_json::to_vec(&reply)
-            .map_err(|e| ServiceError::bad_request(format!("reply is not JSON: {e}")))
+        // The reply's JSON text as it was written, without a copy.
+        Ok(String::from(Box::<str>::from(reply)).into_bytes())
     }
 
     /// A publication from node `node` (by its worker `worker`, empty if none) for

@@ -514,7 +514,7 @@ async fn service_loop(
                     .request_json(
                         &name,
                         &subject,
-                        request.message.payload.to_vec(),
+                        request.message.payload.clone(),
                         None,
                         Origin::Http,
                         None,

@@ -57,10 +57,10 @@ impl Node {
         &self,
         service: &str,
         subject: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         timeout: Option<Duration>,
-    ) -> Result<serde_json::Value, ServiceError> {
-        let sent = body.as_slice();
+    ) -> Result<Box<serde_json::value::RawValue>, ServiceError> {
+        let sent = &body[..];
         let routed = self
             .routed(service, timeout, |remote, timeout| async move {
                 remote.request_json(subject, sent, timeout).await
@@ -70,7 +70,7 @@ impl Node {
             Routed::Local(_, timeout) => {
                 self.inner
                     .router
-                    .request_json(service, subject, body, timeout, Origin::Http, None)
+                    .request_json(service, subject, body.clone(), timeout, Origin::Http, None)
                     .await
             }
             Routed::Answered(answer) => answer,

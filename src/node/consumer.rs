@@ -122,7 +122,7 @@ async fn take_loop(
             .request_json(
                 &service.name,
                 subject,
-                given.job.get().as_bytes().to_vec(),
+                bytes::Bytes::copy_from_slice(given.job.get().as_bytes()),
                 None,
                 Origin::Local,
                 Some(index),
