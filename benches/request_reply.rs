@@ -1,7 +1,11 @@
 //! Request/reply through colony's whole in-process path (router → dealer → worker →
 //! reply) against raw actix `Addr::send` to one actor on another arbiter, measured
 //! in the same run: sequential latency (p50, p99) and pipelined throughput with 64
-//! requests in flight. Prints the ratios and whether the bars hold.
+//! requests in flight. Prints the ratios and whether the bars hold, for the best
+//! round and the median one.
+//!
+//! The raw actor's mailbox holds at least the requests in flight (actix's default
+//! of 16 would make the baseline's senders park).
 //!
 //! Run: `make bench` (or `cargo bench --bench request_reply`).
 
@@ -86,7 +90,10 @@ fn main() {
     let system = actix_rt::System::new();
     system.block_on(async {
         let arbiter = actix_rt::Arbiter::new();
-        let raw = RawActix(Echo::start_in_arbiter(&arbiter.handle(), |_| Echo));
+        let raw = RawActix(Echo::start_in_arbiter(&arbiter.handle(), |ctx| {
+            ctx.set_mailbox_capacity(IN_FLIGHT);
+            Echo
+        }));
 
         let yaml = "
 node: { name: bench, threads: 1 }
@@ -113,22 +120,34 @@ services:
             eprintln!("round {round}/{ROUNDS} done");
         }
         let (raw, colony) = (best(&raw_runs), best(&colony_runs));
+        let (raw_mid, colony_mid) = (median(&raw_runs), median(&colony_runs));
 
-        println!("request/reply, in-process, best of {ROUNDS} rounds");
-        println!("{:<34} {:>10} {:>10} {:>14}", "", "p50", "p99", "pipelined/s");
-        for (name, f) in [("raw actix Addr::send (baseline)", &raw), ("colony router→dealer→worker", &colony)] {
-            println!("{:<34} {:>10} {:>10} {:>14.0}", name, us(f.p50), us(f.p99), f.per_sec);
+        println!("request/reply, in-process, best (median) of {ROUNDS} rounds");
+        println!("{:<34} {:>22} {:>22} {:>22}", "", "p50", "p99", "pipelined/s");
+        for (name, f, m) in [
+            ("raw actix Addr::send (baseline)", &raw, &raw_mid),
+            ("colony router→dealer→worker", &colony, &colony_mid),
+        ] {
+            println!(
+                "{:<34} {:>22} {:>22} {:>22}",
+                name,
+                format!("{} ({})", us(f.p50), us(m.p50)),
+                format!("{} ({})", us(f.p99), us(m.p99)),
+                format!("{:.0} ({:.0})", f.per_sec, m.per_sec)
+            );
         }
         let p50_ratio = colony.p50.as_secs_f64() / raw.p50.as_secs_f64();
         let throughput_ratio = colony.per_sec / raw.per_sec;
+        let p50_mid = colony_mid.p50.as_secs_f64() / raw_mid.p50.as_secs_f64();
+        let throughput_mid = colony_mid.per_sec / raw_mid.per_sec;
         println!();
         println!(
-            "sequential p50: colony/raw = {p50_ratio:.2}x (bar <= 2.00x): {}",
+            "sequential p50: colony/raw = {p50_ratio:.2}x (medians {p50_mid:.2}x; bar <= 2.00x): {}",
             if p50_ratio <= 2.0 { "met" } else { "MISSED" }
         );
         println!(
-            "pipelined ({IN_FLIGHT} in flight): colony/raw = {throughput_ratio:.2}x (bar >= 0.50x): {}",
-            if throughput_ratio >= 0.5 { "met" } else { "MISSED" }
+            "pipelined ({IN_FLIGHT} in flight): colony/raw = {throughput_ratio:.2}x (medians {throughput_mid:.2}x; bar >= 0.75x): {}",
+            if throughput_ratio >= 0.75 { "met" } else { "MISSED" }
         );
         node.shutdown(Duration::from_secs(1)).await;
         arbiter.stop();

@@ -127,7 +127,7 @@ fn expect_dropped_then_serving_elsewhere(master: &NodeProcess, backbone: Backbon
             });
             let why = "no presence beat for 300ms";
             for line in [
-                format!("colony::nats: nats: node worker-a is down: {why}"),
+                format!(" nats: node worker-a is down: {why}"),
                 format!("colony::events: node worker-a: down ({why})"),
             ] {
                 assert!(

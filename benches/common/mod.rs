@@ -73,6 +73,22 @@ pub fn best(runs: &[Figures]) -> Figures {
     }
 }
 
+/// The median of each figure over the rounds (the upper middle of an even count).
+pub fn median(runs: &[Figures]) -> Figures {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let secs = |f: fn(&Figures) -> Duration| {
+        Duration::from_secs_f64(mid(runs.iter().map(|r| f(r).as_secs_f64()).collect()))
+    };
+    Figures {
+        p50: secs(|f| f.p50),
+        p99: secs(|f| f.p99),
+        per_sec: mid(runs.iter().map(|f| f.per_sec).collect()),
+    }
+}
+
 /// A duration in microseconds, for the table.
 pub fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)

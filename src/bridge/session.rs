@@ -22,6 +22,12 @@ use crate::transport::Incoming;
 
 /// Writes are gathered up to this many bytes before the socket is written.
 const BATCH: usize = 64 * 1024;
+/// The peer's requests served at once; past it the reader reads no more until
+/// one is answered, and TCP holds the peer back.
+const MAX_SERVING: usize = 8192;
+
+/// A request of the peer being served.
+type Served = futures::future::BoxFuture<'static, ()>;
 
 /// Runs an authenticated connection to `name` until it ends; returns why it ended.
 pub(crate) async fn run<S>(
@@ -60,14 +66,20 @@ where
     let silence = heartbeat * 3;
     let mut ticks = tokio::time::interval(heartbeat);
     let mut last_heard = Instant::now();
+    // The peer's requests being served, polled in this task: no task each.
+    let mut serving = futures::stream::FuturesUnordered::new();
     let why = loop {
         tokio::select! {
-            frame = reader.next() => match frame {
+            frame = reader.next(), if serving.len() < MAX_SERVING => match frame {
                 Some(Ok(frame)) => {
                     last_heard = Instant::now();
                     bridge.counters.received(frame.kind, frame.body.len());
                     match Message::decode(frame) {
-                        Ok(message) => handle(&bridge, &peer, message),
+                        Ok(message) => {
+                            if let Some(served) = handle(&bridge, &peer, message) {
+                                serving.push(served);
+                            }
+                        }
                         Err(e) => break format!("{e}"),
                     }
                 }
@@ -75,6 +87,11 @@ where
                 None => break "connection closed by the peer".to_string(),
             },
             _ = ticks.tick() => {
+                // While reading is paused for the requests being served, the
+                // peer's beats wait unread: that is not silence.
+                if serving.len() >= MAX_SERVING {
+                    last_heard = Instant::now();
+                }
                 if last_heard.elapsed() > silence {
                     break format!("silent for {} heartbeats", 3);
                 }
@@ -88,9 +105,14 @@ where
                     bridge.resync(&peer);
                 }
             },
+            Some(()) = serving.next(), if !serving.is_empty() => {}
             _ = peer.close.notified() => break "closed by this node".to_string(),
         }
     };
+    // What is still being served is answered (or fails) on its own.
+    if !serving.is_empty() {
+        actix_rt::spawn(async move { while serving.next().await.is_some() {} });
+    }
     peer.closed.store(true, Ordering::Release);
     peer.fail_pending(&why);
     // The writer sends what it holds, closes the stream politely (TLS close_notify)
@@ -162,12 +184,18 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Dispatches one frame from the peer: data frames here, control messages to
-/// [`Bridge::control`].
-fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
+/// [`Bridge::control`]; a request comes back as the future that serves it.
+fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) -> Option<Served> {
     match message {
-        Message::Heartbeat => {}
-        Message::Publish(publish) => bridge.deliver(publish),
-        Message::Reply(reply) => peer.complete(reply),
+        Message::Heartbeat => None,
+        Message::Publish(publish) => {
+            bridge.deliver(publish);
+            None
+        }
+        Message::Reply(reply) => {
+            peer.complete(reply);
+            None
+        }
         Message::Request(request) => {
             let one_way = request.flags & ONE_WAY != 0;
             let id = request.id;
@@ -183,11 +211,11 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
             // Counted until the reply is queued, so that a stopping node can wait
             // for its last replies to go out.
             let counted = bridge.serving();
-            actix_rt::spawn(async move {
+            Some(Box::pin(async move {
                 let _counted = counted;
                 let answer = bridge.inbound.serve(incoming, &peer.name).await;
                 reply(&peer, id, one_way, answer);
-            });
+            }))
         }
         Message::Cluster(cluster) => {
             let serving = bridge.inbound.local.cluster(cluster.op, peer.name.clone());
@@ -197,8 +225,12 @@ fn handle(bridge: &Arc<Bridge>, peer: &Arc<Peer>, message: Message) {
                 let _counted = counted;
                 reply(&peer, cluster.id, cluster.one_way, serving.await);
             });
+            None
         }
-        Message::Control(control) => bridge.control(peer, control),
+        Message::Control(control) => {
+            bridge.control(peer, control);
+            None
+        }
     }
 }
 
