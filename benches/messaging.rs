@@ -1,9 +1,13 @@
 //! Cluster messaging between two colony nodes bridged over loopback TCP, with the
 //! pipelined request/reply figure of the same run beside it:
 //!
+//! - **raw TCP streaming** (the floor of pub/sub): the bytes of colony's publish
+//!   frames for the same `Tick`s, written over loopback TCP by one task and read
+//!   by another on its own thread, as fast as they go: messages per second.
 //! - **pub/sub fan-out**: node `a` publishes on `bench.tick`; 1, 4 or 16 subscriber
-//!   actors on node `b` (on their own thread) receive every message. The figure is
-//!   messages delivered per second (messages × subscribers / time). The publisher
+//!   actors on node `b` (on their own thread) receive every message. Two figures:
+//!   messages published per second, and deliveries per second (messages ×
+//!   subscribers / time). The publisher
 //!   keeps at most [`WINDOW`] messages ahead of the slowest delivery, as a producer
 //!   that respects the subscribers' high-water mark would.
 //! - **job queue**: node `a` holds the queue `bench.jobs` and pushes [`JOBS`] jobs,
@@ -301,6 +305,63 @@ services:
     (a, b)
 }
 
+/// The length of colony's publish frame for `Tick { n }` on `bench.tick` from `a`.
+fn publish_frame_len(n: u64) -> usize {
+    let payload = serde_json::to_vec(&Tick { n }).expect("a tick is JSON");
+    let mut frame = bytes::BytesMut::new();
+    colony::bridge::wire::encode_publish(
+        &mut frame,
+        colony::bridge::frame::DEFAULT_MAX_FRAME,
+        "bench.tick",
+        "a",
+        "",
+        &payload,
+    )
+    .expect("a publish frame encodes");
+    frame.len()
+}
+
+/// Messages streamed by [`raw_stream`]: more than pub/sub sends, so that the
+/// floor is measured over more than a few milliseconds.
+const STREAMED: u64 = 20 * MESSAGES;
+
+/// Streams [`STREAMED`] messages of `len` bytes over loopback TCP to a reader on
+/// `arbiter`'s thread; messages per second, first byte written to last read.
+async fn raw_stream(arbiter: &ArbiterHandle, len: usize) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let total = STREAMED as usize * len;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    arbiter.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut read = 0;
+        while read < total {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        let _ = done_tx.send(Instant::now());
+    });
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.set_nodelay(true);
+    // Written as a publisher with many messages ready would: 64 KiB at a time.
+    let chunk = vec![7u8; (64 * 1024 / len) * len];
+    let start = Instant::now();
+    let mut written = 0;
+    while written < total {
+        let n = chunk.len().min(total - written);
+        stream.write_all(&chunk[..n]).await.expect("write");
+        written += n;
+    }
+    let end = done_rx.await.expect("the reader ends");
+    STREAMED as f64 / end.duration_since(start).as_secs_f64()
+}
+
 fn main() {
     let mut secret = tempfile::NamedTempFile::new().expect("secret file");
     secret
@@ -315,11 +376,14 @@ fn main() {
         let (da, db) = pair("da", "db", &secret, Some(state.path())).await;
         let subscriber_thread = Arbiter::new();
 
+        let frame_len = publish_frame_len(MESSAGES / 2);
+        let mut streams = Vec::new();
         let mut fan_outs = [Vec::new(), Vec::new(), Vec::new()];
         let mut jobs = Vec::new();
         let mut durable_jobs = Vec::new();
         let mut round_trips = Vec::new();
         for round in 0..ROUNDS as u64 {
+            streams.push(raw_stream(&subscriber_thread.handle(), frame_len).await);
             for (i, count) in [1, 4, 16].into_iter().enumerate() {
                 fan_outs[i].push(fan_out(&a, &b, &subscriber_thread.handle(), count).await);
             }
@@ -332,13 +396,28 @@ fn main() {
 
         println!("cluster messaging across two nodes on loopback, best of {ROUNDS} rounds");
         println!("{:<58} {:>14}", "", "per second");
-        for (i, count) in [1, 4, 16].into_iter().enumerate() {
+        println!(
+            "{:<58} {:>14.0}",
+            format!("raw TCP streaming of {frame_len}-byte publish frames (floor)"),
+            best(&streams)
+        );
+        for (i, count) in [1u64, 4, 16].into_iter().enumerate() {
+            let deliveries = best(&fan_outs[i]);
             println!(
                 "{:<58} {:>14.0}",
-                format!("pub/sub a → b, {count} subscriber(s): messages delivered"),
-                best(&fan_outs[i])
+                format!("pub/sub a → b, {count} subscriber(s): messages published"),
+                deliveries / count as f64
+            );
+            println!(
+                "{:<58} {:>14.0}",
+                format!("pub/sub a → b, {count} subscriber(s): deliveries"),
+                deliveries
             );
         }
+        println!(
+            "pub/sub, 1 subscriber: colony/raw TCP streaming = {:.2}x",
+            best(&fan_outs[0]) / best(&streams)
+        );
         println!(
             "{:<58} {:>14.0}",
             "job queue on a, consumed on b (2×16): jobs acknowledged",
