@@ -11,6 +11,9 @@
 //!   bridge: serialize, `b`'s bridge thread, TCP, `a`'s bridge thread, router,
 //!   dealer, worker thread, and the reply back the same way.
 //!
+//! - **colony over TLS**: the same pair again, `ta` and `tb`, with mutual TLS on
+//!   the bridge (certificates made by `colony::certs` in a temporary directory).
+//!
 //! Run: `cargo bench --bench bridge_request_reply`.
 
 mod common;
@@ -283,15 +286,52 @@ bridge: {{ listen: 127.0.0.1:0, join: [{a_addr}], secret_file: {secret} }}
         )
         .await
         .expect("node b starts");
-        // Wait until b knows a's `bench` service.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while b.request("bench", Ping { n: 0 }).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "b never reached a's bench service"
-            );
-            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        // The same pair over mutual TLS: `ta` and `tb`, certificates made here.
+        let certs = tempfile::tempdir().expect("a directory for certificates");
+        colony::certs::write(certs.path(), &["ta".to_string(), "tb".to_string()])
+            .expect("certificates");
+        let tls = |node: &str| {
+            let dir = certs.path().display();
+            format!("tls: {{ cert: {dir}/{node}.pem, key: {dir}/{node}.key, ca: {dir}/ca.pem }}")
+        };
+        let ta = Node::start(
+            app(),
+            start_config(&format!(
+                "node: {{ name: ta, role: master, threads: 1 }}
+bridge: {{ listen: 127.0.0.1:0, secret_file: {secret}, {} }}
+services:
+  bench: {{ workers: {WORKERS}, concurrency: 64, queue: 1024, timeout: 10s }}
+",
+                tls("ta")
+            )),
+        )
+        .await
+        .expect("node ta starts");
+        let ta_addr = ta.bridge_addr().expect("ta has a bridge");
+        let tb = Node::start(
+            app(),
+            start_config(&format!(
+                "node: {{ name: tb, role: worker, threads: 1 }}
+bridge: {{ listen: 127.0.0.1:0, join: [{ta_addr}], secret_file: {secret}, {} }}
+",
+                tls("tb")
+            )),
+        )
+        .await
+        .expect("node tb starts");
+        // Wait until b and tb know their master's `bench` service.
+        for (node, master) in [(&b, "a"), (&tb, "ta")] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while node.request("bench", Ping { n: 0 }).await.is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never reached {master}'s bench service",
+                    node.name()
+                );
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
         }
+        let mut tls_runs = Vec::new();
 
         let mut echo_runs = Vec::new();
         let mut colony_runs = Vec::new();
@@ -304,9 +344,11 @@ bridge: {{ listen: 127.0.0.1:0, join: [{a_addr}], secret_file: {secret} }}
                 colony_runs.push(colony_measure(&b).await);
                 echo_runs.push(echo.measure().await);
             }
+            tls_runs.push(colony_measure(&tb).await);
             eprintln!("round {round}/{ROUNDS} done");
         }
         let (echo, colony) = (best(&echo_runs), best(&colony_runs));
+        let (tls, tls_mid) = (best(&tls_runs), median(&tls_runs));
         let (echo_mid, colony_mid) = (median(&echo_runs), median(&colony_runs));
 
         println!(
@@ -320,6 +362,7 @@ bridge: {{ listen: 127.0.0.1:0, join: [{a_addr}], secret_file: {secret} }}
         for (name, f, m) in [
             ("raw tokio TCP echo (baseline)", &echo, &echo_mid),
             ("colony b.request → bridge → a", &colony, &colony_mid),
+            ("the same over mutual TLS (tb → ta)", &tls, &tls_mid),
         ] {
             println!(
                 "{:<36} {:>22} {:>22} {:>22}",
@@ -353,6 +396,16 @@ bridge: {{ listen: 127.0.0.1:0, join: [{a_addr}], secret_file: {secret} }}
             },
             colony.per_sec / PIPELINED_BAR,
         );
+        println!(
+            "over TLS: sequential p50: colony/echo = {:.2}x (medians {:.2}x); pipelined ({IN_FLIGHT} in flight): colony {:.0}/s (median {:.0}/s); TLS/plain = {:.2}x",
+            tls.p50.as_secs_f64() / echo.p50.as_secs_f64(),
+            tls_mid.p50.as_secs_f64() / echo_mid.p50.as_secs_f64(),
+            tls.per_sec,
+            tls_mid.per_sec,
+            tls.per_sec / colony.per_sec,
+        );
+        tb.shutdown(Duration::from_secs(1)).await;
+        ta.shutdown(Duration::from_secs(1)).await;
         b.shutdown(Duration::from_secs(1)).await;
         a.shutdown(Duration::from_secs(1)).await;
         echo_arbiter.stop();
