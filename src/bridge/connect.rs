@@ -11,13 +11,13 @@ use std::time::Duration;
 use actix_rt::Arbiter;
 use bytes::BytesMut;
 use parking_lot::{Mutex, RwLock};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
+use super::conn::Conn;
 use super::frame::FrameCodec;
 use super::handshake::{self, Secret};
-use super::state::{Bridge, Counters};
+use super::state::Bridge;
 use super::wire::{Control, Member};
 use super::{accept, session, tls};
 use crate::backoff::Backoff;
@@ -91,7 +91,7 @@ impl Bridge {
             secret,
             tls,
             inbound,
-            counters: Counters::default(),
+            counters: Arc::default(),
             arbiter,
             peers: RwLock::default(),
             dialing: Mutex::default(),
@@ -115,27 +115,24 @@ impl Bridge {
         Ok(bridge)
     }
 
-    pub(super) async fn open<S>(
+    pub(super) async fn open(
         &self,
-        stream: S,
+        stream: TcpStream,
         dialer: bool,
-    ) -> Result<(Framed<Box<dyn Io>, FrameCodec>, String), String>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<(Framed<Conn, FrameCodec>, String), String> {
         // One deadline for TLS and the secret handshake together: a peer that goes
         // silent at any step costs a task and a socket for no longer than this.
         let opening = async {
-            let (io, cert): (Box<dyn Io>, _) = match &self.tls {
+            let (io, cert) = match &self.tls {
                 Some(tls) if dialer => {
                     let (io, cert) = tls.connect(stream).await?;
-                    (Box::new(io), Some(cert))
+                    (Conn::Boxed(Box::new(io)), Some(cert))
                 }
                 Some(tls) => {
                     let (io, cert) = tls.accept(stream).await?;
-                    (Box::new(io), Some(cert))
+                    (Conn::Boxed(Box::new(io)), Some(cert))
                 }
-                None => (Box::new(stream), None),
+                None => (Conn::Plain(stream), None),
             };
             let mut framed = Framed::new(io, FrameCodec::new(self.config.max_frame));
             let peer = if dialer {
@@ -165,10 +162,6 @@ impl Bridge {
         }
     }
 }
-
-/// A byte stream the bridge can run a connection over: TCP or TLS.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Keeps a link to `addr` open: reconnects with backoff and jitter until the
 /// bridge stops or, for a member, until it leaves the table or links otherwise.

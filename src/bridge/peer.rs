@@ -12,9 +12,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{timeout_at, Instant};
 
+use super::counters::Counters;
 use super::wire::{self, Control, Offer, RequestHead, ONE_WAY, TO_WORKER};
 use crate::error::ServiceError;
 use crate::pubsub::PeerSubscriptions;
@@ -48,6 +50,13 @@ pub(crate) struct Peer {
     /// A change to this node's subscriptions could not be queued to the peer: it
     /// gets the whole table again (see [`super::state::Bridge::resync`]), and no change until then.
     pub(crate) resync: AtomicBool,
+    /// On plain TCP, the socket's write half: a request of a caller alone on the
+    /// link, with nothing waiting to be written, is written here by the caller
+    /// itself, without waking the writer's thread. Taken away when the link
+    /// closes.
+    direct: Mutex<Option<Arc<OwnedWriteHalf>>>,
+    /// Where bytes written directly are counted, with the writer's.
+    counters: Option<Arc<Counters>>,
 }
 
 /// A call waiting for the peer's answer.
@@ -74,7 +83,12 @@ impl Peer {
         name: String,
         out: mpsc::Sender<Bytes>,
         config: &crate::config::BridgeSection,
+        direct: Option<(Arc<OwnedWriteHalf>, Arc<Counters>)>,
     ) -> Peer {
+        let (direct, counters) = match direct {
+            Some((write, counters)) => (Some(write), Some(counters)),
+            None => (None, None),
+        };
         Peer {
             name,
             out,
@@ -90,6 +104,60 @@ impl Peer {
             offers: Mutex::default(),
             subscriptions: PeerSubscriptions::default(),
             resync: AtomicBool::new(false),
+            direct: Mutex::new(direct),
+            counters,
+        }
+    }
+
+    /// The link is closing: no caller writes to its socket any more.
+    pub(super) fn stop_direct(&self) {
+        self.direct.lock().take();
+    }
+
+    /// Sends `frame` as [`send`](Self::send) does, but when the caller is alone
+    /// on the link (its call is the only one waiting) and nothing waits to be
+    /// written, writes it to the socket itself: a sequential caller saves the
+    /// hand-off to the writer's thread, while callers with company queue, and
+    /// their frames go out together in the writer's batches.
+    fn send_alone(&self, frame: Bytes) -> Result<(), ServiceError> {
+        let alone = self.pending.lock().len() <= 1;
+        if !alone || !self.is_up() {
+            return self.send(frame);
+        }
+        // Held while the frame is written or queued: frames keep their order.
+        let direct = self.direct.lock();
+        let Some(write) = direct.as_ref() else {
+            drop(direct);
+            return self.send(frame);
+        };
+        if self.unsent.load(Ordering::Acquire) != 0 {
+            drop(direct);
+            return self.send(frame);
+        }
+        match write.try_write(&frame) {
+            Ok(n) => {
+                if let Some(counters) = &self.counters {
+                    counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if n == frame.len() {
+                    return Ok(());
+                }
+                // The rest goes to the writer, before anything else.
+                let rest = frame.slice(n..);
+                let len = rest.len() as u64;
+                self.unsent.fetch_add(len, Ordering::AcqRel);
+                self.out.try_send(rest).map_err(|_| {
+                    self.unsent.fetch_sub(len, Ordering::AcqRel);
+                    // Half a frame cannot be taken back: the link ends.
+                    self.shut();
+                    self.down_error("a frame could not be written whole")
+                })
+            }
+            // Not writable now (or failing: the writer meets the error too).
+            Err(_) => {
+                drop(direct);
+                self.send(frame)
+            }
         }
     }
 
@@ -166,6 +234,8 @@ impl Peer {
         if !self.is_up() {
             return Err(self.down_error("its link is closed"));
         }
+        // Ordered after a caller's direct write that is under way.
+        let _direct = self.direct.lock();
         let len = frame.len() as u64;
         let before = self.unsent.fetch_add(len, Ordering::AcqRel);
         if before > 0 && before.saturating_add(len) > self.queue_bytes {
@@ -251,7 +321,7 @@ impl Peer {
         if call.worker.is_none() && self.leaving.load(Ordering::Acquire) {
             return Err(transport::leaving(&self.name));
         }
-        self.send(frame.freeze())
+        self.send_alone(frame.freeze())
     }
 
     /// Queues a cluster operation frame.
@@ -422,7 +492,7 @@ mod tests {
         }))
         .expect("a bridge section");
         let (tx, rx) = mpsc::channel(16);
-        (Peer::new("b".into(), tx, &config), rx)
+        (Peer::new("b".into(), tx, &config, None), rx)
     }
 
     fn soon() -> Instant {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedRead};
 
+use super::conn::{Conn, SharedWrite};
 use super::frame::FrameCodec;
 use super::peer::Peer;
 use super::state::Bridge;
@@ -30,31 +31,38 @@ const MAX_SERVING: usize = 8192;
 type Served = futures::future::BoxFuture<'static, ()>;
 
 /// Runs an authenticated connection to `name` until it ends; returns why it ended.
-pub(crate) async fn run<S>(
+pub(crate) async fn run(
     bridge: Arc<Bridge>,
-    framed: Framed<S, FrameCodec>,
+    framed: Framed<Conn, FrameCodec>,
     name: String,
-) -> String
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> String {
     let config = bridge.config();
     let (tx, rx) = mpsc::channel(config.queue);
-    let peer = Arc::new(Peer::new(name.clone(), tx, config));
     let parts = framed.into_parts();
     let codec = parts.codec.clone();
-    let (read, write) = tokio::io::split(parts.io);
+    let (stop_writer, writer_stop) = oneshot::channel();
+    let (read, peer): (Box<dyn AsyncRead + Unpin + Send>, _) = match parts.io {
+        // Plain TCP: a caller alone on the link writes its request itself.
+        Conn::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            let write = Arc::new(write);
+            let direct = Some((write.clone(), bridge.counters.clone()));
+            let peer = Arc::new(Peer::new(name.clone(), tx, config, direct));
+            let unsent = peer.unsent();
+            let writer = write_frames(SharedWrite(write), rx, writer_stop, bridge.clone(), unsent);
+            actix_rt::spawn(writer);
+            (Box::new(read), peer)
+        }
+        Conn::Boxed(io) => {
+            let (read, write) = tokio::io::split(io);
+            let peer = Arc::new(Peer::new(name.clone(), tx, config, None));
+            let unsent = peer.unsent();
+            actix_rt::spawn(write_frames(write, rx, writer_stop, bridge.clone(), unsent));
+            (Box::new(read), peer)
+        }
+    };
     let mut reader = FramedRead::new(read, codec);
     *reader.read_buffer_mut() = parts.read_buf;
-
-    let (stop_writer, writer_stop) = oneshot::channel();
-    actix_rt::spawn(write_frames(
-        write,
-        rx,
-        writer_stop,
-        bridge.clone(),
-        peer.unsent(),
-    ));
     if let Err(why) = bridge.peer_up(peer.clone()) {
         // Refused: the writer sends the refusal and closes; nothing of the peer's
         // is read.
@@ -114,6 +122,7 @@ where
         actix_rt::spawn(async move { while serving.next().await.is_some() {} });
     }
     peer.closed.store(true, Ordering::Release);
+    peer.stop_direct();
     peer.fail_pending(&why);
     // The writer sends what it holds, closes the stream politely (TLS close_notify)
     // and ends; it may already have ended on a write error.

@@ -13,6 +13,7 @@ use actix_rt::{Arbiter, ArbiterHandle};
 use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
 
+use super::counters::Counters;
 use super::handshake::Secret;
 use super::peer::Peer;
 use super::tls::Tls;
@@ -20,26 +21,6 @@ use super::wire::Member;
 use crate::config::{BridgeSection, Role};
 use crate::pubsub::{Change, Delivery};
 use crate::transport::{BridgeStats, Inbound, Link, Offered, Transport};
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(super) frames_in: [AtomicU64; 6],
-    pub(super) bytes_in: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
-    pub(super) links_opened: AtomicU64,
-    pub(super) reconnects: AtomicU64,
-    /// Every node this node has linked with.
-    pub(super) linked: Mutex<std::collections::HashSet<String>>,
-}
-
-impl Counters {
-    pub(crate) fn received(&self, kind: u8, len: usize) {
-        if let Some(n) = self.frames_in.get(usize::from(kind).wrapping_sub(1)) {
-            n.fetch_add(1, Ordering::Relaxed);
-        }
-        self.bytes_in.fetch_add(len as u64 + 5, Ordering::Relaxed);
-    }
-}
 
 /// One peer request being served; see [`Bridge::serving`].
 pub(crate) struct Serving(Arc<AtomicU64>);
@@ -58,7 +39,7 @@ pub(crate) struct Bridge {
     pub(super) tls: Option<Tls>,
     /// Where what peers send goes.
     pub(super) inbound: Inbound,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
     pub(super) arbiter: Arbiter,
     pub(super) peers: RwLock<HashMap<String, Arc<Peer>>>,
     pub(super) members: Mutex<BTreeMap<String, Member>>,
