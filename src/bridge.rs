@@ -36,8 +36,10 @@
 //! its node through `transport::Inbound`.
 
 mod accept;
+mod conn;
 mod connect;
 mod control;
+mod counters;
 pub mod frame;
 pub mod handshake;
 mod identity;
