@@ -520,7 +520,7 @@ fn bury(queue: &mut Queue, dead: Buried) -> LifecycleEvent {
     event
 }
 
-fn check_name(name: &str) -> Result<(), ServiceError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ServiceError> {
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(ServiceError::bad_request(format!(
             "queue name `{}` must be 1 to 128 printable characters",

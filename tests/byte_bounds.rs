@@ -256,8 +256,8 @@ async fn an_http_subscriber_that_stalls_holds_at_most_subscribe_buffer_and_hears
 #[actix_rt::test]
 async fn subscription_changes_cross_the_bridge_as_deltas() {
     let _serial = serial().await;
-    let secret = secret_file(SECRET);
-    let nodes = bridged_nodes(&secret, &["master", "worker-a"], "", |yaml| async move {
+    let net = Net::bridge();
+    let nodes = nodes_on(&net, &["master", "worker-a"], "", |yaml| async move {
         start_node(&yaml).await
     })
     .await;

@@ -385,14 +385,14 @@ async fn subs_loop(weak: std::sync::Weak<NatsNode>, mut subs: Subscriber) {
                 continue;
             }
         };
-        let known = peer.subs_version.load(Ordering::Acquire);
-        if change.v <= known {
-            continue;
-        }
-        if change.v != known + 1 {
-            // A change was missed: the whole table, then.
-            fetch_table(&node, peer);
-            continue;
+        match step(peer.subs_version.load(Ordering::Acquire), change.v) {
+            Step::Old => continue,
+            Step::Gap => {
+                // A change was missed: the whole table, then.
+                fetch_table(&node, peer);
+                continue;
+            }
+            Step::Next => {}
         }
         if let Some(prefix) = change.add {
             peer.subs.add(&peer.name, prefix);
@@ -535,5 +535,41 @@ async fn service_loop(
             };
             let _ = request.respond(response).await;
         });
+    }
+}
+
+/// What a subscription change of version `v` is to a table at version `known`.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Seen already (or older).
+    Old,
+    /// The next one: applied.
+    Next,
+    /// One or more were missed (a version from outside may be any number).
+    Gap,
+}
+
+fn step(known: u64, v: u64) -> Step {
+    if v <= known {
+        Step::Old
+    } else if known.checked_add(1) == Some(v) {
+        Step::Next
+    } else {
+        Step::Gap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{step, Step};
+
+    #[test]
+    fn subscription_versions_from_outside_cannot_overflow() {
+        assert_eq!(step(0, 1), Step::Next);
+        assert_eq!(step(4, 4), Step::Old);
+        assert_eq!(step(4, 9), Step::Gap);
+        assert_eq!(step(u64::MAX, u64::MAX), Step::Old);
+        assert_eq!(step(u64::MAX - 1, u64::MAX), Step::Next);
+        assert_eq!(step(0, u64::MAX), Step::Gap);
     }
 }

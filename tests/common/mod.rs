@@ -474,39 +474,3 @@ pub async fn cluster_of(node: &Node, count: usize) {
     )
     .await;
 }
-
-/// Starts a cluster of `names` (the first is the master, `threads: 2` each), all
-/// running `services` (a `services:` YAML line), each with `start` (which builds
-/// the node from its YAML with the test's own app); returns once every node sees
-/// them all up.
-pub async fn bridged_nodes<F, Fut>(
-    secret: &tempfile::NamedTempFile,
-    names: &[&str],
-    services: &str,
-    start: F,
-) -> Vec<Node>
-where
-    F: Fn(String) -> Fut,
-    Fut: Future<Output = Node>,
-{
-    let master = start(format!(
-        "node: {{ name: {}, role: master, threads: 2 }}\n{}{services}",
-        names[0],
-        bridge_yaml(secret, None)
-    ))
-    .await;
-    let mut nodes = vec![master.clone()];
-    for name in &names[1..] {
-        nodes.push(
-            start(format!(
-                "node: {{ name: {name}, role: worker, threads: 2 }}\n{}{services}",
-                bridge_yaml(secret, master.bridge_addr())
-            ))
-            .await,
-        );
-    }
-    for node in &nodes {
-        cluster_of(node, names.len()).await;
-    }
-    nodes
-}

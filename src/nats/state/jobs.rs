@@ -109,12 +109,7 @@ impl Jobs {
     /// Queue `name`: `BadRequest` for a name no queue can have,
     /// `NoSuchService` when no node's config declares it.
     async fn queue(&self, name: &str) -> Result<Arc<Queue>, ServiceError> {
-        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(ServiceError::bad_request(format!(
-                "queue name `{}` must be 1 to 128 printable characters",
-                untrusted(name)
-            )));
-        }
+        crate::jobs::check_name(name)?;
         if let Some(queue) = self.queues.read().get(name) {
             return Ok(queue.clone());
         }
