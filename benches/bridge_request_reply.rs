@@ -14,7 +14,9 @@
 //! - **colony over TLS**: the same pair again, `ta` and `tb`, with mutual TLS on
 //!   the bridge (certificates made by `colony::certs` in a temporary directory).
 //!
-//! Run: `cargo bench --bench bridge_request_reply`.
+//! Run: `cargo bench --bench bridge_request_reply`. With
+//! `COLONY_BENCH_PIPELINED_ONLY=N` it runs only N rounds of colony's pipelined
+//! phase over plain TCP, for a profiler.
 
 mod common;
 
@@ -330,6 +332,13 @@ bridge: {{ listen: 127.0.0.1:0, join: [{ta_addr}], secret_file: {secret}, {} }}
                 );
                 actix_rt::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+        // For a profiler: only colony's pipelined phase, over plain TCP.
+        if let Ok(rounds) = std::env::var("COLONY_BENCH_PIPELINED_ONLY") {
+            for _ in 0..rounds.parse::<usize>().unwrap_or(5) {
+                println!("pipelined: colony {:.0}/s", colony_pipelined(&b).await);
+            }
+            return;
         }
         let mut tls_runs = Vec::new();
 

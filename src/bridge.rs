@@ -24,13 +24,19 @@
 //!   member table only from it, certificates that name their node.
 //! - `peer`: one live link, as a `transport::Link`: its send queue and one table of the
 //!   calls waiting for its answers.
+//! - `outbox`: a link's unwritten bytes, flushed by its senders' threads on plain
+//!   TCP or by its writer task.
 //! - `session`: the tasks of one connection: writer, reader, heartbeats.
+//! - `serve`: the peer's requests, served on their workers' threads.
+//! - `conn`, `counters`: a connection's byte stream; the bridge's traffic counts.
 //! - `control`: every control message after the handshake: membership,
 //!   subscription tables, status, kills, leaving.
 //! - `pubsub`: publications and subscription changes across links.
 //! - `subscriptions`: the topic prefixes a peer's subscribers hold, bounded.
 //!
-//! Connections run on the bridge's own arbiter thread, apart from the workers'.
+//! Connections are read, and heartbeats kept, on the bridge's own arbiter thread,
+//! apart from the workers': a handler that holds its thread never silences a link.
+//! The peer's requests are served on the threads of the workers they go to.
 //!
 //! The bridge is a backbone: it implements `transport::Transport`, and calls into
 //! its node through `transport::Inbound`.
@@ -43,8 +49,10 @@ mod counters;
 pub mod frame;
 pub mod handshake;
 mod identity;
+mod outbox;
 mod peer;
 mod pubsub;
+mod serve;
 mod session;
 mod state;
 pub(crate) mod tls;

@@ -142,6 +142,13 @@ impl Dealer {
         state.workers.get(index).cloned().flatten()
     }
 
+    /// The worker the next [`acquire`](Self::acquire) would most likely get:
+    /// the first with a free credit. A hint only: others may take it first.
+    pub(crate) fn next_idle(&self) -> Option<Arc<Incarnation>> {
+        let state = self.state.lock();
+        state.idle.iter().find(|w| state.is_current(w)).cloned()
+    }
+
     /// Every running incarnation.
     pub(crate) fn workers(&self) -> Vec<Arc<Incarnation>> {
         let state = self.state.lock();

@@ -99,6 +99,23 @@ impl Router {
         served
     }
 
+    /// The worker a request to `service` (or to its worker `worker`) would most
+    /// likely be handed to now, if one is running; see [`Dealer::next_idle`].
+    ///
+    /// [`Dealer::next_idle`]: crate::dealer::Dealer::next_idle
+    pub(crate) fn likely_worker(
+        &self,
+        service: &str,
+        worker: Option<usize>,
+    ) -> Option<Arc<Incarnation>> {
+        let services = self.services.read();
+        let service = services.get(service)?;
+        match worker {
+            Some(index) => service.dealer.worker(index),
+            None => service.dealer.next_idle(),
+        }
+    }
+
     /// The running worker `id` of this node.
     pub(crate) fn worker(
         &self,

@@ -12,11 +12,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::{timeout_at, Instant};
 
-use super::counters::Counters;
+use super::outbox::{Flush, Outbox, Refused};
 use super::wire::{self, Control, Offer, RequestHead, ONE_WAY, TO_WORKER};
 use crate::error::ServiceError;
 use crate::pubsub::PeerSubscriptions;
@@ -26,16 +25,14 @@ use crate::transport::{self, Answer, Call, Link, Pending};
 /// A live link to node `name`.
 pub(crate) struct Peer {
     pub(crate) name: String,
-    out: mpsc::Sender<Bytes>,
+    /// What waits to be written to the peer (see [`Outbox`]).
+    outbox: Arc<Outbox>,
     max_frame: usize,
     next_id: AtomicU64,
     /// The calls waiting for the peer's answer, by id.
     pending: Mutex<HashMap<u64, Waiter>>,
     /// The peer is draining: no new requests go to it.
     pub(crate) leaving: AtomicBool,
-    /// Bytes queued for the peer and not yet written: counted when a frame is
-    /// queued, released when the writer has written it.
-    unsent: Arc<AtomicU64>,
     /// At most this many bytes wait to be written (`bridge.queue_bytes`).
     queue_bytes: u64,
     /// Orders routed requests against [`Control::LeavingAck`]: none is queued
@@ -50,13 +47,6 @@ pub(crate) struct Peer {
     /// A change to this node's subscriptions could not be queued to the peer: it
     /// gets the whole table again (see [`super::state::Bridge::resync`]), and no change until then.
     pub(crate) resync: AtomicBool,
-    /// On plain TCP, the socket's write half: a request of a caller alone on the
-    /// link, with nothing waiting to be written, is written here by the caller
-    /// itself, without waking the writer's thread. Taken away when the link
-    /// closes.
-    direct: Mutex<Option<Arc<OwnedWriteHalf>>>,
-    /// Where bytes written directly are counted, with the writer's.
-    counters: Option<Arc<Counters>>,
 }
 
 /// A call waiting for the peer's answer.
@@ -78,25 +68,19 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    /// A link to node `name` whose frames go to `out`.
+    /// A link to node `name` whose frames go to `outbox`.
     pub(super) fn new(
         name: String,
-        out: mpsc::Sender<Bytes>,
+        outbox: Arc<Outbox>,
         config: &crate::config::BridgeSection,
-        direct: Option<(Arc<OwnedWriteHalf>, Arc<Counters>)>,
     ) -> Peer {
-        let (direct, counters) = match direct {
-            Some((write, counters)) => (Some(write), Some(counters)),
-            None => (None, None),
-        };
         Peer {
             name,
-            out,
+            outbox,
             max_frame: config.max_frame,
             next_id: AtomicU64::new(1),
             pending: Mutex::default(),
             leaving: AtomicBool::new(false),
-            unsent: Arc::new(AtomicU64::new(0)),
             queue_bytes: config.queue_bytes as u64,
             order: parking_lot::RwLock::new(()),
             closed: AtomicBool::new(false),
@@ -104,66 +88,7 @@ impl Peer {
             offers: Mutex::default(),
             subscriptions: PeerSubscriptions::default(),
             resync: AtomicBool::new(false),
-            direct: Mutex::new(direct),
-            counters,
         }
-    }
-
-    /// The link is closing: no caller writes to its socket any more.
-    pub(super) fn stop_direct(&self) {
-        self.direct.lock().take();
-    }
-
-    /// Sends `frame` as [`send`](Self::send) does, but when the caller is alone
-    /// on the link (its call is the only one waiting) and nothing waits to be
-    /// written, writes it to the socket itself: a sequential caller saves the
-    /// hand-off to the writer's thread, while callers with company queue, and
-    /// their frames go out together in the writer's batches.
-    fn send_alone(&self, frame: Bytes) -> Result<(), ServiceError> {
-        let alone = self.pending.lock().len() <= 1;
-        if !alone || !self.is_up() {
-            return self.send(frame);
-        }
-        // Held while the frame is written or queued: frames keep their order.
-        let direct = self.direct.lock();
-        let Some(write) = direct.as_ref() else {
-            drop(direct);
-            return self.send(frame);
-        };
-        if self.unsent.load(Ordering::Acquire) != 0 {
-            drop(direct);
-            return self.send(frame);
-        }
-        match write.try_write(&frame) {
-            Ok(n) => {
-                if let Some(counters) = &self.counters {
-                    counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                if n == frame.len() {
-                    return Ok(());
-                }
-                // The rest goes to the writer, before anything else.
-                let rest = frame.slice(n..);
-                let len = rest.len() as u64;
-                self.unsent.fetch_add(len, Ordering::AcqRel);
-                self.out.try_send(rest).map_err(|_| {
-                    self.unsent.fetch_sub(len, Ordering::AcqRel);
-                    // Half a frame cannot be taken back: the link ends.
-                    self.shut();
-                    self.down_error("a frame could not be written whole")
-                })
-            }
-            // Not writable now (or failing: the writer meets the error too).
-            Err(_) => {
-                drop(direct);
-                self.send(frame)
-            }
-        }
-    }
-
-    /// The bytes queued and not yet written, as the writer releases them.
-    pub(super) fn unsent(&self) -> Arc<AtomicU64> {
-        self.unsent.clone()
     }
 
     pub(super) fn max_frame(&self) -> usize {
@@ -172,12 +97,12 @@ impl Peer {
 
     /// Whether everything queued for the peer has been written.
     pub(crate) fn flushed(&self) -> bool {
-        self.unsent.load(Ordering::Acquire) == 0
+        self.outbox.unsent() == 0
     }
 
     /// Whether at most half of `bridge.queue_bytes` waits to be written.
     pub(crate) fn half_empty(&self) -> bool {
-        self.unsent.load(Ordering::Acquire) <= self.queue_bytes / 2
+        self.outbox.unsent() <= self.queue_bytes / 2
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -227,35 +152,34 @@ impl Peer {
         transport::node_down(&self.name, why)
     }
 
-    /// Queues an encoded frame; `Overloaded` when the send queue holds
-    /// `bridge.queue` frames or this frame would take it past `bridge.queue_bytes`
-    /// bytes. A frame always fits a queue with nothing unwritten, whatever its size.
+    /// Queues an encoded frame, written once the sender's tick is done (see
+    /// [`Outbox`]); `Overloaded` when the send queue holds `bridge.queue` frames
+    /// or this frame would take it past `bridge.queue_bytes` bytes. A frame always
+    /// fits a queue with nothing unwritten, whatever its size.
     pub(crate) fn send(&self, frame: Bytes) -> Result<(), ServiceError> {
+        self.send_with(&frame, Flush::Soon)
+    }
+
+    /// Queues an encoded frame, to be written as `flush` says.
+    pub(super) fn send_with(&self, frame: &[u8], flush: Flush) -> Result<(), ServiceError> {
         if !self.is_up() {
             return Err(self.down_error("its link is closed"));
         }
-        // Ordered after a caller's direct write that is under way.
-        let _direct = self.direct.lock();
-        let len = frame.len() as u64;
-        let before = self.unsent.fetch_add(len, Ordering::AcqRel);
-        if before > 0 && before.saturating_add(len) > self.queue_bytes {
-            self.unsent.fetch_sub(len, Ordering::AcqRel);
-            return Err(ServiceError::overloaded(format!(
-                "the send queue to node {} is full: {before} bytes wait to be written, \
-                 at most {} (bridge.queue_bytes)",
-                self.name, self.queue_bytes
-            )));
-        }
-        self.out.try_send(frame).map_err(|e| {
-            self.unsent.fetch_sub(len, Ordering::AcqRel);
-            match e {
-                mpsc::error::TrySendError::Full(_) => ServiceError::overloaded(format!(
-                    "the send queue to node {} is full (bridge.queue frames)",
+        self.outbox
+            .push(frame, flush)
+            .map_err(|refused| match refused {
+                Refused::Closed => self.down_error("its link is closed"),
+                Refused::Frames(frames) => ServiceError::overloaded(format!(
+                    "the send queue to node {} is full: {frames} frames wait to be written \
+                 (bridge.queue)",
                     self.name
                 )),
-                mpsc::error::TrySendError::Closed(_) => self.down_error("its link is closed"),
-            }
-        })
+                Refused::Bytes(bytes) => ServiceError::overloaded(format!(
+                    "the send queue to node {} is full: {bytes} bytes wait to be written, \
+                 at most {} (bridge.queue_bytes)",
+                    self.name, self.queue_bytes
+                )),
+            })
     }
 
     /// Encodes and queues a control message.
@@ -321,7 +245,15 @@ impl Peer {
         if call.worker.is_none() && self.leaving.load(Ordering::Acquire) {
             return Err(transport::leaving(&self.name));
         }
-        self.send_alone(frame.freeze())
+        // A caller alone on the link (its call the only one waiting) has its
+        // frame written at once; with company, frames of the same tick go out
+        // together.
+        let flush = if self.pending.lock().len() <= 1 {
+            Flush::Now
+        } else {
+            Flush::Soon
+        };
+        self.send_with(&frame, flush)
     }
 
     /// Queues a cluster operation frame.
@@ -485,14 +417,14 @@ mod tests {
     use super::*;
     use crate::error::ErrorKind;
 
-    fn peer() -> (Peer, mpsc::Receiver<Bytes>) {
+    fn peer() -> Peer {
         let config: crate::config::BridgeSection = serde_json::from_value(serde_json::json!({
             "listen": "127.0.0.1:0",
             "secret_file": "unused",
         }))
         .expect("a bridge section");
-        let (tx, rx) = mpsc::channel(16);
-        (Peer::new("b".into(), tx, &config, None), rx)
+        let outbox = Outbox::new(None, 16, 1 << 20, Arc::default());
+        Peer::new("b".into(), Arc::new(outbox), &config)
     }
 
     fn soon() -> Instant {
@@ -501,7 +433,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn one_table_answers_each_call_by_its_kind_and_fails_the_rest_when_the_link_ends() {
-        let (peer, mut rx) = peer();
+        let peer = peer();
         let call = Call {
             service: "calc",
             subject: "add",
@@ -509,7 +441,7 @@ mod tests {
             worker: None,
         };
         let pending = Link::request(&peer, call, b"{}").expect("queued");
-        assert!(rx.try_recv().is_ok(), "the request frame is queued");
+        assert!(!peer.flushed(), "the request frame is queued");
         // An answer of another kind with the request's id leaves it waiting.
         let status = peer.answered(pending.id, |w| match w {
             Waiter::Status(tx) => Ok(tx),

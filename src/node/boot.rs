@@ -68,6 +68,9 @@ impl Node {
 
         let arbiters: Vec<Arbiter> = (0..config.node.threads()).map(|_| Arbiter::new()).collect();
         let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
+        for handle in &handles {
+            handle.spawn(anchor_timers());
+        }
         let router = Router::new(&name);
         let pubsub = Arc::new(PubSub::new(config.api.subscribe_buffer));
         let node = Node {
@@ -199,5 +202,18 @@ impl Node {
         }
 
         Ok(node)
+    }
+}
+
+/// Keeps one timer pending on a worker thread, a second at most ahead.
+///
+/// A thread's timer driver is woken (an `eventfd` write) for every timer set
+/// earlier than the earliest one it knew of when it last slept; with none
+/// pending then, that is every timer until it sleeps again. Each request a
+/// worker's thread serves sets one (its deadline), so without this anchor a
+/// busy worker thread would wake itself once per request.
+async fn anchor_timers() {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
