@@ -49,6 +49,7 @@ run-cluster-nats: build
 # NATS tests start their own servers.
 test:
 	bash scripts/nats-server.sh >/dev/null
+	bash scripts/messenger-npm.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace

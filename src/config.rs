@@ -14,10 +14,12 @@ pub mod files;
 mod input;
 pub mod limits;
 mod load;
+mod messenger;
 mod names;
 mod nats;
 mod state;
 
+pub use messenger::{check_address, split_target, MessengerSection, ShoutTo};
 pub use nats::{NatsSection, NatsTls, DEFAULT_PREFIX};
 pub use state::{StateMode, StateSection};
 
@@ -45,6 +47,9 @@ pub struct NodeConfig {
     /// go together.
     #[serde(default)]
     pub nats: Option<NatsSection>,
+    /// Node `messenger` compatibility: Speakers served, listeners shouted to.
+    #[serde(default)]
+    pub messenger: Option<MessengerSection>,
     /// The services this node runs, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -383,6 +388,10 @@ pub struct ServiceConfig {
     /// Which node serves a request for this service made on this node.
     #[serde(default)]
     pub routing: Routing,
+    /// Node `messenger` listeners (`host:port`) that serve this service instead
+    /// of workers of the app; requests go to them in turn.
+    #[serde(default)]
+    pub messenger: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -394,6 +403,7 @@ impl Default for ServiceConfig {
             timeout: default_timeout(),
             restart: RestartConfig::default(),
             routing: Routing::default(),
+            messenger: Vec::new(),
         }
     }
 }

@@ -12,7 +12,8 @@
 //!  5 the node          node  app                      bootstrap, the handle for calls,
 //!        |                                            a config checked against the app
 //!  4 transports        bridge  memory  nats           backbones: TCP links, nodes of
-//!        |                                            one process in memory, or NATS
+//!        |             messenger                      one process in memory, or NATS;
+//!        |                                            Node messenger's protocol
 //!  3 cluster services  transport  remote  pubsub      what crosses nodes, written
 //!        |             jobs  locks  confirm  state    against the transport seam;
 //!        |             store                          the state's file on disk
@@ -75,6 +76,7 @@ mod locks;
 pub mod logging;
 pub mod memory;
 pub mod message;
+mod messenger;
 mod metrics;
 mod nats;
 pub mod node;

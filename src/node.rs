@@ -18,6 +18,7 @@ mod consumer;
 mod handle;
 mod locking;
 mod messaging;
+mod messenger;
 mod metrics;
 pub(crate) mod spawned;
 mod status;

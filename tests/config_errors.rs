@@ -34,7 +34,7 @@ fn a_typo_in_a_service_key_displays_exactly_as_the_spec_example() {
     assert_eq!(err.key, "services.math.workrs");
     assert_eq!(
         err.to_string(),
-        "configs/x.yaml: services.math.workrs: unknown field, expected one of workers, concurrency, queue, timeout, restart, routing"
+        "configs/x.yaml: services.math.workrs: unknown field, expected one of workers, concurrency, queue, timeout, restart, routing, messenger"
     );
 }
 
@@ -45,7 +45,7 @@ fn an_unknown_top_level_key_is_named() {
     assert_eq!(err.key, "servise");
     assert_eq!(
         err.to_string(),
-        "configs/x.yaml: servise: unknown field, expected one of node, api, bridge, nats, services, queues, state, spawn"
+        "configs/x.yaml: servise: unknown field, expected one of node, api, bridge, nats, messenger, services, queues, state, spawn"
     );
 }
 
@@ -201,4 +201,33 @@ fn an_unknown_state_mode_is_named_with_the_modes_there_are() {
         err.to_string(),
         "configs/x.yaml: state.mode: unknown variant bogus, expected durable or memory"
     );
+}
+
+#[test]
+fn a_messenger_route_or_listener_that_cannot_be_used_is_named() {
+    let err = parse_err(
+        "node: { name: alpha }\nmessenger: { routes: { get me some popular users: data } }\n",
+    );
+    assert_eq!(err.key, "messenger.routes.get me some popular users");
+    assert!(
+        err.problem.contains("`data` is not service/subject"),
+        "{err}"
+    );
+
+    let err = parse_err(&with_services(
+        "  legacy:\n    messenger: [\"127.0.0.1\"]\n",
+    ));
+    assert_eq!(err.key, "services.legacy.messenger");
+    assert!(
+        err.problem.contains("`127.0.0.1` is not host:port"),
+        "{err}"
+    );
+
+    let err = parse_err(
+        "node: { name: alpha }\nmessenger: { shout_to: [ { to: [\"localhost:99999\"], topics: { a: b } } ] }\n",
+    );
+    assert_eq!(err.key, "messenger.shout_to[0].to");
+
+    let err = parse_err("node: { name: alpha }\nmessenger: { max_message: 1 }\n");
+    assert_eq!(err.key, "messenger.max_message");
 }

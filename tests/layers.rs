@@ -44,7 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "store",
         ],
     ),
-    ("transports", &["bridge", "memory", "nats"]),
+    ("transports", &["bridge", "memory", "nats", "messenger"]),
     ("the node", &["node", "app"]),
     ("surfaces", &["api", "cli", "spawn", "certs", "run"]),
 ];

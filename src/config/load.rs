@@ -118,6 +118,11 @@ impl NodeConfig {
                 );
             }
         }
+        if let Some(messenger) = &self.messenger {
+            if let Err((key, problem)) = messenger.check() {
+                return err(&key, problem);
+            }
+        }
         if let Some(bridge) = &self.bridge {
             if bridge.max_frame < 1024 {
                 return err("bridge.max_frame", "must be at least 1024".into());
@@ -139,6 +144,13 @@ impl NodeConfig {
             }
             if cfg.workers == Some(0) {
                 return err(&key("workers"), "must be at least 1".into());
+            }
+            if cfg.messenger.len() > super::messenger::MAX_ENTRIES {
+                return err(&key("messenger"), "lists too many listeners".into());
+            }
+            for address in &cfg.messenger {
+                super::check_address(address)
+                    .map_err(|p| ConfigError::new(path, key("messenger"), p))?;
             }
             if cfg.concurrency == 0 {
                 return err(&key("concurrency"), "must be at least 1".into());

@@ -94,6 +94,7 @@ impl Node {
                 events: events.clone(),
                 restarts: spawned::restarts_from_env(),
                 call_failures: Default::default(),
+                messenger: Default::default(),
             }),
         };
 
@@ -190,6 +191,17 @@ impl Node {
                 return Err(e);
             }
             None => {}
+        }
+        match node.start_messenger(&config) {
+            Ok(messenger) => {
+                let _ = node.inner.messenger.set(messenger);
+            }
+            Err(e) => {
+                for arbiter in node.inner.arbiters.lock().drain(..) {
+                    arbiter.stop();
+                }
+                return Err(e);
+            }
         }
         if let Some(transport) = node.inner.transport.get() {
             let announcer = transport::announce_changes(transport, &pubsub);

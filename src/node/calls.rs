@@ -40,6 +40,19 @@ impl Node {
         msg: M,
         timeout: Option<Duration>,
     ) -> Result<ReplyOf<M>, ServiceError> {
+        if let Some((speaker, default)) = self.messenger_service(service) {
+            let data = serde_json::to_vec(&msg)
+                .map_err(|e| ServiceError::bad_request(format!("request is not JSON: {e}")))?;
+            let reply = speaker
+                .request(M::SUBJECT, &data, timeout.unwrap_or(default))
+                .await?;
+            return serde_json::from_str(reply.get()).map_err(|e| {
+                ServiceError::bad_request(format!(
+                    "the reply of messenger-backed service {service} to `{}` does not fit: {e}",
+                    M::SUBJECT
+                ))
+            });
+        }
         let sent = &msg;
         let routed = self
             .routed(service, timeout, |remote, timeout| async move {
@@ -60,6 +73,11 @@ impl Node {
         body: bytes::Bytes,
         timeout: Option<Duration>,
     ) -> Result<Box<serde_json::value::RawValue>, ServiceError> {
+        if let Some((speaker, default)) = self.messenger_service(service) {
+            return speaker
+                .request(subject, &body, timeout.unwrap_or(default))
+                .await;
+        }
         let sent = &body[..];
         let routed = self
             .routed(service, timeout, |remote, timeout| async move {
@@ -116,6 +134,11 @@ impl Node {
     /// once a worker (or the node holding one) has it; errors (no service,
     /// overloaded, rejected) still come back.
     pub async fn tell<M: Request>(&self, service: &str, msg: M) -> Result<(), ServiceError> {
+        if let Some((speaker, _)) = self.messenger_service(service) {
+            let data = serde_json::to_vec(&msg)
+                .map_err(|e| ServiceError::bad_request(format!("request is not JSON: {e}")))?;
+            return speaker.send(M::SUBJECT, &data);
+        }
         let deadline = deadline::after(RETURN_WAIT);
         loop {
             match self.route(service, deadline).await? {

@@ -43,7 +43,21 @@ pub fn check_spawned(config: &NodeConfig, app: &App) -> Result<Vec<NodeConfig>, 
 
 /// Checks that `app` provides every service `config` (read from `file`) lists.
 pub fn check_services(config: &NodeConfig, file: &Path, app: &App) -> Result<(), ConfigError> {
-    match config.services.keys().find(|name| !app.has_service(name)) {
+    // A service backed by Node messenger listeners has no workers of the app.
+    let by_messenger = |name: &&String| !config.services[*name].messenger.is_empty();
+    if let Some(name) = config
+        .services
+        .keys()
+        .find(|name| by_messenger(name) && app.has_service(name))
+    {
+        return Err(ConfigError::new(
+            file,
+            format!("services.{name}.messenger"),
+            "the app runs this service itself: its workers or messenger listeners, not both",
+        ));
+    }
+    let unknown = |name: &&String| !by_messenger(name) && !app.has_service(name);
+    match config.services.keys().find(unknown) {
         None => Ok(()),
         Some(name) => {
             let mut known: Vec<&str> = app

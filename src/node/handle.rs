@@ -52,10 +52,10 @@ pub enum StartError {
     /// The config does not fit the app.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The API address could not be bound.
+    /// The API's or the messenger listener's address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address from `api.listen`.
+        /// The address from `api.listen` or `messenger.listen`.
         addr: SocketAddr,
         /// The OS error.
         source: std::io::Error,
@@ -115,6 +115,8 @@ pub(super) struct Inner {
     pub(super) restarts: u64,
     /// Calls from this node that failed on the way to another node.
     pub(super) call_failures: crate::metrics::CallFailures,
+    /// Node messenger listeners this node calls, serves and shouts to.
+    pub(super) messenger: std::sync::OnceLock<super::messenger::Messenger>,
 }
 
 impl std::fmt::Debug for Node {
