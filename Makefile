@@ -60,6 +60,8 @@ bench:
 	cargo bench --bench nats_request_reply
 	cargo bench --bench messaging
 	cargo bench -p actors --bench operations
+	bash scripts/messenger-npm.sh
+	cargo bench -p actors --bench messenger_speakers
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

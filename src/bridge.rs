@@ -42,14 +42,14 @@
 //! its node through `transport::Inbound`.
 
 mod accept;
-mod conn;
+pub(crate) mod conn;
 mod connect;
 mod control;
 mod counters;
 pub mod frame;
 pub mod handshake;
 mod identity;
-mod outbox;
+pub(crate) mod outbox;
 mod peer;
 mod pubsub;
 mod serve;

@@ -311,6 +311,11 @@ impl Outbox {
         }
     }
 
+    /// Whether [`close`](Self::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
     /// The link is closing: nothing more is accepted.
     pub(crate) fn close(&self) {
         let mut state = self.state.lock();

@@ -21,13 +21,14 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::value::RawValue;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio_util::codec::FramedRead;
 
 use super::codec::NulCodec;
 use super::wire::{self, Incoming};
+use crate::bridge::conn::SharedWrite;
+use crate::bridge::outbox::{Flush, Outbox};
 use crate::config::{split_target, MessengerSection};
 use crate::error::ServiceError;
 
@@ -49,6 +50,11 @@ pub(crate) trait Host: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Box<RawValue>, ServiceError>>;
     /// Publishes JSON `body` on `topic`; how many subscribers it reached.
     fn publish(&self, topic: &str, body: Bytes) -> Result<usize, ServiceError>;
+    /// The thread of the worker of `service` a request would most likely go to
+    /// now, if it runs on this node.
+    fn thread_of(&self, service: &str) -> Option<actix_rt::ArbiterHandle>;
+    /// The node's worker threads.
+    fn threads(&self) -> Vec<actix_rt::ArbiterHandle>;
 }
 
 /// What the listener serves: routes and shouts, checked.
@@ -74,6 +80,7 @@ pub(crate) async fn serve(listener: TcpListener, section: MessengerSection, host
         max_message: section.max_message,
     });
     let connections = Arc::new(Semaphore::new(section.max_connections));
+    let mut next = 0usize;
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -91,94 +98,151 @@ pub(crate) async fn serve(listener: TcpListener, section: MessengerSection, host
             drop(stream);
             continue;
         };
+        // Moved to its thread as a plain socket, registered there.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let threads = host.threads();
         let table = table.clone();
         let host = host.clone();
-        actix_rt::spawn(async move {
+        let served = async move {
             let _permit = permit;
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                return;
+            };
             if let Err(why) = connection(stream, &table, &host).await {
                 log::warn!("messenger: connection from {from} closed: {why}");
             }
-        });
+        };
+        // Each connection is read on a worker thread in turn: a request for a
+        // worker on the same thread is served without crossing threads, as a
+        // Node listener serves on its one thread.
+        match threads.get(next % threads.len().max(1)) {
+            Some(thread) => {
+                thread.spawn(served);
+            }
+            None => {
+                actix_rt::spawn(served);
+            }
+        }
+        next = next.wrapping_add(1);
     }
 }
 
 /// Serves one Speaker's connection until it closes or misbehaves.
 async fn connection(stream: TcpStream, table: &Table, host: &Arc<dyn Host>) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
-    let queued = Arc::new(AtomicUsize::new(0));
-    let written = queued.clone();
-    let writer = actix_rt::spawn(async move {
-        // Each frame whole in one write; replies ready together share it.
-        let mut batch = Vec::new();
-        while let Some(frame) = rx.recv().await {
-            batch.extend_from_slice(&frame);
-            while let Ok(more) = rx.try_recv() {
-                batch.extend_from_slice(&more);
-                if batch.len() >= 64 * 1024 {
-                    break;
-                }
-            }
-            if write.write_all(&batch).await.is_err() {
-                return;
-            }
-            written.fetch_sub(batch.len(), Ordering::AcqRel);
-            batch.clear();
-        }
-        let _ = write.shutdown().await;
-    });
+    let (read, write) = stream.into_split();
+    let write = Arc::new(write);
+    let outbox = Arc::new(Outbox::new(
+        Some(write.clone()),
+        QUEUE,
+        QUEUE_BYTES,
+        Arc::default(),
+    ));
+    let (stop_writer, stop) = oneshot::channel();
+    actix_rt::spawn(outbox.clone().run_writer(SharedWrite(write), stop));
+    let replies = Replies {
+        outbox: outbox.clone(),
+        max_message: table.max_message,
+        serving: Arc::default(),
+        below: Arc::default(),
+    };
     let mut reader = FramedRead::new(read, NulCodec::new(table.max_message));
-    let mut serving = FuturesUnordered::new();
+    let mut here = FuturesUnordered::new();
     let ended = loop {
         tokio::select! {
-            message = reader.next(), if serving.len() < MAX_SERVING => match message {
+            message = reader.next(), if !replies.full() => match message {
                 Some(Ok(message)) => {
                     let incoming: Incoming = match serde_json::from_slice(&message) {
                         Ok(incoming) => incoming,
                         Err(e) => break Err(format!("a message is not messenger JSON: {e}")),
                     };
-                    if let Some(served) = dispatch(incoming, table, host) {
-                        serving.push(served);
+                    if let Some(served) = dispatch(incoming, table, host, &replies) {
+                        here.push(served);
                     }
                 }
                 Some(Err(e)) => break Err(e.to_string()),
                 None => break Ok(()),
             },
-            Some((id, answer)) = serving.next(), if !serving.is_empty() => {
-                let id: Box<RawValue> = id;
-                let frame = wire::reply(&id, answer);
-                let frame = if frame.len() > table.max_message.saturating_add(1) {
-                    let error = ServiceError::bad_request(format!(
-                        "the reply is {} bytes; messenger.max_message is {}",
-                        frame.len() - 1,
-                        table.max_message
-                    ));
-                    wire::reply(&id, Err(error))
-                } else {
-                    frame
-                };
-                let len = frame.len();
-                if queued.fetch_add(len, Ordering::AcqRel) + len > QUEUE_BYTES
-                    || tx.try_send(frame).is_err()
-                {
-                    break Err("the Speaker does not read its replies".to_string());
-                }
-            }
+            Some(()) = here.next(), if !here.is_empty() => {}
+            () = replies.below.notified(), if replies.full() => {}
+        }
+        if replies.broken() {
+            break Err("the Speaker does not read its replies".to_string());
         }
     };
-    drop(tx);
     if ended.is_err() {
-        writer.abort();
+        outbox.close();
     }
+    // The writer writes what is queued (nothing, if the connection misbehaved)
+    // and closes.
+    let _ = stop_writer.send(());
     ended
 }
 
-/// A request being served: its id, and the answer.
-type Served = BoxFuture<'static, (Box<RawValue>, Result<Box<RawValue>, ServiceError>)>;
+/// Where a connection's replies go, from whichever thread serves them.
+#[derive(Clone)]
+struct Replies {
+    outbox: Arc<Outbox>,
+    max_message: usize,
+    /// Requests being served.
+    serving: Arc<AtomicUsize>,
+    /// Told when `serving` falls below [`MAX_SERVING`].
+    below: Arc<Notify>,
+}
 
-/// Routes one message: a request comes back as the future that answers it.
-fn dispatch(incoming: Incoming, table: &Table, host: &Arc<dyn Host>) -> Option<Served> {
+impl Replies {
+    fn full(&self) -> bool {
+        self.serving.load(Ordering::Acquire) >= MAX_SERVING
+    }
+
+    /// Whether a reply could not be queued: the Speaker does not read.
+    fn broken(&self) -> bool {
+        self.outbox.is_closed()
+    }
+
+    /// Counts one request being served until [`answer`](Self::answer).
+    fn start(&self) {
+        self.serving.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Queues the reply to request `id`.
+    fn answer(&self, id: &RawValue, answer: Result<Box<RawValue>, ServiceError>) {
+        if self.serving.fetch_sub(1, Ordering::AcqRel) == MAX_SERVING {
+            self.below.notify_one();
+        }
+        let frame = wire::reply(id, answer);
+        let frame = if frame.len() > self.max_message.saturating_add(1) {
+            let error = ServiceError::bad_request(format!(
+                "the reply is {} bytes; messenger.max_message is {}",
+                frame.len() - 1,
+                self.max_message
+            ));
+            wire::reply(id, Err(error))
+        } else {
+            frame
+        };
+        if self.outbox.push(&frame, Flush::Soon).is_err() {
+            // Past the bounds: the connection ends (the reader sees it closed).
+            self.outbox.close();
+            self.below.notify_one();
+        }
+    }
+}
+
+/// A request served in the connection's task.
+type Served = BoxFuture<'static, ()>;
+
+/// Routes one message. A request is served on the thread of the worker it will
+/// most likely go to, its reply queued there; when that is not known, it comes
+/// back as the future that serves it here.
+fn dispatch(
+    incoming: Incoming,
+    table: &Table,
+    host: &Arc<dyn Host>,
+    replies: &Replies,
+) -> Option<Served> {
     let subject = incoming.subject.as_str();
     let route = table.routes.get(subject);
     let id = incoming.id.clone().filter(|id| id.get() != "null");
@@ -210,13 +274,52 @@ fn dispatch(incoming: Incoming, table: &Table, host: &Arc<dyn Host>) -> Option<S
         }
         return None;
     };
+    replies.start();
     let Some((service, to)) = route else {
         let error = ServiceError::no_such_service(format!(
             "no messenger.routes entry for subject `{}`",
             crate::logging::untrusted(subject)
         ));
-        return Some(Box::pin(async move { (id, Err(error)) }));
+        replies.answer(&id, Err(error));
+        return None;
     };
     let answer = host.request(service, to, incoming.body());
-    Some(Box::pin(async move { (id, answer.await) }))
+    let answering = Answering {
+        replies: replies.clone(),
+        id: Some(id),
+    };
+    let served = async move { answering.answer(answer.await) };
+    match host.thread_of(service) {
+        Some(thread) => {
+            thread.spawn(served);
+            None
+        }
+        None => Some(Box::pin(served)),
+    }
+}
+
+/// A request's reply owed: answered once, with an error if the request is
+/// dropped unserved (its worker's thread stopped).
+struct Answering {
+    replies: Replies,
+    id: Option<Box<RawValue>>,
+}
+
+impl Answering {
+    fn answer(mut self, answer: Result<Box<RawValue>, ServiceError>) {
+        if let Some(id) = self.id.take() {
+            self.replies.answer(&id, answer);
+        }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let error = ServiceError::service_failed(
+                "the request was dropped unserved: its worker's thread stopped",
+            );
+            self.replies.answer(&id, Err(error));
+        }
+    }
 }

@@ -58,6 +58,18 @@ impl messenger::Host for Host {
         })
     }
 
+    fn thread_of(&self, service: &str) -> Option<actix_rt::ArbiterHandle> {
+        let inner = self.0.upgrade()?;
+        let worker = inner.router.likely_worker(service, None)?;
+        Some(worker.arbiter.clone())
+    }
+
+    fn threads(&self) -> Vec<actix_rt::ArbiterHandle> {
+        self.0.upgrade().map_or_else(Vec::new, |inner| {
+            inner.arbiters.lock().iter().map(|a| a.handle()).collect()
+        })
+    }
+
     fn publish(&self, topic: &str, body: Bytes) -> Result<usize, ServiceError> {
         let body = if body.is_empty() {
             Bytes::from_static(b"null")
