@@ -200,6 +200,22 @@ impl Speaker {
     }
 }
 
+impl Speaker {
+    /// Stops dialling and closes the connections; calls waiting fail.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+        for line in &self.lines {
+            line.out.lock().take();
+            let waiting: Vec<_> = line.pending.lock().drain().collect();
+            for (_, waiter) in waiting {
+                let _ = waiter.send(Err(
+                    line.down("is no longer called: this node stops", &self.what)
+                ));
+            }
+        }
+    }
+}
+
 impl Drop for Speaker {
     fn drop(&mut self) {
         self.stop.cancel();

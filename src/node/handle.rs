@@ -254,6 +254,10 @@ impl Node {
         for service in self.inner.router.services() {
             service.dealer.close(Availability::Closed(why.clone()));
         }
+        // No new messenger Speakers; no more calls to Node listeners.
+        if let Some(messenger) = self.inner.messenger.get() {
+            messenger.stop();
+        }
         // Streams of published messages end, so that the API can finish them.
         self.inner.pubsub.close();
         let api = self.inner.api.lock().take();

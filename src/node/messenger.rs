@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
 
 use super::handle::{Node, StartError};
 use crate::config::NodeConfig;
@@ -28,12 +29,25 @@ pub(crate) struct Messenger {
     listen: Option<SocketAddr>,
     /// Keep the `shout_to` speakers alive with the node.
     _shouters: Vec<Arc<Speaker>>,
+    /// Stops the listener, the speakers and the shouts.
+    stop: CancellationToken,
 }
 
 impl Messenger {
     /// The speaker of `service` and its timeout, if Node listeners back it.
     pub(crate) fn service(&self, service: &str) -> Option<(Arc<Speaker>, Duration)> {
         self.services.get(service).cloned()
+    }
+
+    /// The node is stopping: no new Speaker connections, no more dials.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+        for (speaker, _) in self.services.values() {
+            speaker.stop();
+        }
+        for speaker in &self._shouters {
+            speaker.stop();
+        }
     }
 }
 
@@ -113,7 +127,9 @@ impl Node {
             messenger.listen = Some(bound);
             let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
             let host = Arc::new(Host(Arc::downgrade(&self.inner)));
-            actix_rt::spawn(messenger::serve(listener, section.clone(), host));
+            let stop = messenger.stop.clone();
+            let serving = messenger::serve(listener, section.clone(), host);
+            actix_rt::spawn(async move { stop.run_until_cancelled(serving).await });
         }
         for (i, target) in section.shout_to.iter().enumerate() {
             let speaker =
@@ -124,11 +140,15 @@ impl Node {
                     .map_err(|e| StartError::Transport(format!("messenger.shout_to[{i}]: {e}")))?;
                 let speaker = speaker.clone();
                 let (topic, subject) = (topic.clone(), subject.clone());
+                let stop = messenger.stop.clone();
                 actix_rt::spawn(async move {
                     let _subscription = subscription;
-                    while let Some(line) = lines.recv().await {
-                        shout_line(&speaker, &topic, &subject, &line);
-                    }
+                    let shouting = async {
+                        while let Some(line) = lines.recv().await {
+                            shout_line(&speaker, &topic, &subject, &line);
+                        }
+                    };
+                    stop.run_until_cancelled(shouting).await;
                 });
             }
             messenger._shouters.push(speaker);
