@@ -10,8 +10,10 @@
 //!
 //! A connection that sends bad JSON or a message past `messenger.max_message`
 //! is closed; nothing else is. Each connection holds at most [`MAX_SERVING`]
-//! requests at once (past it, it is not read until one is answered) and its
-//! replies wait in a queue bounded in frames and bytes.
+//! requests, and its share of [`BUDGET`] bytes of them, at once (past either, it
+//! is not read until one is answered), and its replies wait in a queue bounded in
+//! frames and bytes; a Speaker that does not read its replies past that bound is
+//! disconnected.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,10 +36,14 @@ use crate::error::ServiceError;
 
 /// Requests of one connection served at once, at most.
 const MAX_SERVING: usize = 4096;
-/// Replies waiting to be written to one connection, at most...
+/// Replies waiting to be written to one connection, at most.
 const QUEUE: usize = 4096;
-/// ...and bytes.
-const QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes all connections together may hold in requests being served, and again
+/// in replies waiting to be written: each connection gets its share of it, at
+/// least [`MIN_SHARE`] (and always room for one message).
+const BUDGET: usize = 64 * 1024 * 1024;
+/// The least share of [`BUDGET`] a connection gets.
+const MIN_SHARE: usize = 256 * 1024;
 
 /// What the listener asks of its node.
 pub(crate) trait Host: Send + Sync + 'static {
@@ -62,6 +68,8 @@ struct Table {
     routes: BTreeMap<String, (String, String)>,
     shouts: BTreeMap<String, String>,
     max_message: usize,
+    /// Each connection's share of [`BUDGET`], in bytes.
+    share: usize,
 }
 
 /// Serves Speakers on `listener` for `host` until the task is dropped.
@@ -78,6 +86,7 @@ pub(crate) async fn serve(listener: TcpListener, section: MessengerSection, host
         routes,
         shouts: section.shouts.clone(),
         max_message: section.max_message,
+        share: (BUDGET / section.max_connections.max(1)).max(MIN_SHARE),
     });
     let connections = Arc::new(Semaphore::new(section.max_connections));
     let mut next = 0usize;
@@ -137,7 +146,7 @@ async fn connection(stream: TcpStream, table: &Table, host: &Arc<dyn Host>) -> R
     let outbox = Arc::new(Outbox::new(
         Some(write.clone()),
         QUEUE,
-        QUEUE_BYTES,
+        table.share,
         Arc::default(),
     ));
     let (stop_writer, stop) = oneshot::channel();
@@ -146,6 +155,8 @@ async fn connection(stream: TcpStream, table: &Table, host: &Arc<dyn Host>) -> R
         outbox: outbox.clone(),
         max_message: table.max_message,
         serving: Arc::default(),
+        bytes: Arc::default(),
+        share: table.share,
         below: Arc::default(),
     };
     let mut reader = FramedRead::new(read, NulCodec::new(table.max_message));
@@ -186,8 +197,11 @@ async fn connection(stream: TcpStream, table: &Table, host: &Arc<dyn Host>) -> R
 struct Replies {
     outbox: Arc<Outbox>,
     max_message: usize,
-    /// Requests being served.
+    /// Requests being served...
     serving: Arc<AtomicUsize>,
+    /// ...and their bytes, at most `share` (past it, nothing more is read).
+    bytes: Arc<AtomicUsize>,
+    share: usize,
     /// Told when `serving` falls below [`MAX_SERVING`].
     below: Arc<Notify>,
 }
@@ -195,6 +209,7 @@ struct Replies {
 impl Replies {
     fn full(&self) -> bool {
         self.serving.load(Ordering::Acquire) >= MAX_SERVING
+            || self.bytes.load(Ordering::Acquire) >= self.share
     }
 
     /// Whether a reply could not be queued: the Speaker does not read.
@@ -202,14 +217,18 @@ impl Replies {
         self.outbox.is_closed()
     }
 
-    /// Counts one request being served until [`answer`](Self::answer).
-    fn start(&self) {
+    /// Counts a request of `len` bytes being served until [`answer`](Self::answer).
+    fn start(&self, len: usize) {
         self.serving.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(len, Ordering::AcqRel);
     }
 
-    /// Queues the reply to request `id`.
-    fn answer(&self, id: &RawValue, answer: Result<Box<RawValue>, ServiceError>) {
-        if self.serving.fetch_sub(1, Ordering::AcqRel) == MAX_SERVING {
+    /// Queues the reply to request `id` of `len` bytes.
+    fn answer(&self, id: &RawValue, len: usize, answer: Result<Box<RawValue>, ServiceError>) {
+        let was_full = self.full();
+        self.serving.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+        if was_full && !self.full() {
             self.below.notify_one();
         }
         let frame = wire::reply(id, answer);
@@ -274,19 +293,21 @@ fn dispatch(
         }
         return None;
     };
-    replies.start();
+    let len = incoming.size();
+    replies.start(len);
     let Some((service, to)) = route else {
         let error = ServiceError::no_such_service(format!(
             "no messenger.routes entry for subject `{}`",
             crate::logging::untrusted(subject)
         ));
-        replies.answer(&id, Err(error));
+        replies.answer(&id, len, Err(error));
         return None;
     };
     let answer = host.request(service, to, incoming.body());
     let answering = Answering {
         replies: replies.clone(),
         id: Some(id),
+        len,
     };
     let served = async move { answering.answer(answer.await) };
     match host.thread_of(service) {
@@ -303,12 +324,13 @@ fn dispatch(
 struct Answering {
     replies: Replies,
     id: Option<Box<RawValue>>,
+    len: usize,
 }
 
 impl Answering {
     fn answer(mut self, answer: Result<Box<RawValue>, ServiceError>) {
         if let Some(id) = self.id.take() {
-            self.replies.answer(&id, answer);
+            self.replies.answer(&id, self.len, answer);
         }
     }
 }
@@ -319,7 +341,7 @@ impl Drop for Answering {
             let error = ServiceError::service_failed(
                 "the request was dropped unserved: its worker's thread stopped",
             );
-            self.replies.answer(&id, Err(error));
+            self.replies.answer(&id, self.len, Err(error));
         }
     }
 }

@@ -20,6 +20,13 @@ pub(crate) struct Incoming {
 }
 
 impl Incoming {
+    /// About how many bytes the message holds.
+    pub(crate) fn size(&self) -> usize {
+        let id = self.id.as_ref().map_or(0, |id| id.get().len());
+        let data = self.data.as_ref().map_or(0, |d| d.get().len());
+        id + data + self.subject.len()
+    }
+
     /// The data as a JSON body (empty when there is none).
     pub(crate) fn body(&self) -> Bytes {
         match &self.data {
