@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
+mod startup;
+
 use crate::app::App;
 use crate::config::NodeConfig;
 use crate::status::ClusterStatus;
@@ -111,6 +113,20 @@ enum Command {
     },
     /// The cluster's job queues: counts and dead letters, as JSON.
     Queues,
+    /// Print a systemd unit that runs a node with CONFIG at boot, restarts it when
+    /// it fails and stops it with SIGTERM within the drain; install it with
+    /// `colony startup --config FILE | sudo tee /etc/systemd/system/colony.service`.
+    Startup {
+        /// The node's YAML config.
+        #[arg(long, default_value = "configs/master.yaml")]
+        config: PathBuf,
+        /// The user the node runs as; root when omitted.
+        #[arg(long)]
+        user: Option<String>,
+        /// How long requests in flight may take to finish when systemd stops it.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        drain: Duration,
+    },
     /// Write a cluster CA (ca.pem, ca.key) and a certificate and key per node
     /// (NODE.pem, NODE.key, naming the node) into DIR, for `bridge.tls`.
     Certs {
@@ -128,7 +144,7 @@ pub fn main(app: impl Into<App>) -> ExitCode {
     if cli.token.is_none()
         && !matches!(
             cli.command,
-            Command::Node { .. } | Command::CheckConfig { .. }
+            Command::Node { .. } | Command::CheckConfig { .. } | Command::Startup { .. }
         )
     {
         if let Some(path) = &cli.token_file {
@@ -145,6 +161,11 @@ pub fn main(app: impl Into<App>) -> ExitCode {
         Command::Node { config, drain } => run_node(app.into(), &config, drain),
         Command::CheckConfig { files } => check_config(&app.into(), &files),
         Command::Certs { dir, nodes } => crate::certs::run(&dir, &nodes),
+        Command::Startup {
+            config,
+            user,
+            drain,
+        } => startup(&config, user.as_deref(), drain),
         Command::Status { json } => client(&cli.api, cli.token, |c| status(c, json)),
         Command::Request {
             service,
@@ -174,6 +195,41 @@ pub fn main(app: impl Into<App>) -> ExitCode {
             println!("{value}");
             Ok(())
         }),
+    }
+}
+
+/// Prints the systemd unit of the node `path` configures (see `startup`).
+fn startup(path: &std::path::Path, user: Option<&str>, drain: Duration) -> ExitCode {
+    let config = match NodeConfig::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let absolute =
+        |p: &std::path::Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    let unit = absolute(path).and_then(|config_path| {
+        let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+        let dir = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
+        startup::unit(
+            &absolute(&exe)?,
+            &config_path,
+            &dir,
+            &config.node.name,
+            user,
+            drain,
+        )
+    });
+    match unit {
+        Ok(unit) => {
+            print!("{unit}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
