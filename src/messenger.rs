@@ -28,3 +28,42 @@ pub(crate) mod wire;
 
 pub(crate) use listener::{serve, Host};
 pub(crate) use speaker::Speaker;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// What a node runs of messenger: the services Node listeners back, where
+/// Speakers connect, and the speakers that shout.
+#[derive(Default)]
+pub(crate) struct Running {
+    /// Services backed by Node listeners, with their timeouts.
+    pub(crate) services: HashMap<String, (Arc<Speaker>, Duration)>,
+    /// Where Speakers connect, once bound.
+    pub(crate) listen: Option<SocketAddr>,
+    /// The `shout_to` speakers, kept alive with the node.
+    pub(crate) shouters: Vec<Arc<Speaker>>,
+    /// Stops the listener, the speakers and the shouts.
+    pub(crate) stop: CancellationToken,
+}
+
+impl Running {
+    /// The speaker of `service` and its timeout, if Node listeners back it.
+    pub(crate) fn service(&self, service: &str) -> Option<(Arc<Speaker>, Duration)> {
+        self.services.get(service).cloned()
+    }
+
+    /// The node is stopping: no new Speaker connections, no more dials.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+        for (speaker, _) in self.services.values() {
+            speaker.stop();
+        }
+        for speaker in &self.shouters {
+            speaker.stop();
+        }
+    }
+}

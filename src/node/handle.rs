@@ -116,7 +116,7 @@ pub(super) struct Inner {
     /// Calls from this node that failed on the way to another node.
     pub(super) call_failures: crate::metrics::CallFailures,
     /// Node messenger listeners this node calls, serves and shouts to.
-    pub(super) messenger: std::sync::OnceLock<super::messenger::Messenger>,
+    pub(super) messenger: std::sync::OnceLock<crate::messenger::Running>,
 }
 
 impl std::fmt::Debug for Node {

@@ -2,7 +2,6 @@
 //! reaches through Node listeners, the Speakers it serves on
 //! `messenger.listen`, and the publications it shouts to Node listeners.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,46 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
 
 use super::handle::{Node, StartError};
 use crate::config::NodeConfig;
 use crate::error::ServiceError;
-use crate::messenger::{self, Speaker};
+use crate::messenger::{self, Running, Speaker};
 
 /// Lines a `shout_to` subscription holds before dropping, as a subscriber does.
 const SHOUT_LINES: usize = 4096;
-
-/// What a node speaks of messenger.
-#[derive(Default)]
-pub(crate) struct Messenger {
-    /// Services backed by Node listeners, with their timeouts.
-    services: HashMap<String, (Arc<Speaker>, Duration)>,
-    /// Where Speakers connect, once bound.
-    listen: Option<SocketAddr>,
-    /// Keep the `shout_to` speakers alive with the node.
-    _shouters: Vec<Arc<Speaker>>,
-    /// Stops the listener, the speakers and the shouts.
-    stop: CancellationToken,
-}
-
-impl Messenger {
-    /// The speaker of `service` and its timeout, if Node listeners back it.
-    pub(crate) fn service(&self, service: &str) -> Option<(Arc<Speaker>, Duration)> {
-        self.services.get(service).cloned()
-    }
-
-    /// The node is stopping: no new Speaker connections, no more dials.
-    pub(crate) fn stop(&self) {
-        self.stop.cancel();
-        for (speaker, _) in self.services.values() {
-            speaker.stop();
-        }
-        for speaker in &self._shouters {
-            speaker.stop();
-        }
-    }
-}
 
 /// The node as the messenger listener's host: requests and publications go
 /// through it as they would from any caller.
@@ -100,12 +67,12 @@ impl messenger::Host for Host {
 impl Node {
     /// Starts what `config`'s `messenger:` section and messenger-backed services
     /// ask for: speakers, the listener, the shouts.
-    pub(super) fn start_messenger(&self, config: &NodeConfig) -> Result<Messenger, StartError> {
+    pub(super) fn start_messenger(&self, config: &NodeConfig) -> Result<Running, StartError> {
         let max_message = config
             .messenger
             .as_ref()
             .map_or(1024 * 1024, |m| m.max_message);
-        let mut messenger = Messenger::default();
+        let mut messenger = Running::default();
         for (name, service) in &config.services {
             if !service.messenger.is_empty() {
                 let speaker =
@@ -151,7 +118,7 @@ impl Node {
                     stop.run_until_cancelled(shouting).await;
                 });
             }
-            messenger._shouters.push(speaker);
+            messenger.shouters.push(speaker);
         }
         Ok(messenger)
     }
