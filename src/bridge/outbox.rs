@@ -270,9 +270,25 @@ impl Outbox {
             // Let the tasks that are ready add their frames too, so that one
             // write carries many.
             tokio::task::yield_now().await;
-            if self.write_all(&mut write).await.is_err() {
-                self.close();
-                return;
+            // A peer that reads nothing leaves a write waiting for ever: the
+            // stop does not wait for it.
+            let written = tokio::select! {
+                biased;
+                _ = &mut stop => None,
+                written = self.write_all(&mut write) => Some(written),
+            };
+            match written {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    self.close();
+                    return;
+                }
+                None => {
+                    // The write abandoned was this task's; its bytes go with
+                    // the link.
+                    self.state.lock().written();
+                    break;
+                }
             }
         }
         self.state.lock().closed = true;

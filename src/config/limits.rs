@@ -92,6 +92,13 @@ impl NodeConfig {
         at_most("api.subscribe_buffer", self.api.subscribe_buffer, MAX_BYTES)?;
         no_longer("api.read_timeout", self.api.read_timeout, MAX_TIMEOUT)?;
         no_shorter("api.read_timeout", self.api.read_timeout, MIN_READ_TIMEOUT)?;
+        if let Some(messenger) = &self.messenger {
+            at_most(
+                "messenger.max_connections",
+                messenger.max_connections,
+                MAX_CONNECTIONS,
+            )?;
+        }
         if let Some(bridge) = &self.bridge {
             at_most("bridge.max_frame", bridge.max_frame, MAX_FRAME)?;
             at_most("bridge.queue", bridge.queue, MAX_QUEUE)?;

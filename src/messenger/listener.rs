@@ -223,14 +223,19 @@ impl Replies {
         self.bytes.fetch_add(len, Ordering::AcqRel);
     }
 
-    /// Queues the reply to request `id` of `len` bytes.
-    fn answer(&self, id: &RawValue, len: usize, answer: Result<Box<RawValue>, ServiceError>) {
+    /// A request (or send) of `len` bytes is no longer being served.
+    fn release(&self, len: usize) {
         let was_full = self.full();
         self.serving.fetch_sub(1, Ordering::AcqRel);
         self.bytes.fetch_sub(len, Ordering::AcqRel);
         if was_full && !self.full() {
             self.below.notify_one();
         }
+    }
+
+    /// Queues the reply to request `id` of `len` bytes.
+    fn answer(&self, id: &RawValue, len: usize, answer: Result<Box<RawValue>, ServiceError>) {
+        self.release(len);
         let frame = wire::reply(id, answer);
         let frame = if frame.len() > self.max_message.saturating_add(1) {
             let error = ServiceError::bad_request(format!(
@@ -275,16 +280,28 @@ fn dispatch(
                 );
             }
         } else if let Some((service, to)) = route {
+            // Counted as a request being served until the service is done
+            // with it: sends are bounded as requests are.
+            let len = incoming.size();
+            replies.start(len);
+            let counted = Answering {
+                replies: replies.clone(),
+                id: None,
+                len,
+                settled: false,
+            };
             let answer = host.request(service, to, incoming.body());
             let subject = subject.to_string();
-            actix_rt::spawn(async move {
-                if let Err(e) = answer.await {
+            return Some(Box::pin(async move {
+                let answer = answer.await;
+                if let Err(e) = &answer {
                     log::warn!(
                         "messenger: send `{}` failed: {e}",
                         crate::logging::untrusted(&subject)
                     );
                 }
-            });
+                counted.answer(answer);
+            }));
         } else {
             log::warn!(
                 "messenger: a message on `{}` dropped: no messenger.shouts or messenger.routes entry",
@@ -308,6 +325,7 @@ fn dispatch(
         replies: replies.clone(),
         id: Some(id),
         len,
+        settled: false,
     };
     let served = async move { answering.answer(answer.await) };
     match host.thread_of(service) {
@@ -319,29 +337,40 @@ fn dispatch(
     }
 }
 
-/// A request's reply owed: answered once, with an error if the request is
-/// dropped unserved (its worker's thread stopped).
+/// A request's reply owed, or a send's count: settled once, with an error
+/// reply if the request is dropped unserved (its worker's thread stopped).
 struct Answering {
     replies: Replies,
+    /// `None` for a send, which gets no reply.
     id: Option<Box<RawValue>>,
     len: usize,
+    settled: bool,
 }
 
 impl Answering {
     fn answer(mut self, answer: Result<Box<RawValue>, ServiceError>) {
-        if let Some(id) = self.id.take() {
-            self.replies.answer(&id, self.len, answer);
+        self.settle(answer);
+    }
+
+    fn settle(&mut self, answer: Result<Box<RawValue>, ServiceError>) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        match self.id.take() {
+            Some(id) => self.replies.answer(&id, self.len, answer),
+            None => self.replies.release(self.len),
         }
     }
 }
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            let error = ServiceError::service_failed(
-                "the request was dropped unserved: its worker's thread stopped",
-            );
-            self.replies.answer(&id, self.len, Err(error));
+        if self.settled {
+            return;
         }
+        let error = ServiceError::service_failed(
+            "the request was dropped unserved: its worker's thread stopped",
+        );
+        self.settle(Err(error));
     }
 }

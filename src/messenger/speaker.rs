@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::timeout_at;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -101,7 +101,7 @@ impl Speaker {
         data: &[u8],
         timeout: Duration,
     ) -> Result<Box<RawValue>, ServiceError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::tokio_after(timeout);
         let data = json_of(data)?;
         let (line, out) = self.pick()?;
         let id = format!("id-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -118,23 +118,23 @@ impl Speaker {
             }
             pending.insert(id.clone(), tx);
         }
-        if let Err(e) = line.queue(&out, frame, &self.what) {
-            line.pending.lock().remove(&id);
-            return Err(e);
-        }
+        // Whatever ends the call (an answer, its timeout, its caller giving
+        // up), its entry leaves the table.
+        let _waiting = Waiting {
+            line: &line,
+            id: &id,
+        };
+        line.queue(&out, frame, &self.what)?;
         match timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(line.down("closed the connection", &self.what)),
-            Err(_) => {
-                line.pending.lock().remove(&id);
-                Err(ServiceError::timeout(format!(
-                    "messenger listener {} of {} did not answer `{}` within {}",
-                    line.address,
-                    self.what,
-                    crate::logging::untrusted(subject),
-                    humantime::format_duration(timeout)
-                )))
-            }
+            Err(_) => Err(ServiceError::timeout(format!(
+                "messenger listener {} of {} did not answer `{}` within {}",
+                line.address,
+                self.what,
+                crate::logging::untrusted(subject),
+                humantime::format_duration(timeout)
+            ))),
         }
     }
 
@@ -219,6 +219,18 @@ impl Speaker {
 impl Drop for Speaker {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// A call's entry in its line's table, removed when the call ends.
+struct Waiting<'a> {
+    line: &'a Line,
+    id: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.line.pending.lock().remove(self.id);
     }
 }
 
@@ -312,6 +324,9 @@ impl Line {
                 batch.clear();
             }
         });
+        // However this ends (the connection closes, the speaker stops), the
+        // writer goes with it, even one stuck on a listener that reads nothing.
+        let _writer = AbortOnDrop(writer);
         *self.out.lock() = Some(tx);
         let mut reader = FramedRead::new(read, NulCodec::new(max_message));
         let why = loop {
@@ -335,7 +350,6 @@ impl Line {
             }
         };
         *self.out.lock() = None;
-        writer.abort();
         let waiting: Vec<_> = self.pending.lock().drain().collect();
         for (_, waiter) in waiting {
             let _ = waiter.send(Err(ServiceError::new(
@@ -344,5 +358,14 @@ impl Line {
             )));
         }
         why
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(actix_rt::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
