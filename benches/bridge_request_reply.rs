@@ -51,6 +51,7 @@ fn colony_request_len(n: u64) -> usize {
         timeout_ms: 10_000,
         flags: 0,
         worker: 0,
+        trace: None,
         service: "bench",
         subject: Ping::SUBJECT,
     };

@@ -315,6 +315,7 @@ fn publish_frame_len(n: u64) -> usize {
         "bench.tick",
         "a",
         "",
+        None,
         &payload,
     )
     .expect("a publish frame encodes");

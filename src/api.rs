@@ -9,10 +9,14 @@
 //! while it is read. Connections are [`paced`]: of a client that pipelines
 //! requests without reading the answers, little is read, and its connection
 //! closes once the node could write nothing to it for `api.read_timeout`.
+//!
+//! Every request is served within its W3C trace ([`traced`]): the caller's
+//! `traceparent`, continued, or a new trace; every response carries it back.
 
 pub(crate) mod access;
 pub(crate) mod limits;
 mod paced;
+mod traced;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use self::access::{Access, Refusal};
+use self::traced::RequestTrace;
 use crate::config::ApiSection;
 use crate::error::{ErrorKind, ServiceError};
 use crate::message::WorkerId;
@@ -101,14 +106,24 @@ pub(crate) fn serve(
                 .wrap_fn(move |mut req, srv| {
                     // Until the answer is ready (a refusal's at once).
                     let in_flight = paced::Pace::of(req.request()).map(|p| p.start(&mut req));
+                    let trace = RequestTrace::of(req.headers());
                     match access.check(&req) {
-                        Ok(()) => Either::Left(srv.call(req).map(move |r| {
-                            drop(in_flight);
-                            r.map(|r| r.map_into_left_body())
-                        })),
-                        Err(refusal) => Either::Right(ready(Ok(req
-                            .into_response(refusal.response())
-                            .map_into_right_body()))),
+                        Ok(()) => {
+                            let context = Some(trace.context);
+                            let call = crate::trace::scope_sync(context, || srv.call(req));
+                            Either::Left(crate::trace::scope(context, call).map(move |r| {
+                                drop(in_flight);
+                                r.map(|mut r| {
+                                    trace.stamp(r.headers_mut());
+                                    r.map_into_left_body()
+                                })
+                            }))
+                        }
+                        Err(refusal) => {
+                            let mut refused = req.into_response(refusal.response());
+                            trace.stamp(refused.headers_mut());
+                            Either::Right(ready(Ok(refused.map_into_right_body())))
+                        }
                     }
                 })
                 .service(endpoint("/v1/health", web::get().to(health)))

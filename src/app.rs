@@ -46,7 +46,8 @@ use crate::worker::{start_worker, StartWorker};
 pub use crate::config::MASTER_SERVICE;
 
 /// What a worker's factory may know: its own id and the node it runs on, through
-/// which it makes its own calls.
+/// which it makes its own calls. What a handler knows of the request it serves
+/// besides the message: its trace, from [`trace::current`](crate::trace::current).
 #[derive(Debug, Clone)]
 pub struct WorkerContext {
     /// The worker's id, `NODE/SERVICE/INDEX`.

@@ -45,6 +45,7 @@ mod accept;
 pub(crate) mod conn;
 mod connect;
 mod control;
+mod control_frame;
 mod counters;
 pub mod frame;
 pub mod handshake;

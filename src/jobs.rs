@@ -55,6 +55,7 @@ use crate::config::QueueConfig;
 use crate::error::{ErrorKind, ServiceError};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::store::{Change, Loaded, Store};
+use crate::trace::TraceContext;
 use queue::{Buried, Job, Queue, Taker};
 
 /// A job handed to a worker.
@@ -68,6 +69,9 @@ pub(crate) struct Given {
     pub(crate) lease: u64,
     /// The job as JSON.
     pub(crate) job: Box<RawValue>,
+    /// The trace it was pushed in, if any: it is worked within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trace: Option<TraceContext>,
 }
 
 /// How a worker's delivery of a job ended.
@@ -191,12 +195,13 @@ impl JobQueues {
         }
     }
 
-    /// Queues `job` (JSON) and returns its id once it is kept (on disk, when
-    /// durable); `Overloaded` when the queue is full, `ServiceFailed` when it
-    /// cannot be written.
+    /// Queues `job` (JSON), within the current trace, and returns its id once
+    /// it is kept (on disk, when durable); `Overloaded` when the queue is full,
+    /// `ServiceFailed` when it cannot be written.
     pub(crate) async fn push(&self, name: &str, json: Box<RawValue>) -> Result<u64, ServiceError> {
         check_name(name)?;
         let len = json.get().len();
+        let trace = crate::trace::current();
         let Some(store) = &self.store else {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             return self.with_queue(name, |queue| {
@@ -205,6 +210,7 @@ impl JobQueues {
                     id,
                     json,
                     attempts: 0,
+                    trace,
                 });
                 Ok(id)
             })?;
@@ -243,6 +249,7 @@ impl JobQueues {
                             id,
                             json,
                             attempts: 0,
+                            trace,
                         });
                         // Handed straight to a waiting worker: its delivery count.
                         queue.record(&keeper);

@@ -19,10 +19,11 @@
 //!        |             store                          the state's file on disk
 //!  2 in-node runtime   root  supervisor  router       one node's request path:
 //!        |             dealer  worker  service        name → dealer → worker → reply
-//!        |             metrics
+//!        |             inbox  metrics
 //!  1 core types        error  message  guard          what every layer speaks
 //!                      events  deadline  logging
 //!                      backoff  config  status
+//!                      trace
 //! ```
 //!
 //! - Surfaces: [`cli`] is the `colony` command line; `api` serves the HTTP API;
@@ -49,13 +50,16 @@
 //! - In-node runtime: `root` is the root actor of a node; it starts one
 //!   `supervisor` per service, which starts and restarts its workers; `router`
 //!   carries a request through the service's `dealer` (the load-balancing broker)
-//!   into a `worker`'s mailbox and the reply back; `metrics` is `GET /metrics`.
+//!   into a `worker`'s mailbox and the reply back (a traced request into its
+//!   `inbox`, so that the handler runs within the trace); `metrics` is `GET /metrics`.
 //! - Core types: [`config`] reads a node's YAML config and checks every key it can
 //!   alone; [`message`] defines a typed message; [`guard`] the middleware that may
 //!   change or reject it; [`error`] the error every failed call returns;
 //!   [`events`] the lifecycle events; [`status`] what status shows; `deadline`
 //!   turns outside durations into deadlines; `backoff` is the one retry backoff;
-//!   [`logging`] formats log lines with node and worker.
+//!   [`trace`] is the W3C trace context a request carries across nodes (and
+//!   [`trace::current`] tells a handler its request's); [`logging`] formats log
+//!   lines with node, worker and trace.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod api;
@@ -71,6 +75,7 @@ mod dealer;
 pub mod error;
 pub mod events;
 pub mod guard;
+mod inbox;
 pub mod jobs;
 mod locks;
 pub mod logging;
@@ -91,6 +96,7 @@ mod state;
 pub mod status;
 pub mod store;
 mod supervisor;
+pub mod trace;
 pub mod transport;
 mod worker;
 
@@ -105,4 +111,5 @@ pub use message::{Outcome, ReplyOf, Request, WorkerId};
 pub use node::{LockGuard, LockOptions, Node, StartError};
 pub use pubsub::{channel, PublishMeta, Published, Subscription};
 pub use run::run;
+pub use trace::TraceContext;
 pub use worker::WorkerState;

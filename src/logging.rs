@@ -1,11 +1,13 @@
 //! Log lines through `env_logger`, `RUST_LOG` respected (default `info`), each line
-//! naming the node and, inside a worker's code, the worker.
+//! naming the node and, inside a worker's code, the worker; a line written within
+//! a traced request (see [`trace`](crate::trace)) ends with `trace=<32 hex>`.
 
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
 use crate::message::WorkerId;
+use crate::trace::LogSuffix;
 
 static NODE: OnceLock<String> = OnceLock::new();
 
@@ -22,11 +24,12 @@ pub fn init(node: &str) {
                 };
                 writeln!(
                     buf,
-                    "{} {:<5} [{who}] {}: {}",
+                    "{} {:<5} [{who}] {}: {}{}",
                     buf.timestamp_millis(),
                     record.level(),
                     record.target(),
-                    record.args()
+                    record.args(),
+                    LogSuffix(crate::trace::current()),
                 )
             })
             .try_init();

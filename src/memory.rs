@@ -200,6 +200,7 @@ impl MemoryLink {
             payload: Bytes::copy_from_slice(payload),
             timeout_ms: call.timeout_ms(),
             worker: call.worker,
+            trace: call.trace,
         };
         let to = self.to.clone();
         let from = self.from.me.name.clone();

@@ -88,6 +88,13 @@ impl Published {
         &self.delivery.meta
     }
 
+    /// The trace it was published in, on whichever node: a handler that logs
+    /// about it names the trace with
+    /// [`trace::scope_sync`](crate::trace::scope_sync)`(msg.trace(), || …)`.
+    pub fn trace(&self) -> Option<crate::trace::TraceContext> {
+        self.delivery.trace
+    }
+
     /// The message as `T`: a clone of the published value on the publisher's node,
     /// decoded from JSON elsewhere. `BadRequest` when it is not a `T`.
     pub fn decode<T: DeserializeOwned + Clone + 'static>(&self) -> Result<T, ServiceError> {

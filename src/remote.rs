@@ -61,6 +61,7 @@ impl Remote {
             subject,
             timeout,
             worker: worker.map(|w| w as u32),
+            trace: crate::trace::current(),
         }
     }
 

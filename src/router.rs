@@ -343,7 +343,7 @@ impl LocalService {
                     }
                 },
             };
-            match send(&worker.mailbox, msg) {
+            match send(&worker.mailbox, msg, crate::trace::current()) {
                 Ok(reply) => return Ok(InFlight::new(self.clone(), worker, reply, true)),
                 // The worker exited after its credit was taken: try the next one.
                 Err(back) => msg = back,
@@ -364,7 +364,7 @@ impl LocalService {
                 worker.slot.id
             )));
         }
-        match send(&worker.mailbox, msg) {
+        match send(&worker.mailbox, msg, crate::trace::current()) {
             Ok(reply) => Ok(InFlight::new(self.clone(), worker, reply, false)),
             Err(_) => Err(ServiceError::no_such_service(format!(
                 "worker {} is not running",

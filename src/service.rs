@@ -19,12 +19,16 @@ use crate::config::ServiceConfig;
 use crate::dealer::Dealer;
 use crate::error::ServiceError;
 use crate::guard::{GuardChain, Meta, Origin, Rejection};
+use crate::inbox;
 use crate::message::Request;
 use crate::metrics::ServiceMetrics;
+use crate::trace::TraceContext;
 use crate::worker::{self, Incarnation, Mailbox, WorkerSlot};
 
-/// Hands `msg` to a worker's mailbox, or gives it back if the mailbox is closed.
-pub(crate) type SendFn<M> = fn(&Mailbox, M) -> Result<oneshot::Receiver<<M as Message>::Result>, M>;
+/// Hands `msg` to a worker's mailbox (its traced inbox when the request has a
+/// trace), or gives it back if the mailbox is closed.
+pub(crate) type SendFn<M> =
+    fn(&Mailbox, M, Option<TraceContext>) -> Result<oneshot::Receiver<<M as Message>::Result>, M>;
 
 /// Decodes a JSON request, runs it through the typed path and encodes the reply,
 /// which passes on as the JSON text it is, never parsed again.
@@ -101,14 +105,21 @@ impl fmt::Debug for Route {
     }
 }
 
-fn send_to<A, M>(mailbox: &Mailbox, msg: M) -> Result<oneshot::Receiver<M::Result>, M>
+fn send_to<A, M>(
+    mailbox: &Mailbox,
+    msg: M,
+    trace: Option<TraceContext>,
+) -> Result<oneshot::Receiver<M::Result>, M>
 where
     A: Actor<Context = Context<A>> + Handler<M>,
     M: Request,
 {
-    match worker::address::<A>(mailbox) {
-        Some(tx) => tx.send(msg).map_err(|e| e.into_inner()),
-        None => Err(msg),
+    let Some(mailboxes) = worker::mailboxes::<A>(mailbox) else {
+        return Err(msg);
+    };
+    match trace {
+        None => mailboxes.address.send(msg).map_err(|e| e.into_inner()),
+        Some(trace) => inbox::send(&mailboxes.traced, msg, trace),
     }
 }
 

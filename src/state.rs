@@ -33,6 +33,9 @@ pub(crate) enum Op {
     Push {
         queue: String,
         job: Box<RawValue>,
+        /// The trace the job is pushed in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<crate::trace::TraceContext>,
     },
     Take {
         queue: String,
@@ -133,7 +136,10 @@ impl ClusterState {
         let op: Op = serde_json::from_slice(op)
             .map_err(|e| ServiceError::bad_request(format!("malformed cluster operation: {e}")))?;
         let reply = match op {
-            Op::Push { queue, job } => serde_json::to_vec(&self.jobs.push(&queue, job).await?),
+            Op::Push { queue, job, trace } => {
+                let pushed = crate::trace::scope(trace, self.jobs.push(&queue, job));
+                serde_json::to_vec(&pushed.await?)
+            }
             Op::Take {
                 queue,
                 worker,

@@ -37,6 +37,7 @@ use crate::message::WorkerId;
 use crate::pubsub::{Announce, Change, Delivery, PubSub, PublishMeta};
 use crate::router::Router;
 use crate::status::NodeStatus;
+use crate::trace::TraceContext;
 
 /// A node of the cluster as the member table knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +96,8 @@ pub(crate) struct Call<'a> {
     pub(crate) timeout: Duration,
     /// The worker (by index) that must take it; any worker when `None`.
     pub(crate) worker: Option<u32>,
+    /// The trace the call is part of, if any.
+    pub(crate) trace: Option<TraceContext>,
 }
 
 impl Call<'_> {
@@ -297,16 +300,28 @@ pub(crate) struct Incoming {
     pub(crate) payload: Bytes,
     pub(crate) timeout_ms: u32,
     pub(crate) worker: Option<u32>,
+    /// The caller's trace: this node serves the request in a new span of it.
+    pub(crate) trace: Option<TraceContext>,
 }
 
 impl Inbound {
-    /// Serves node `from`'s request with this node's own workers; the answer is
-    /// the reply's JSON.
+    /// Serves node `from`'s request with this node's own workers, within its
+    /// trace if it has one; the answer is the reply's JSON.
     pub(crate) async fn serve(
         &self,
         request: Incoming,
         from: &str,
     ) -> Result<Vec<u8>, ServiceError> {
+        let trace = request.trace.map(|caller| caller.child());
+        crate::trace::maybe_scope(trace, self.serve_here(request, from)).await
+    }
+
+    async fn serve_here(&self, request: Incoming, from: &str) -> Result<Vec<u8>, ServiceError> {
+        log::debug!(
+            "request {}/{} from node {from}: served here",
+            crate::logging::untrusted(&request.service),
+            crate::logging::untrusted(&request.subject),
+        );
         // A peer's timeout is bounded as a local one is (at most an hour).
         let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)))
             .min(crate::config::limits::MAX_TIMEOUT);
@@ -325,9 +340,20 @@ impl Inbound {
         Ok(String::from(Box::<str>::from(reply)).into_bytes())
     }
 
-    /// A publication from node `node` (by its worker `worker`, empty if none) for
-    /// this node's subscribers.
-    pub(crate) fn deliver(&self, topic: String, node: String, worker: String, payload: Bytes) {
+    /// A publication from node `node` (by its worker `worker`, empty if none),
+    /// made within `trace`, for this node's subscribers.
+    pub(crate) fn deliver(
+        &self,
+        topic: String,
+        node: String,
+        worker: String,
+        trace: Option<TraceContext>,
+        payload: Bytes,
+    ) {
+        crate::trace::scope_sync(trace, || self.deliver_here(topic, node, worker, payload));
+    }
+
+    fn deliver_here(&self, topic: String, node: String, worker: String, payload: Bytes) {
         let worker = (!worker.is_empty()).then_some(worker);
         let service = worker
             .as_deref()
@@ -339,7 +365,12 @@ impl Inbound {
             service,
         };
         let delivery = Arc::new(Delivery::json(topic, meta, payload));
-        self.pubsub.deliver(&delivery);
+        let delivered = self.pubsub.deliver(&delivery);
+        log::debug!(
+            "publication on {} from node {}: delivered to {delivered} subscribers here",
+            crate::logging::untrusted(&delivery.topic),
+            crate::logging::untrusted(&delivery.meta.node),
+        );
     }
 
     /// Node `node` joined the cluster.

@@ -30,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::events::ExitReason;
+use crate::inbox;
 use crate::logging::with_current_worker;
 use crate::message::WorkerId;
 
@@ -73,8 +74,15 @@ impl WorkerSlot {
     }
 }
 
-/// A worker's mailbox with its actor type erased: an `AddressSender<A>`.
+/// A worker's mailboxes with its actor type erased: a [`Mailboxes<A>`].
 pub(crate) type Mailbox = Box<dyn Any + Send + Sync>;
+
+/// Where an `A` worker's messages go: actix's mailbox, and the inbox of traced
+/// requests (see [`inbox`](crate::inbox)).
+pub(crate) struct Mailboxes<A: Actor<Context = Context<A>>> {
+    pub(crate) address: AddressSender<A>,
+    pub(crate) traced: inbox::Sender<A>,
+}
 
 /// One start of a worker's actor.
 pub(crate) struct Incarnation {
@@ -182,11 +190,15 @@ where
 {
     // Buffer 0: actix never parks the sender; the dealer's credits bound the mailbox.
     let (tx, rx) = channel::channel::<A>(0);
+    let (traced, inbox) = inbox::open::<A>();
     let (kill_tx, kill_rx) = oneshot::channel::<ExitReason>();
     let incarnation = Arc::new(Incarnation {
         slot: args.slot.clone(),
         generation: args.generation,
-        mailbox: Box::new(tx) as Mailbox,
+        mailbox: Box::new(Mailboxes {
+            address: tx,
+            traced,
+        }) as Mailbox,
         arbiter: args.arbiter.clone(),
         alive: AtomicBool::new(true),
         exit: watch::Sender::new(None),
@@ -214,9 +226,11 @@ where
                 return;
             }
         };
+        let mut context = Context::with_receiver(rx);
+        context.spawn(inbox);
         let run = Tagged {
             id,
-            inner: Context::with_receiver(rx).into_future(actor),
+            inner: context.into_future(actor),
         };
         online.do_send(WorkerOnline { index, generation });
         actix_rt::spawn(async move {
@@ -279,7 +293,9 @@ impl<F: Future + Unpin> Future for Tagged<F> {
     }
 }
 
-/// The mailbox of an `A` worker.
-pub(crate) fn address<A: Actor>(mailbox: &Mailbox) -> Option<&AddressSender<A>> {
-    mailbox.downcast_ref::<AddressSender<A>>()
+/// The mailboxes of an `A` worker.
+pub(crate) fn mailboxes<A: Actor<Context = Context<A>>>(
+    mailbox: &Mailbox,
+) -> Option<&Mailboxes<A>> {
+    mailbox.downcast_ref::<Mailboxes<A>>()
 }

@@ -202,6 +202,7 @@ async fn garbage_on_the_bridge_port_is_dropped_and_the_cluster_keeps_serving() {
             timeout_ms: 1000,
             flags: 0,
             worker: 0,
+            trace: None,
             service: "calc",
             subject: "add",
         },

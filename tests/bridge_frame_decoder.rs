@@ -294,6 +294,7 @@ fn encoded_wire_messages_decode_to_themselves() {
         timeout_ms: 1,
         flags: wire::ONE_WAY | wire::TO_WORKER,
         worker: 7,
+        trace: Some(colony::TraceContext::new()),
         service: "calc".into(),
         subject: "ädd".into(),
         payload: Bytes::from_static(b"{}"),

@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "core types",
         &[
             "error", "message", "guard", "deadline", "events", "logging", "backoff", "config",
-            "status",
+            "status", "trace",
         ],
     ),
     (
@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "root",
             "router",
             "service",
+            "inbox",
             "metrics",
         ],
     ),

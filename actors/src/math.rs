@@ -37,6 +37,7 @@ impl Handler<Sum> for Math {
     type Result = Result<SumReply, ServiceError>;
 
     fn handle(&mut self, msg: Sum, _: &mut Context<Self>) -> Self::Result {
+        log::debug!("sum of {} and {}", msg.a, msg.b);
         let sum = msg.a.checked_add(msg.b).ok_or_else(|| {
             ServiceError::application(
                 "sum overflows i64",

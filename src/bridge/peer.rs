@@ -234,6 +234,7 @@ impl Peer {
             timeout_ms: call.timeout_ms(),
             flags,
             worker,
+            trace: call.trace,
             service: call.service,
             subject: call.subject,
         };
@@ -439,6 +440,7 @@ mod tests {
             subject: "add",
             timeout: Duration::from_secs(1),
             worker: None,
+            trace: None,
         };
         let pending = Link::request(&peer, call, b"{}").expect("queued");
         assert!(!peer.flushed(), "the request frame is queued");

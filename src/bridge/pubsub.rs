@@ -87,6 +87,7 @@ impl Bridge {
                     &delivery.topic,
                     &delivery.meta.node,
                     delivery.meta.worker.as_deref().unwrap_or(""),
+                    delivery.trace,
                     delivery.json_bytes(),
                 );
                 if let Err(e) = encoded {
@@ -125,7 +126,12 @@ impl Bridge {
 
     /// A publication from another node, for this node's subscribers.
     pub(crate) fn deliver(&self, frame: wire::PublishFrame) {
-        self.inbound
-            .deliver(frame.topic, frame.node, frame.worker, frame.payload);
+        self.inbound.deliver(
+            frame.topic,
+            frame.node,
+            frame.worker,
+            frame.trace,
+            frame.payload,
+        );
     }
 }

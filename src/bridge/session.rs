@@ -179,6 +179,7 @@ fn handle(
                 subject: request.subject,
                 payload: request.payload,
                 timeout_ms: request.timeout_ms,
+                trace: request.trace,
             };
             batch.add(bridge, peer, load, incoming, request.id, one_way);
         }

@@ -12,38 +12,40 @@
 //! Request body (all integers big-endian):
 //!
 //! ```text
-//! id u64 | timeout_ms u32 | flags u8 | worker u32 | service_len u16 | service |
-//! subject_len u16 | subject | payload (JSON, to the end of the frame)
+//! id u64 | timeout_ms u32 | flags u8 | worker u32 | [trace 25 bytes] |
+//! service_len u16 | service | subject_len u16 | subject |
+//! payload (JSON, to the end of the frame)
 //! ```
 //!
 //! `flags` bit 0: one-way (no reply is sent); bit 1: `worker` names the worker
-//! index to use instead of the dealer's choice. Reply body: `id u64 | ok u8 |
+//! index to use instead of the dealer's choice; bit 2 ([`TRACED`]): the trace
+//! follows `worker` (trace id 16 bytes, the caller's span id 8, trace flags 1; see
+//! [`TraceContext::to_bytes`]); without it, nothing. An untraced request is
+//! byte for byte what protocol version 4 sent. Other bits, and a trace with an
+//! all-zero id, make the frame malformed. Reply body: `id u64 | ok u8 |
 //! payload`, where the payload is the reply's JSON when `ok` is 1 and a
 //! [`ServiceError`]'s JSON when it is 0.
 //!
 //! Publish body: `topic_len u16 | topic | node_len u16 | node | worker_len u16 |
-//! worker (empty when no worker published) | payload (JSON, to the end)`.
+//! worker (empty when no worker published) | traced u8 | [trace 25 bytes] |
+//! payload (JSON, to the end)`, `traced` 0 (no trace follows) or 1.
 //!
 //! Cluster body: `id u64 | flags u8 | operation (JSON, to the end)`, `flags` bit 0
 //! one-way; its answer is a `REPLY` with the same id.
 
-use std::collections::BTreeMap;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::de::{IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
 
 use super::frame::{encode_with, Frame, FrameError};
 use crate::error::ServiceError;
-use crate::pubsub::MAX_PREFIXES;
-use crate::status::NodeStatus;
+use crate::trace::{TraceContext, WIRE_LEN};
 
 /// The protocol version both ends must speak, agreed in the handshake. Version 2
 /// sends subscription changes ([`Control::Subscribed`], [`Control::Unsubscribed`])
 /// instead of whole tables; version 3 carries cluster operations in their own
 /// frames ([`CLUSTER`]); version 4 adds a delivery's lease token to job answers and
-/// lock renewals.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// lock renewals; version 5 carries trace contexts in requests ([`TRACED`]) and
+/// publications.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Frame kinds.
 pub const CONTROL: u8 = 1;
@@ -58,145 +60,16 @@ pub const PUBLISH: u8 = 5;
 /// An operation on the cluster's queues, locks or confirmations.
 pub const CLUSTER: u8 = 6;
 
-/// Handshake, membership and status messages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Control {
-    /// First message each way: who is speaking, a fresh nonce, and (from the side
-    /// that accepted the connection) its proof over the dialer's nonce.
-    Hello {
-        /// The sender's protocol version.
-        version: u16,
-        /// The sender's node name.
-        node: String,
-        /// 32 random bytes, hex.
-        nonce: String,
-        /// HMAC proof of the cluster secret, hex (accepting side only).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        proof: Option<String>,
-    },
-    /// The dialer's proof over the acceptor's nonce.
-    Proof {
-        /// HMAC proof, hex.
-        proof: String,
-    },
-    /// The handshake succeeded.
-    Welcome,
-    /// The connection is refused, and why.
-    Refused {
-        /// The reason, for the log of the refused side.
-        reason: String,
-    },
-    /// A node announces itself to the master.
-    Join {
-        /// The joining node.
-        member: Member,
-    },
-    /// The master's member table, sent on every change.
-    Members {
-        /// Every member, the master included.
-        members: Vec<Member>,
-    },
-    /// Asks for the receiver's status.
-    StatusRequest {
-        /// Matches the reply.
-        id: u64,
-    },
-    /// The receiver's status.
-    StatusReply {
-        /// The request's id.
-        id: u64,
-        /// The node's status.
-        status: Box<NodeStatus>,
-    },
-    /// Kill one of the receiver's workers, as `colony kill` does.
-    Kill {
-        /// Matches the reply.
-        id: u64,
-        /// The worker id, `NODE/SERVICE/INDEX`.
-        worker: String,
-    },
-    /// The topic prefixes the sender's subscribers hold, with how many hold each;
-    /// sent once when a link opens (and again if a change could not be queued).
-    /// [`Control::Subscribed`] and [`Control::Unsubscribed`] carry the changes.
-    Subscriptions {
-        /// Prefix to subscriber count. At most [`MAX_PREFIXES`] + 1 entries are
-        /// read from the wire; the rest are skipped unread.
-        #[serde(deserialize_with = "capped_table")]
-        prefixes: BTreeMap<String, u32>,
-    },
-    /// One more of the sender's subscribers holds `prefix`.
-    Subscribed {
-        /// The topic prefix.
-        prefix: String,
-    },
-    /// One fewer of the sender's subscribers holds `prefix`.
-    Unsubscribed {
-        /// The topic prefix.
-        prefix: String,
-    },
-    /// The sender is draining: send it no new requests, then answer
-    /// [`Control::LeavingAck`]. Requests sent before the answer still reach it, and
-    /// it serves them.
-    Leaving {
-        /// Matches the answer.
-        id: u64,
-    },
-    /// Every request sent before this one to the leaving node is on its way.
-    LeavingAck {
-        /// The [`Control::Leaving`]'s id.
-        id: u64,
-    },
-    /// Exit the receiver's process with `code`, as if it crashed (`colony kill`
-    /// with a node name); answered by a [`Control::KillReply`] first.
-    KillNode {
-        /// Matches the reply.
-        id: u64,
-        /// The exit code.
-        code: i32,
-    },
-    /// The outcome of a [`Control::Kill`] or [`Control::KillNode`].
-    KillReply {
-        /// The request's id.
-        id: u64,
-        /// Why the kill failed, if it did.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        error: Option<ServiceError>,
-    },
-}
-
-/// Reads a prefix table, keeping at most one entry past [`MAX_PREFIXES`] (so that
-/// the receiver knows the sender went past it) and skipping the rest unread.
-fn capped_table<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u32>, D::Error> {
-    struct Capped;
-    impl<'de> Visitor<'de> for Capped {
-        type Value = BTreeMap<String, u32>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a map of topic prefixes to subscriber counts")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut table = BTreeMap::new();
-            while table.len() <= MAX_PREFIXES {
-                match map.next_entry::<String, u32>()? {
-                    Some((prefix, count)) => table.insert(prefix, count),
-                    None => return Ok(table),
-                };
-            }
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(table)
-        }
-    }
-    d.deserialize_map(Capped)
-}
-
+pub use super::control_frame::Control;
 pub use crate::transport::{Member, Offer};
 
 /// `flags` bit: no reply is sent.
 pub const ONE_WAY: u8 = 1;
 /// `flags` bit: `worker` names the worker index.
 pub const TO_WORKER: u8 = 2;
+/// `flags` bit: a trace context follows `worker`. Set by the encoder when the
+/// request has a trace; never kept in [`RequestFrame::flags`].
+pub const TRACED: u8 = 4;
 
 /// A request carried to another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +82,8 @@ pub struct RequestFrame {
     pub flags: u8,
     /// The worker index when [`TO_WORKER`] is set.
     pub worker: u32,
+    /// The trace the request is part of, if any.
+    pub trace: Option<TraceContext>,
     /// The service addressed.
     pub service: String,
     /// The subject addressed.
@@ -267,6 +142,7 @@ impl RequestFrame {
                 timeout_ms: self.timeout_ms,
                 flags: self.flags,
                 worker: self.worker,
+                trace: self.trace,
                 service: &self.service,
                 subject: &self.subject,
             },
@@ -284,13 +160,22 @@ impl RequestFrame {
         let timeout_ms = body.get_u32();
         let flags = body.get_u8();
         let worker = body.get_u32();
+        if flags & !(ONE_WAY | TO_WORKER | TRACED) != 0 {
+            return Err(malformed("request", format!("flags {flags}")));
+        }
+        let trace = if flags & TRACED != 0 {
+            Some(take_trace(&mut body).ok_or_else(|| err("bad trace"))?)
+        } else {
+            None
+        };
         let service = take_str(&mut body).ok_or_else(|| err("bad service name"))?;
         let subject = take_str(&mut body).ok_or_else(|| err("bad subject"))?;
         Ok(RequestFrame {
             id,
             timeout_ms,
-            flags,
+            flags: flags & !TRACED,
             worker,
+            trace,
             service,
             subject,
             payload: body,
@@ -309,6 +194,8 @@ pub struct RequestHead<'a> {
     pub flags: u8,
     /// See [`RequestFrame::worker`].
     pub worker: u32,
+    /// See [`RequestFrame::trace`].
+    pub trace: Option<TraceContext>,
     /// See [`RequestFrame::service`].
     pub service: &'a str,
     /// See [`RequestFrame::subject`].
@@ -331,14 +218,31 @@ pub fn encode_request(
     encode_with(dst, REQUEST, max, |b| {
         b.put_u64(head.id);
         b.put_u32(head.timeout_ms);
-        b.put_u8(head.flags);
-        b.put_u32(head.worker);
+        match &head.trace {
+            None => {
+                b.put_u8(head.flags & !TRACED);
+                b.put_u32(head.worker);
+            }
+            Some(trace) => {
+                b.put_u8(head.flags | TRACED);
+                b.put_u32(head.worker);
+                b.extend_from_slice(&trace.to_bytes());
+            }
+        }
         b.put_u16(head.service.len() as u16);
         b.extend_from_slice(head.service.as_bytes());
         b.put_u16(head.subject.len() as u16);
         b.extend_from_slice(head.subject.as_bytes());
         b.extend_from_slice(payload);
     })
+}
+
+/// A trace context in its binary form; `None` if cut short or an id is zero.
+fn take_trace(body: &mut Bytes) -> Option<TraceContext> {
+    if body.remaining() < WIRE_LEN {
+        return None;
+    }
+    TraceContext::from_bytes(&body.split_to(WIRE_LEN))
 }
 
 fn take_str(body: &mut Bytes) -> Option<String> {
@@ -418,6 +322,8 @@ pub struct PublishFrame {
     pub node: String,
     /// The publishing worker's id, empty when no worker published.
     pub worker: String,
+    /// The trace the publication was made in, if any.
+    pub trace: Option<TraceContext>,
     /// The message as JSON.
     pub payload: Bytes,
 }
@@ -429,10 +335,19 @@ impl PublishFrame {
         let topic = take_str(&mut body).ok_or_else(|| err("bad topic"))?;
         let node = take_str(&mut body).ok_or_else(|| err("bad node name"))?;
         let worker = take_str(&mut body).ok_or_else(|| err("bad worker id"))?;
+        if body.remaining() < 1 {
+            return Err(err("no trace byte"));
+        }
+        let trace = match body.get_u8() {
+            0 => None,
+            1 => Some(take_trace(&mut body).ok_or_else(|| err("bad trace"))?),
+            _ => return Err(err("bad trace byte")),
+        };
         Ok(PublishFrame {
             topic,
             node,
             worker,
+            trace,
             payload: body,
         })
     }
@@ -445,6 +360,7 @@ pub fn encode_publish(
     topic: &str,
     node: &str,
     worker: &str,
+    trace: Option<TraceContext>,
     payload: &[u8],
 ) -> Result<(), FrameError> {
     let longest = topic.len().max(node.len()).max(worker.len());
@@ -458,6 +374,13 @@ pub fn encode_publish(
         for part in [topic, node, worker] {
             b.put_u16(part.len() as u16);
             b.extend_from_slice(part.as_bytes());
+        }
+        match &trace {
+            None => b.put_u8(0),
+            Some(trace) => {
+                b.put_u8(1);
+                b.extend_from_slice(&trace.to_bytes());
+            }
         }
         b.extend_from_slice(payload);
     })

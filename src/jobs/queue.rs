@@ -11,11 +11,15 @@ use super::{DeadLetter, Given};
 use crate::config::QueueConfig;
 use crate::error::ServiceError;
 use crate::store::{Change, Store};
+use crate::trace::TraceContext;
 
 pub(super) struct Job {
     pub(super) id: u64,
     pub(super) json: Box<RawValue>,
     pub(super) attempts: u32,
+    /// The trace it was pushed in; not kept on disk, so a job recovered after
+    /// a restart has none.
+    pub(super) trace: Option<TraceContext>,
 }
 
 impl Job {
@@ -211,6 +215,7 @@ impl Queue {
             attempt: job.attempts,
             lease: taker.token,
             job: job.json.clone(),
+            trace: job.trace,
         };
         if taker.tx.send(given.clone()).is_err() {
             job.attempts -= 1;

@@ -37,7 +37,12 @@ pub(super) fn restore(
                 log::error!("queue {name}: job {id} on disk is not JSON; skipped");
                 continue;
             };
-            let job = Job { id, json, attempts };
+            let job = Job {
+                id,
+                json,
+                attempts,
+                trace: None,
+            };
             if attempts >= queue.config.max_attempts {
                 // Its last delivery was under way when the state stopped.
                 exhausted.push((name.clone(), job));

@@ -159,6 +159,7 @@ impl Transport for NatsNode {
             reply: None,
             payload,
             call: None,
+            headers: wire::trace_headers(delivery.trace),
         };
         match self.send(out) {
             Ok(()) => wanted,
@@ -217,6 +218,7 @@ impl Transport for NatsNode {
                 reply: None,
                 payload: Bytes::from(payload),
                 call: None,
+                headers: None,
             });
         }
         for peer in self.peers.up() {

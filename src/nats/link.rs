@@ -94,6 +94,7 @@ impl Link for NatsLink {
             reply: Some(format!("{}.{id}", self.node.inbox).into()),
             payload: wire::request(&self.node.me.name, &call, payload),
             call: Some(id),
+            headers: wire::trace_headers(call.trace),
         };
         if let Err(e) = self.node.send(out) {
             self.node.calls.lock().remove(&id);
@@ -109,6 +110,7 @@ impl Link for NatsLink {
             reply: None,
             payload: wire::request(&self.node.me.name, &call, payload),
             call: None,
+            headers: wire::trace_headers(call.trace),
         })
     }
 

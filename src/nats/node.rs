@@ -150,6 +150,7 @@ impl NatsNode {
             reply: None,
             payload: super::wire::reply(answer),
             call: None,
+            headers: None,
         };
         if let Err(e) = self.outbox.push(out) {
             log::debug!("nats: an answer was not sent: {e}");

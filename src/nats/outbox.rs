@@ -28,6 +28,8 @@ pub(crate) struct Out {
     pub(crate) payload: Bytes,
     /// The pending call it belongs to, failed if the message cannot be sent.
     pub(crate) call: Option<u64>,
+    /// NATS headers: a traced message's `traceparent` (see `wire`).
+    pub(crate) headers: Option<async_nats::HeaderMap>,
 }
 
 /// The queue.
@@ -84,13 +86,28 @@ impl Outbox {
                 continue;
             }
             for out in batch.drain(..) {
-                let sent = match out.reply {
-                    Some(reply) => {
+                let sent = match (out.reply, out.headers) {
+                    (Some(reply), None) => {
                         client
                             .publish_with_reply(out.subject, reply, out.payload)
                             .await
                     }
-                    None => client.publish(out.subject, out.payload).await,
+                    (Some(reply), Some(headers)) => {
+                        client
+                            .publish_with_reply_and_headers(
+                                out.subject,
+                                reply,
+                                headers,
+                                out.payload,
+                            )
+                            .await
+                    }
+                    (None, None) => client.publish(out.subject, out.payload).await,
+                    (None, Some(headers)) => {
+                        client
+                            .publish_with_headers(out.subject, headers, out.payload)
+                            .await
+                    }
                 };
                 if let (Err(e), Some(call)) = (sent, out.call) {
                     failed(call, e.to_string());

@@ -140,6 +140,7 @@ async fn requests_loop(weak: std::sync::Weak<NatsNode>, mut requests: Subscriber
         let Some(message) = message else { return };
         let Some(node) = weak.upgrade() else { return };
         node.count(Kind::Request);
+        let trace = wire::read_trace(message.headers.as_ref());
         let request = match wire::read_request(message.payload) {
             Ok(request) => request,
             Err(why) => {
@@ -157,6 +158,7 @@ async fn requests_loop(weak: std::sync::Weak<NatsNode>, mut requests: Subscriber
             payload: request.payload,
             timeout_ms: request.timeout_ms,
             worker: request.worker,
+            trace,
         };
         let counted = Serving::start(&node);
         let reply = message.reply;
@@ -439,6 +441,7 @@ async fn topics_loop(
                 reply: None,
                 payload: payload.into(),
                 call: None,
+                headers: None,
             });
         }
         match todo {
@@ -473,6 +476,7 @@ async fn publications(weak: std::sync::Weak<NatsNode>, filter: String, mut subsc
         if !node.filters.takes(&filter, &message.subject) {
             continue;
         }
+        let trace = wire::read_trace(message.headers.as_ref());
         match wire::read_publication(message.payload) {
             Ok(p) => {
                 if p.node == node.me.name {
@@ -482,7 +486,8 @@ async fn publications(weak: std::sync::Weak<NatsNode>, filter: String, mut subsc
                     bad("publication", "its topic is not its subject's");
                     continue;
                 }
-                node.inbound.deliver(p.topic, p.node, p.worker, p.payload);
+                node.inbound
+                    .deliver(p.topic, p.node, p.worker, trace, p.payload);
             }
             Err(why) => bad("publication", &why),
         }
@@ -503,8 +508,10 @@ async fn service_loop(
         let serving = Serving::start(&node);
         let router = node.inbound.router.clone();
         let name = name.clone();
+        // A NATS client's own trace, continued in a span of this node's.
+        let trace = wire::read_trace(request.message.headers.as_ref()).map(|t| t.child());
         drop(node);
-        actix_rt::spawn(async move {
+        actix_rt::spawn(crate::trace::maybe_scope(trace, async move {
             let _serving = serving;
             let answer = match subject {
                 None => Err(ServiceError::bad_request(
@@ -534,7 +541,7 @@ async fn service_loop(
                 }),
             };
             let _ = request.respond(response).await;
-        });
+        }));
     }
 }
 

@@ -175,7 +175,10 @@ impl Inner {
     /// Does `op` for this node; the answer is the JSON the master answers.
     async fn serve(&self, op: Op) -> Result<Vec<u8>, ServiceError> {
         let reply = match op {
-            Op::Push { queue, job } => serde_json::to_vec(&self.jobs.push(&queue, job).await?),
+            Op::Push { queue, job, trace } => {
+                let pushed = crate::trace::scope(trace, self.jobs.push(&queue, job));
+                serde_json::to_vec(&pushed.await?)
+            }
             Op::Take { queue, wait_ms, .. } => {
                 let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
                 serde_json::to_vec(&self.jobs.take(&queue, wait).await?)

@@ -6,12 +6,37 @@
 //! the worker, and the JSON. Presence beats, subscription changes and control
 //! requests are JSON. Everything read is checked: a malformed message is an
 //! error naming what is wrong, never a panic.
+//!
+//! A traced request or publication carries its trace as the W3C header
+//! `traceparent` in the message's NATS headers, not in the binary head: the
+//! head (and its version) stays as it was, an untraced message carries no
+//! headers at all, and anything that reads NATS (the `nats` tool, the server's
+//! own message tracing) sees the standard header. A malformed one is ignored:
+//! the message is served untraced.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
+use crate::trace::TraceContext;
 use crate::transport::{Call, Member};
+
+/// The NATS header that carries a message's trace.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// The headers of a message within `trace`: none for an untraced one.
+pub(crate) fn trace_headers(trace: Option<TraceContext>) -> Option<async_nats::HeaderMap> {
+    let trace = trace?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(TRACEPARENT, trace.to_string().as_str());
+    Some(headers)
+}
+
+/// The trace a message's headers carry, if they carry a valid one.
+pub(crate) fn read_trace(headers: Option<&async_nats::HeaderMap>) -> Option<TraceContext> {
+    let value = headers?.get(TRACEPARENT)?;
+    TraceContext::parse(value.as_str()).ok()
+}
 
 /// The version of the head of requests and publications.
 const VERSION: u8 = 1;
@@ -236,6 +261,7 @@ mod tests {
             subject: "sum",
             timeout: Duration::from_millis(1500),
             worker: Some(2),
+            trace: None,
         };
         let bytes = request("worker-a", &call, br#"{"a":1}"#);
         let r = read_request(bytes.clone()).expect("reads");
@@ -258,6 +284,18 @@ mod tests {
             &read_reply(reply(&Ok(b"1".to_vec())), "n").expect("ok")[..],
             b"1"
         );
+    }
+
+    #[test]
+    fn traces_travel_in_a_traceparent_header_and_bad_ones_are_ignored() {
+        assert!(trace_headers(None).is_none());
+        let trace = TraceContext::new();
+        let headers = trace_headers(Some(trace));
+        assert_eq!(read_trace(headers.as_ref()), Some(trace));
+        assert_eq!(read_trace(None), None);
+        let mut bad = async_nats::HeaderMap::new();
+        bad.insert(TRACEPARENT, "00-garbage");
+        assert_eq!(read_trace(Some(&bad)), None);
     }
 
     #[test]

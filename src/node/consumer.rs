@@ -116,18 +116,22 @@ async fn take_loop(
             }
             continue;
         }
-        let result = node
-            .inner
-            .router
-            .request_json(
-                &service.name,
-                subject,
-                bytes::Bytes::copy_from_slice(given.job.get().as_bytes()),
-                None,
-                Origin::Local,
-                Some(index),
-            )
-            .await;
+        // A job pushed within a trace is worked in a span of it.
+        let worked = async {
+            log::debug!("job {} of queue {queue}: worked by {worker}", given.id);
+            node.inner
+                .router
+                .request_json(
+                    &service.name,
+                    subject,
+                    bytes::Bytes::copy_from_slice(given.job.get().as_bytes()),
+                    None,
+                    Origin::Local,
+                    Some(index),
+                )
+                .await
+        };
+        let result = crate::trace::maybe_scope(given.trace.map(|t| t.child()), worked).await;
         let answer = Answer {
             counts: !node.is_stopping(),
             error: result.err(),

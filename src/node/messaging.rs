@@ -267,6 +267,7 @@ impl Node {
                 let op = Op::Push {
                     queue: queue.to_string(),
                     job,
+                    trace: crate::trace::current(),
                 };
                 Self::call_remote(remote, op, STATE_TIMEOUT).await
             }

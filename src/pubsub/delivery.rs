@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::meta::PublishMeta;
+use crate::trace::TraceContext;
 
 /// The message of a publication: the value itself while it stays on its node,
 /// JSON once it has crossed a link.
@@ -40,6 +41,8 @@ impl std::io::Write for Counter {
 pub(crate) struct Delivery {
     pub(crate) topic: String,
     pub(crate) meta: PublishMeta,
+    /// The trace it was published in: the publisher's, or the one it came with.
+    pub(crate) trace: Option<TraceContext>,
     pub(super) payload: Payload,
     json: OnceLock<Bytes>,
     /// The JSON's length, once measured.
@@ -47,7 +50,7 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// A publication of `msg` made on this node.
+    /// A publication of `msg` made on this node, within the current trace.
     pub(crate) fn local<T: Serialize + Send + Sync + 'static>(
         topic: &str,
         meta: PublishMeta,
@@ -73,17 +76,20 @@ impl Delivery {
         Delivery {
             topic: topic.to_string(),
             meta,
+            trace: crate::trace::current(),
             payload: Payload::Local(Arc::new(msg), codec),
             json: OnceLock::new(),
             size: OnceLock::new(),
         }
     }
 
-    /// A publication that arrived as JSON (from another node or the HTTP API).
+    /// A publication that arrived as JSON (from another node or the HTTP API),
+    /// within the current trace.
     pub(crate) fn json(topic: String, meta: PublishMeta, json: Bytes) -> Delivery {
         Delivery {
             topic,
             meta,
+            trace: crate::trace::current(),
             payload: Payload::Json,
             json: OnceLock::from(json),
             size: OnceLock::new(),
@@ -117,6 +123,7 @@ impl Delivery {
         let mut line = serde_json::to_vec(&Line {
             topic: &self.topic,
             meta: &self.meta,
+            trace: self.trace.as_ref(),
             data: &data,
         })
         .unwrap_or_default();
@@ -133,5 +140,7 @@ fn null_raw() -> Box<serde_json::value::RawValue> {
 struct Line<'a> {
     topic: &'a str,
     meta: &'a PublishMeta,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a TraceContext>,
     data: &'a serde_json::value::RawValue,
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 mod backbone;
 pub mod nats;
+pub mod tracer;
 mod watch;
 #[allow(unused_imports)]
 pub use backbone::*;

@@ -495,7 +495,12 @@ impl Net {
     /// address ([`NodeProcess::start_bridged`]), and the first node started (the
     /// master) is the one the later configs join.
     pub fn start(&mut self, config: &Path) -> NodeProcess {
-        let node = NodeProcess::start(config, &[]);
+        self.start_with_env(config, &[])
+    }
+
+    /// [`Net::start`] with `env` set for the node's process (e.g. `RUST_LOG`).
+    pub fn start_with_env(&mut self, config: &Path, env: &[(&str, &str)]) -> NodeProcess {
+        let node = NodeProcess::start(config, env);
         if self.backbone == Backbone::Bridge {
             let bridge = node.bridge_addr().to_string();
             self.join.get_or_insert(bridge);
@@ -700,6 +705,21 @@ pub fn process_alive(pid: u32) -> bool {
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); the status
 /// code and body, or why it could not be made. Every step has a deadline.
 pub fn http(api: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    http_exchange(api, method, path, &[], body).map(|(code, _, body)| (code, body))
+}
+
+/// An HTTP answer: the status code, the headers (names lowercased), the body.
+pub type Exchange = (u16, Vec<(String, String)>, String);
+
+/// [`http`] with extra request `headers`; the status code, the response's
+/// headers (names lowercased) and its body.
+pub fn http_exchange(
+    api: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Exchange, String> {
     use std::io::Write;
     use std::net::TcpStream;
     let addr = api.trim_start_matches("http://").trim_end_matches('/');
@@ -710,9 +730,13 @@ pub fn http(api: &str, method: &str, path: &str, body: &str) -> Result<(u16, Str
         .set_read_timeout(Some(Duration::from_secs(30)))
         .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(5))))
         .map_err(|e| e.to_string())?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream
@@ -738,7 +762,13 @@ pub fn http(api: &str, method: &str, path: &str, body: &str) -> Result<(u16, Str
     } else {
         body.to_string()
     };
-    Ok((code, body))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Ok((code, headers, body))
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -147,7 +147,15 @@ impl Jobs {
             )));
         }
         let payload = Bytes::from(String::from(Box::<str>::from(job)));
-        let sent = self.js.publish(queue.subject.clone(), payload).await;
+        // The trace it is pushed in travels in the stored message's headers.
+        let sent = match crate::nats::wire::trace_headers(crate::trace::current()) {
+            None => self.js.publish(queue.subject.clone(), payload).await,
+            Some(headers) => {
+                self.js
+                    .publish_with_headers(queue.subject.clone(), headers, payload)
+                    .await
+            }
+        };
         let ack = match sent {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
@@ -202,12 +210,14 @@ impl Jobs {
                 message,
                 until: crate::deadline::tokio_after(queue.config.lease),
             };
+            let trace = crate::nats::wire::read_trace(held.message.headers.as_ref());
             self.held.lock().by_lease.insert(lease, held);
             return Ok(Some(Given {
                 id,
                 attempt,
                 lease,
                 job,
+                trace,
             }));
         }
     }

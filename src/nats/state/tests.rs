@@ -140,6 +140,7 @@ async fn push(state: &JetStreamState, queue: &str, job: Value) -> Result<u64, Se
     let op = Op::Push {
         queue: queue.into(),
         job,
+        trace: None,
     };
     Ok(serde_json::from_value(serve(state, op).await?).expect("an id"))
 }
