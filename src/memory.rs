@@ -200,15 +200,18 @@ impl MemoryLink {
             payload: Bytes::copy_from_slice(payload),
             timeout_ms: call.timeout_ms(),
             worker: call.worker,
-            trace: call.trace,
         };
         let to = self.to.clone();
         let from = self.from.me.name.clone();
         let serving = Serving::start(&to.serving);
-        actix_rt::spawn(async move {
+        let serve = async move {
             let _serving = serving;
             answer(to.inbound.serve(incoming, &from).await);
-        });
+        };
+        match transport::serving_span(call.trace) {
+            None => drop(actix_rt::spawn(serve)),
+            Some(span) => drop(actix_rt::spawn(crate::trace::scope(Some(span), serve))),
+        }
         Ok(())
     }
 

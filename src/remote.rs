@@ -65,6 +65,15 @@ impl Remote {
         }
     }
 
+    /// The `debug` line of a request sent to this node; within a traced
+    /// request it names the trace, as the serving node's line does.
+    #[inline]
+    fn log_sent(&self, subject: &str) {
+        if log::Level::Debug <= log::max_level() {
+            log_sent(&self.offer.name, subject, self.node());
+        }
+    }
+
     /// Sends `payload` (the message's JSON) and waits for the reply's JSON.
     async fn call(
         &self,
@@ -75,6 +84,7 @@ impl Remote {
     ) -> Result<Bytes, ServiceError> {
         self.load.fetch_add(1, Ordering::Relaxed);
         let _settled = LoadGuard(&self.load);
+        self.log_sent(subject);
         let deadline = crate::deadline::tokio_after(timeout);
         let pending = self
             .link
@@ -120,6 +130,7 @@ impl Remote {
             .map_err(|e| ServiceError::bad_request(format!("message is not JSON: {e}")))?;
         self.load.fetch_add(1, Ordering::Relaxed);
         let _settled = LoadGuard(&self.load);
+        self.log_sent(M::SUBJECT);
         let call = self.call_of(M::SUBJECT, self.timeout(None), worker);
         self.link.tell(call, &payload)
     }
@@ -151,6 +162,17 @@ impl Remote {
     pub(crate) fn worker_ids(&self) -> impl Iterator<Item = WorkerId> + '_ {
         (0..self.offer.workers).map(|i| WorkerId::new(self.node(), &self.offer.name, i))
     }
+}
+
+/// Out of line, so that the request path carries no formatting code.
+#[cold]
+#[inline(never)]
+fn log_sent(service: &str, subject: &str, node: &str) {
+    log::debug!(
+        "request {}/{}: to node {node}",
+        crate::logging::untrusted(service),
+        crate::logging::untrusted(subject),
+    );
 }
 
 struct LoadGuard<'a>(&'a AtomicU64);

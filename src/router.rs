@@ -290,8 +290,11 @@ impl LocalService {
         }
     }
 
-    /// Finds `M`'s route and runs the guards.
+    /// Finds `M`'s route and runs the guards. Every request this node serves
+    /// passes here, typed or JSON, and is logged here (no request's future
+    /// grows for it).
     fn prepare<M: Request>(&self, msg: &mut M, origin: &Origin) -> Result<SendFn<M>, ServiceError> {
+        served_here(&self.name, M::SUBJECT, origin);
         let route = self.def.routes.get(M::SUBJECT).ok_or_else(|| {
             ServiceError::bad_request(format!(
                 "service {} does not handle subject `{}`",
@@ -371,6 +374,35 @@ impl LocalService {
                 worker.slot.id
             ))),
         }
+    }
+}
+
+/// The `debug` line of each request this node serves, naming where it came
+/// from. Within a traced
+/// request it names the trace, as every node's lines on the request's way do,
+/// so that a request can be followed through the logs alone.
+#[inline]
+fn served_here(service: &str, subject: &str, origin: &Origin) {
+    if log::Level::Debug <= log::max_level() {
+        log_served_here(service, subject, origin);
+    }
+}
+
+/// Out of line, so that the request path carries no formatting code.
+#[cold]
+#[inline(never)]
+fn log_served_here(service: &str, subject: &str, origin: &Origin) {
+    let (service, subject) = (
+        crate::logging::untrusted(service),
+        crate::logging::untrusted(subject),
+    );
+    match origin {
+        Origin::Local => log::debug!("request {service}/{subject} from here: served here"),
+        Origin::Http => log::debug!("request {service}/{subject} from http: served here"),
+        Origin::Node(node) => log::debug!(
+            "request {service}/{subject} from node {}: served here",
+            crate::logging::untrusted(node)
+        ),
     }
 }
 

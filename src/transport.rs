@@ -300,28 +300,25 @@ pub(crate) struct Incoming {
     pub(crate) payload: Bytes,
     pub(crate) timeout_ms: u32,
     pub(crate) worker: Option<u32>,
-    /// The caller's trace: this node serves the request in a new span of it.
-    pub(crate) trace: Option<TraceContext>,
+}
+
+/// The span in which this node serves a request whose caller's trace is
+/// `caller`. The request's trace travels beside its [`Incoming`], not in it:
+/// the serving futures of untraced requests (allocated per request, some in
+/// batches) hold nothing for it, and a traced one is served in a task or box
+/// of its own, within its span ([`trace::scope`](crate::trace::scope)).
+pub(crate) fn serving_span(caller: Option<TraceContext>) -> Option<TraceContext> {
+    caller.map(|caller| caller.child())
 }
 
 impl Inbound {
-    /// Serves node `from`'s request with this node's own workers, within its
-    /// trace if it has one; the answer is the reply's JSON.
+    /// Serves node `from`'s request with this node's own workers; the answer is
+    /// the reply's JSON.
     pub(crate) async fn serve(
         &self,
         request: Incoming,
         from: &str,
     ) -> Result<Vec<u8>, ServiceError> {
-        let trace = request.trace.map(|caller| caller.child());
-        crate::trace::maybe_scope(trace, self.serve_here(request, from)).await
-    }
-
-    async fn serve_here(&self, request: Incoming, from: &str) -> Result<Vec<u8>, ServiceError> {
-        log::debug!(
-            "request {}/{} from node {from}: served here",
-            crate::logging::untrusted(&request.service),
-            crate::logging::untrusted(&request.subject),
-        );
         // A peer's timeout is bounded as a local one is (at most an hour).
         let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)))
             .min(crate::config::limits::MAX_TIMEOUT);

@@ -68,10 +68,7 @@ fn followed_through_the_logs(backbone: Backbone) {
         &master,
         "the master's routing line of the traced request",
         TRACE_ID,
-        &[
-            "[master] colony::",
-            "request math/sum from http: to node worker-b",
-        ],
+        &["[master] colony::", "request math/sum: to node worker-b"],
     );
     wait_trace_line(
         &b,

@@ -6,6 +6,9 @@
 //!
 //! A request whose worker is not known yet (none free, or no such service) is
 //! served on the link's own thread, as is every cluster operation.
+//!
+//! A traced request is served alone, in a task (or a box) of its own within
+//! its span: the batches of untraced ones hold nothing for traces.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,8 @@ use super::peer::Peer;
 use super::state::{Bridge, Serving};
 use super::wire;
 use crate::error::ServiceError;
-use crate::transport::Incoming;
+use crate::trace::TraceContext;
+use crate::transport::{serving_span, Incoming};
 use crate::worker::Incarnation;
 
 /// The peer's requests served at once; past it the reader reads no more until
@@ -107,10 +111,14 @@ impl Drop for Job {
 pub(super) struct Batch {
     here: Vec<Job>,
     by_worker: Vec<(Arc<Incarnation>, Vec<Job>)>,
+    /// Traced requests, each with its span and the worker whose thread serves it.
+    traced: Vec<(Option<Arc<Incarnation>>, TraceContext, Job)>,
 }
 
 impl Batch {
-    /// Adds the peer's request `id` (`one_way`: no reply wanted).
+    /// Adds the peer's request `id` (`one_way`: no reply wanted), made within
+    /// the caller's `trace`, if any.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn add(
         &mut self,
         bridge: &Bridge,
@@ -119,6 +127,7 @@ impl Batch {
         incoming: Incoming,
         id: u64,
         one_way: bool,
+        trace: Option<TraceContext>,
     ) {
         let worker = bridge
             .inbound
@@ -133,6 +142,10 @@ impl Batch {
             _counted: bridge.serving(),
             _load: load.take(),
         };
+        if let Some(span) = serving_span(trace) {
+            self.traced.push((worker, span, job));
+            return;
+        }
         let Some(worker) = worker else {
             self.here.push(job);
             return;
@@ -165,6 +178,15 @@ impl Batch {
                     .collect();
                 while all.next().await.is_some() {}
             });
+        }
+        for (worker, span, job) in self.traced.drain(..) {
+            let serve = crate::trace::scope(Some(span), job.serve(bridge.clone()));
+            match worker {
+                // Dropped unrun if the thread has stopped: the job answers
+                // with an error.
+                Some(worker) => drop(worker.arbiter.spawn(serve)),
+                None => here.push(Box::pin(serve)),
+            }
         }
     }
 }

@@ -179,9 +179,9 @@ fn handle(
                 subject: request.subject,
                 payload: request.payload,
                 timeout_ms: request.timeout_ms,
-                trace: request.trace,
             };
-            batch.add(bridge, peer, load, incoming, request.id, one_way);
+            let trace = request.trace;
+            batch.add(bridge, peer, load, incoming, request.id, one_way, trace);
         }
         Message::Cluster(cluster) => {
             let serving = bridge.inbound.local.cluster(cluster.op, peer.name.clone());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_nats::{Message, Subscriber};
 use bytes::Bytes;
+use futures::future::Either;
 use futures::StreamExt;
 
 use super::connect::Subscriptions;
@@ -20,7 +21,7 @@ use super::wire::{self, Beat, Control, SubsChange, SubsTable};
 use crate::error::{ErrorKind, ServiceError};
 use crate::guard::Origin;
 use crate::pubsub::Change;
-use crate::transport::Incoming;
+use crate::transport::{serving_span, Incoming};
 
 /// Starts the node's tasks.
 pub(super) fn start(
@@ -158,14 +159,13 @@ async fn requests_loop(weak: std::sync::Weak<NatsNode>, mut requests: Subscriber
             payload: request.payload,
             timeout_ms: request.timeout_ms,
             worker: request.worker,
-            trace,
         };
         let counted = Serving::start(&node);
         let reply = message.reply;
         let from = request.from;
         drop(node);
         let weak = weak.clone();
-        serving.push(async move {
+        let serve = async move {
             let _counted = counted;
             let Some(inbound) = weak.upgrade().map(|n| n.inbound.clone()) else {
                 return;
@@ -185,7 +185,16 @@ async fn requests_loop(weak: std::sync::Weak<NatsNode>, mut requests: Subscriber
                     }
                 }
             }
-        });
+        };
+        // A traced request is served in a box of its own, within its span:
+        // the untraced ones' futures hold nothing for traces.
+        match serving_span(trace) {
+            None => serving.push(Either::Right(serve)),
+            Some(span) => serving.push(Either::Left(Box::pin(crate::trace::scope(
+                Some(span),
+                serve,
+            )))),
+        }
     }
 }
 
@@ -509,9 +518,9 @@ async fn service_loop(
         let router = node.inbound.router.clone();
         let name = name.clone();
         // A NATS client's own trace, continued in a span of this node's.
-        let trace = wire::read_trace(request.message.headers.as_ref()).map(|t| t.child());
+        let span = serving_span(wire::read_trace(request.message.headers.as_ref()));
         drop(node);
-        actix_rt::spawn(crate::trace::maybe_scope(trace, async move {
+        let serve = async move {
             let _serving = serving;
             let answer = match subject {
                 None => Err(ServiceError::bad_request(
@@ -541,7 +550,11 @@ async fn service_loop(
                 }),
             };
             let _ = request.respond(response).await;
-        }));
+        };
+        match span {
+            None => drop(actix_rt::spawn(serve)),
+            Some(span) => drop(actix_rt::spawn(crate::trace::scope(Some(span), serve))),
+        }
     }
 }
 

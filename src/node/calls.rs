@@ -55,13 +55,9 @@ impl Node {
         }
         let sent = &msg;
         let routed = self
-            .routed(
-                service,
-                M::SUBJECT,
-                "here",
-                timeout,
-                |remote, timeout| async move { remote.request(sent, timeout, None).await },
-            )
+            .routed(service, timeout, |remote, timeout| async move {
+                remote.request(sent, timeout, None).await
+            })
             .await;
         match routed {
             Routed::Local(local, timeout) => local.serve(msg, timeout, Origin::Local).await,
@@ -84,13 +80,9 @@ impl Node {
         }
         let sent = &body[..];
         let routed = self
-            .routed(
-                service,
-                subject,
-                "http",
-                timeout,
-                |remote, timeout| async move { remote.request_json(subject, sent, timeout).await },
-            )
+            .routed(service, timeout, |remote, timeout| async move {
+                remote.request_json(subject, sent, timeout).await
+            })
             .await;
         match routed {
             Routed::Local(_, timeout) => {
@@ -107,13 +99,14 @@ impl Node {
     /// runs, and either hands back this node's service (with what is left of
     /// `timeout`) or has `remote` ask the node that runs it. A node found leaving
     /// at the last moment refuses without sending and leaves the routing: the next
-    /// pass picks another. Failures are counted for `/metrics`; at `debug`, each
-    /// request's way (`subject`, `from` where) is logged.
+    /// pass picks another. Failures are counted for `/metrics`.
+    ///
+    /// Its future is part of every request's: what it holds, every request
+    /// carries. So the way a request takes is logged where it goes: by
+    /// `Remote` when it leaves, and where it is served (the router).
     async fn routed<T, F, Fut>(
         &self,
         service: &str,
-        subject: &str,
-        from: &str,
         timeout: Option<Duration>,
         mut remote: F,
     ) -> Routed<T>
@@ -128,12 +121,8 @@ impl Node {
             let timeout = timeout.map(|_| remaining(deadline));
             match target {
                 Err(e) => return Routed::Answered(Err(e)),
-                Ok(Target::Local(local)) => {
-                    routed_to(service, subject, from, None);
-                    return Routed::Local(local, timeout);
-                }
+                Ok(Target::Local(local)) => return Routed::Local(local, timeout),
                 Ok(Target::Remote(node)) => {
-                    routed_to(service, subject, from, Some(node.node()));
                     let answer = remote(node, timeout).await;
                     if matches!(&answer, Err(e) if not_sent(e)) {
                         continue;
@@ -157,10 +146,7 @@ impl Node {
         let deadline = deadline::after(RETURN_WAIT);
         loop {
             match self.route(service, deadline).await? {
-                Target::Local(local) => {
-                    routed_to(service, M::SUBJECT, "here", None);
-                    return local.tell(msg, Origin::Local).await;
-                }
+                Target::Local(local) => return local.tell(msg, Origin::Local).await,
                 Target::Remote(remote) => match remote.tell(&msg, None).await {
                     Err(e) if not_sent(&e) => continue,
                     told => return told,
@@ -203,11 +189,9 @@ impl Node {
     ) -> Result<ReplyOf<M>, ServiceError> {
         if worker.node != self.inner.name {
             let remote = remote::remote_on(self.transport(), &worker.node, &worker.service)?;
-            routed_to(&worker.service, M::SUBJECT, "here", Some(remote.node()));
             return remote.request(&msg, None, Some(worker.index)).await;
         }
         let (service, incarnation) = self.inner.router.worker(worker)?;
-        routed_to(&worker.service, M::SUBJECT, "here", None);
         service
             .request_worker(incarnation, msg, None, Origin::Local)
             .await
@@ -241,14 +225,12 @@ impl Node {
     /// on the master node.
     pub async fn request_master<M: Request>(&self, msg: M) -> Result<ReplyOf<M>, ServiceError> {
         if let Ok(local) = self.inner.router.service(MASTER_SERVICE) {
-            routed_to(MASTER_SERVICE, M::SUBJECT, "here", None);
             return local.request(msg, None, Origin::Local).await;
         }
         let master = self.transport().and_then(|t| t.master());
         match master {
             Some(master) if master != self.inner.name => {
                 let remote = remote::remote_on(self.transport(), &master, MASTER_SERVICE)?;
-                routed_to(MASTER_SERVICE, M::SUBJECT, "here", Some(remote.node()));
                 remote.request(&msg, None, None).await
             }
             _ => Err(ServiceError::no_such_service(format!(
@@ -303,21 +285,6 @@ impl Node {
             std::thread::sleep(EXIT_DELAY);
             std::process::exit(code);
         });
-    }
-}
-
-/// The `debug` line of a request routed from `from` (`here`, `http`): served
-/// on this node (`to` is `None`) or sent to node `to`. Within a traced request
-/// it names the trace, as each node's serving line does, so that the request
-/// can be followed through the logs alone.
-fn routed_to(service: &str, subject: &str, from: &str, to: Option<&str>) {
-    let (service, subject) = (
-        crate::logging::untrusted(service),
-        crate::logging::untrusted(subject),
-    );
-    match to {
-        None => log::debug!("request {service}/{subject} from {from}: served here"),
-        Some(node) => log::debug!("request {service}/{subject} from {from}: to node {node}"),
     }
 }
 
