@@ -297,6 +297,15 @@ impl Link for MemoryLink {
         let answer = self.up().and_then(|()| self.to.inbound.local.exit(code));
         Box::pin(async move { answer })
     }
+
+    fn admin(
+        &self,
+        op: serde_json::Value,
+        _deadline: Instant,
+    ) -> BoxFuture<'_, Result<serde_json::Value, ServiceError>> {
+        let command = self.up().map(|()| self.to.inbound.local.admin(op));
+        Box::pin(async move { command?.await })
+    }
 }
 
 impl Transport for MemoryNode {

@@ -21,13 +21,15 @@
 //!
 //! The files: `connect` joins the server before the node boots; `node` is the
 //! node's side (peers, calls waiting, counts); `cluster` is the transport the
-//! node calls, `link` one other node, `serve` the node's tasks, `outbox` what
+//! node calls, `link` one other node, `serve` the node's tasks, `control` the
+//! control requests it answers, `outbox` what
 //! waits to be sent; `subjects` lists the subjects, `wire` what goes in the
 //! messages, `peers` and `topics` what the node knows of the others'
 //! subscriptions and its own; `state` is the cluster state in JetStream.
 
 mod cluster;
 mod connect;
+mod control;
 mod link;
 mod node;
 mod outbox;

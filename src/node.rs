@@ -9,8 +9,10 @@
 //! The handle and its state are in `handle`; every other file here adds to it
 //! and imports it from there, never from this file, which only declares and
 //! re-exports: `boot` starts a node, `calls` and `messaging` are its calls,
-//! `consumer` takes jobs for its services, `status` and `metrics` report on it.
+//! `consumer` takes jobs for its services, `status` and `metrics` report on it,
+//! `admin` carries out operators' commands sent by other nodes.
 
+mod admin;
 mod boot;
 mod calls;
 pub mod check;

@@ -27,6 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 
@@ -191,6 +192,9 @@ pub(crate) trait Link: Send + Sync {
     fn kill(&self, worker: &str, deadline: Instant) -> BoxFuture<'_, Result<(), ServiceError>>;
     /// Ends the node's process with exit `code`.
     fn kill_node(&self, code: i32, deadline: Instant) -> BoxFuture<'_, Result<(), ServiceError>>;
+    /// Has the node carry out an operator's command (`node::admin`: scale a
+    /// service, read its log lines), as JSON both ways.
+    fn admin(&self, op: Value, deadline: Instant) -> BoxFuture<'_, Result<Value, ServiceError>>;
 }
 
 /// A live link and the node's offer of a service on it, with this node's load.
@@ -275,6 +279,8 @@ pub(crate) trait Local: Send + Sync {
     fn node_down(&self, node: &str);
     /// Exits this node's process with `code` shortly, as if it crashed.
     fn exit(&self, code: i32) -> Result<(), ServiceError>;
+    /// Carries out an operator's command sent by another node (see [`Link::admin`]).
+    fn admin(&self, op: Value) -> BoxFuture<'static, Result<Value, ServiceError>>;
 }
 
 /// The node as its transport sees it: where what other nodes send goes.

@@ -142,6 +142,37 @@ impl Bridge {
                 let error = self.inbound.local.exit(code).err();
                 let _ = peer.send_control(&Control::KillReply { id, error });
             }
+            Control::Admin { id, op } => {
+                let peer = peer.clone();
+                let command = self.inbound.local.admin(op);
+                actix_rt::spawn(async move {
+                    let (answer, error) = match command.await {
+                        Ok(answer) => (Some(answer), None),
+                        Err(e) => (None, Some(e)),
+                    };
+                    if let Err(e) = peer.send_control(&Control::AdminReply { id, answer, error }) {
+                        // Too large for a frame, most likely: the caller hears why.
+                        let error = Some(e);
+                        let _ = peer.send_control(&Control::AdminReply {
+                            id,
+                            answer: None,
+                            error,
+                        });
+                    }
+                });
+            }
+            Control::AdminReply { id, answer, error } => {
+                let waiter = peer.answered(id, |w| match w {
+                    Waiter::Admin(tx) => Ok(tx),
+                    other => Err(other),
+                });
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(match (error, answer) {
+                        (Some(e), _) => Err(e),
+                        (None, answer) => Ok(answer.unwrap_or_default()),
+                    });
+                }
+            }
             Control::KillReply { id, error } => {
                 let waiter = peer.answered(id, |w| match w {
                     Waiter::Kill(tx) => Ok(tx),

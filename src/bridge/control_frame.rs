@@ -1,5 +1,6 @@
 //! The messages of `CONTROL` frames (see `wire`): handshake, membership,
-//! status, subscriptions, leaving and kills, as self-describing JSON.
+//! status, subscriptions, leaving, kills and operators' commands, as
+//! self-describing JSON.
 
 use std::collections::BTreeMap;
 
@@ -107,6 +108,25 @@ pub enum Control {
         id: u64,
         /// The exit code.
         code: i32,
+    },
+    /// An operator's command for the receiver (see `Link::admin`); answered by a
+    /// [`Control::AdminReply`].
+    Admin {
+        /// Matches the reply.
+        id: u64,
+        /// The command.
+        op: serde_json::Value,
+    },
+    /// The outcome of a [`Control::Admin`]: its answer, or why it failed.
+    AdminReply {
+        /// The request's id.
+        id: u64,
+        /// The command's answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answer: Option<serde_json::Value>,
+        /// Why the command failed, if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ServiceError>,
     },
     /// The outcome of a [`Control::Kill`] or [`Control::KillNode`].
     KillReply {

@@ -59,6 +59,8 @@ pub(super) enum Waiter {
     Kill(oneshot::Sender<Result<(), ServiceError>>),
     /// [`Control::Leaving`].
     Leave(oneshot::Sender<()>),
+    /// [`Control::Admin`].
+    Admin(oneshot::Sender<Result<serde_json::Value, ServiceError>>),
 }
 
 impl std::fmt::Debug for Peer {
@@ -335,6 +337,30 @@ impl Peer {
         }
     }
 
+    /// Sends an operator's command and waits until `deadline` for its answer.
+    async fn admin(
+        &self,
+        op: serde_json::Value,
+        deadline: Instant,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.wait_for(Waiter::Admin(tx));
+        if let Err(e) = self.send_control(&Control::Admin { id, op }) {
+            self.pending.lock().remove(&id);
+            return Err(e);
+        }
+        let answer = timeout_at(deadline, rx).await;
+        self.pending.lock().remove(&id);
+        match answer {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.down_error("its link closed")),
+            Err(_) => Err(ServiceError::timeout(format!(
+                "node {} did not answer in time",
+                self.name
+            ))),
+        }
+    }
+
     /// Completes the call a reply answers.
     pub(super) fn complete(&self, reply: wire::ReplyFrame) {
         let id = reply.id;
@@ -366,6 +392,7 @@ impl Peer {
             match waiter {
                 Waiter::Reply(tx) => drop(tx.send(Err(self.down_error(why)))),
                 Waiter::Kill(tx) => drop(tx.send(Err(self.down_error(why)))),
+                Waiter::Admin(tx) => drop(tx.send(Err(self.down_error(why)))),
                 Waiter::Status(_) | Waiter::Leave(_) => {}
             }
         }
@@ -408,6 +435,14 @@ impl Link for Peer {
 
     fn kill_node(&self, code: i32, deadline: Instant) -> BoxFuture<'_, Result<(), ServiceError>> {
         Box::pin(self.kill_with(move |id| Control::KillNode { id, code }, deadline))
+    }
+
+    fn admin(
+        &self,
+        op: serde_json::Value,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<serde_json::Value, ServiceError>> {
+        Box::pin(Peer::admin(self, op, deadline))
     }
 }
 

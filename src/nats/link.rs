@@ -146,4 +146,20 @@ impl Link for NatsLink {
                 .map(|_| ())
         })
     }
+
+    fn admin(
+        &self,
+        op: serde_json::Value,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<serde_json::Value, ServiceError>> {
+        Box::pin(async move {
+            let reply = self.control(Control::Admin { admin: op }, deadline).await?;
+            serde_json::from_slice(&reply).map_err(|e| {
+                ServiceError::service_failed(format!(
+                    "node {} answered a command with bad JSON: {e}",
+                    self.peer.name
+                ))
+            })
+        })
+    }
 }

@@ -12,6 +12,7 @@ use futures::future::Either;
 use futures::StreamExt;
 
 use super::connect::Subscriptions;
+use super::control;
 use super::node::{Kind, NatsNode, MISSED_BEATS};
 use super::outbox::Out;
 use super::peers::{Heard, Peer, FORGET_DOWN, MAX_BEAT};
@@ -69,7 +70,7 @@ pub(super) fn start(
         });
     }
     node.spawn(requests_loop(weak.clone(), requests));
-    node.spawn(control_loop(weak.clone(), control));
+    node.spawn(control::control_loop(weak.clone(), control));
     node.spawn(beats_loop(weak.clone(), beats));
     node.spawn(subs_loop(weak.clone(), subs));
     node.spawn(topics_loop(weak.clone(), changed));
@@ -212,47 +213,6 @@ impl Drop for Serving {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Control requests: status, kills, the subscription table.
-async fn control_loop(node: std::sync::Weak<NatsNode>, mut control: Subscriber) {
-    while let Some(message) = control.next().await {
-        let Some(node) = node.upgrade() else { return };
-        node.count(Kind::Control);
-        let Some(reply) = message.reply else { continue };
-        let local = node.inbound.local.clone();
-        let answer: Result<Vec<u8>, ServiceError> =
-            match serde_json::from_slice::<Control>(&message.payload) {
-                Err(e) => Err(ServiceError::bad_request(format!(
-                    "malformed control request: {e}"
-                ))),
-                Ok(Control::Status) => serde_json::to_vec(&local.status())
-                    .map_err(|e| ServiceError::bad_request(e.to_string())),
-                Ok(Control::Subs) => serde_json::to_vec(&table(&node))
-                    .map_err(|e| ServiceError::bad_request(e.to_string())),
-                Ok(Control::Exit { code }) => local.exit(code).map(|()| b"null".to_vec()),
-                Ok(Control::Kill { worker }) => match worker.parse() {
-                    Ok(worker) => {
-                        let client = node.client.clone();
-                        actix_rt::spawn(async move {
-                            let answer = local.kill(worker).await.map(|()| b"null".to_vec());
-                            let _ = client.publish(reply, wire::reply(&answer)).await;
-                        });
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-        let _ = node.client.publish(reply, wire::reply(&answer)).await;
-    }
-}
-
-/// This node's subscription table and its version.
-fn table(node: &NatsNode) -> SubsTable {
-    node.inbound.pubsub.with_prefixes(|table| SubsTable {
-        v: node.subs_version.load(Ordering::Acquire),
-        table,
-    })
 }
 
 /// Publishes this node's presence beat now.

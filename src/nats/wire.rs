@@ -247,6 +247,7 @@ pub(crate) enum Control {
     Kill { worker: String },
     Exit { code: i32 },
     Subs,
+    Admin { admin: serde_json::Value },
 }
 
 #[cfg(test)]

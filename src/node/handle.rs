@@ -366,6 +366,19 @@ impl Local for WeakNode {
         }
     }
 
+    fn admin(
+        &self,
+        op: serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, ServiceError>> {
+        let node = self.0.upgrade().map(|inner| Node { inner });
+        Box::pin(async move {
+            match node {
+                Some(node) => node.admin_json(op).await,
+                None => Err(ServiceError::service_failed("node is shutting down")),
+            }
+        })
+    }
+
     fn node_down(&self, node: &str) {
         if let Some(state) = self.0.upgrade().and_then(|inner| inner.state.clone()) {
             state.node_down(node);
