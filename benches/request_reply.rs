@@ -7,7 +7,11 @@
 //! The raw actor's mailbox holds at least the requests in flight (actix's default
 //! of 16 would make the baseline's senders park).
 //!
-//! Run: `make bench` (or `cargo bench --bench request_reply`).
+//! Run: `make bench` (or `cargo bench --bench request_reply`). For a profiler,
+//! `COLONY_BENCH_ONLY=raw` or `=colony` makes only that side's pipelined round trips,
+//! `COLONY_BENCH_N` of them (default 200,000) after 2,000 to warm up: the
+//! difference of two runs' instruction counts over the difference of their N is
+//! the instructions one request costs.
 
 mod common;
 
@@ -59,12 +63,16 @@ async fn sequential<T: Target>(target: &T) -> (Duration, Duration) {
 }
 
 async fn pipelined<T: Target>(target: &T) -> f64 {
+    pipelined_n(target, PIPELINED).await
+}
+
+async fn pipelined_n<T: Target>(target: &T, count: usize) -> f64 {
     let start = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut sent = 0u64;
     let mut done = 0usize;
-    while done < PIPELINED {
-        while in_flight.len() < IN_FLIGHT && (sent as usize) < PIPELINED {
+    while done < count {
+        while in_flight.len() < IN_FLIGHT && (sent as usize) < count {
             let target = target.clone();
             in_flight.push(async move { target.call(sent).await });
             sent += 1;
@@ -73,7 +81,15 @@ async fn pipelined<T: Target>(target: &T) -> f64 {
             done += 1;
         }
     }
-    PIPELINED as f64 / start.elapsed().as_secs_f64()
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+/// For a profiler: `count` pipelined round trips of one side, after a warm-up.
+async fn only<T: Target>(target: &T, count: usize) {
+    for n in 0..2_000 {
+        target.call(n).await;
+    }
+    println!("pipelined: {:.0}/s", pipelined_n(target, count).await);
 }
 
 async fn measure<T: Target>(target: &T) -> Figures {
@@ -106,6 +122,24 @@ services:
         let node = Node::start(app, config).await.expect("node starts");
         let colony = Colony(node.clone());
 
+        if let Ok(side) = std::env::var("COLONY_BENCH_ONLY") {
+            let count = std::env::var("COLONY_BENCH_N")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(PIPELINED);
+            eprintln!(
+                "future sizes: request {} bytes, bench call {} bytes",
+                std::mem::size_of_val(&node.request("bench", Ping { n: 0 })),
+                std::mem::size_of_val(&colony.call(0))
+            );
+            match side.as_str() {
+                "raw" => only(&raw, count).await,
+                _ => only(&colony, count).await,
+            }
+            node.shutdown(Duration::from_secs(1)).await;
+            arbiter.stop();
+            return;
+        }
         let mut raw_runs = Vec::new();
         let mut colony_runs = Vec::new();
         for round in 1..=ROUNDS {

@@ -31,7 +31,7 @@ use crate::worker::Incarnation;
 #[derive(Debug, Clone)]
 pub(crate) struct Router {
     node: Arc<str>,
-    services: Arc<RwLock<HashMap<String, Arc<LocalService>>>>,
+    services: Arc<RwLock<HashMap<String, Arc<LocalService>, foldhash::fast::RandomState>>>,
 }
 
 impl Router {
@@ -329,7 +329,9 @@ impl LocalService {
         loop {
             let worker = match self.dealer.acquire(from_peer)? {
                 Acquired::Ready(worker) => worker,
-                Acquired::Waiting(turn) => match timeout_at(deadline, turn).await {
+                // Boxed: the wait for a credit is the exception, and every
+                // request's future would carry its timer.
+                Acquired::Waiting(turn) => match Box::pin(timeout_at(deadline, turn)).await {
                     Ok(Ok(granted)) => granted?,
                     Ok(Err(_)) => {
                         return Err(ServiceError::service_failed(format!(
@@ -471,7 +473,8 @@ impl<T: Send + 'static> InFlight<T> {
             Ok(Err(_closed)) => {
                 // The credit goes back only once the worker's fate is known: a worker
                 // that died must not be handed the next request in line.
-                let reason = worker.exit_reason(exit_grace(deadline)).await;
+                // Boxed: a rare wait that every request's future would carry.
+                let reason = Box::pin(worker.exit_reason(exit_grace(deadline))).await;
                 self.finish(false);
                 let id = &worker.slot.id;
                 Err(ServiceError::handler_panicked(match reason {

@@ -126,7 +126,7 @@ where
 /// A service as the app defines it: name, routes and guards.
 pub(crate) struct ServiceDef {
     pub(crate) name: String,
-    pub(crate) routes: HashMap<&'static str, Route>,
+    pub(crate) routes: HashMap<&'static str, Route, foldhash::fast::RandomState>,
     pub(crate) guards: Vec<ServiceGuard>,
     /// The job queues its workers take from, with the subject each job is.
     pub(crate) consumes: Vec<(String, &'static str)>,
@@ -136,7 +136,7 @@ impl ServiceDef {
     pub(crate) fn new(name: String) -> Self {
         ServiceDef {
             name,
-            routes: HashMap::new(),
+            routes: HashMap::default(),
             guards: Vec::new(),
             consumes: Vec::new(),
         }

@@ -1,6 +1,7 @@
 //! The calls a node makes for its actors and tasks: typed requests and their
 //! cluster-wide forms, routed to this node's workers or over its transport.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::handle::{node_stopped, Node, STATUS_TIMEOUT};
@@ -16,22 +17,24 @@ use crate::transport::not_sent;
 impl Node {
     /// Request `msg` from a worker of `service`, on this node or another by the
     /// service's routing, and wait for the typed reply within the service's timeout.
-    pub async fn request<M: Request>(
-        &self,
-        service: &str,
+    ///
+    /// Its future is the call's own, with no wrapper around it.
+    pub fn request<'a, M: Request>(
+        &'a self,
+        service: &'a str,
         msg: M,
-    ) -> Result<ReplyOf<M>, ServiceError> {
-        self.call(service, msg, None).await
+    ) -> impl Future<Output = Result<ReplyOf<M>, ServiceError>> + 'a {
+        self.call(service, msg, None)
     }
 
     /// As [`request`](Self::request), with this call's own `timeout`.
-    pub async fn request_timeout<M: Request>(
-        &self,
-        service: &str,
+    pub fn request_timeout<'a, M: Request>(
+        &'a self,
+        service: &'a str,
         msg: M,
         timeout: Duration,
-    ) -> Result<ReplyOf<M>, ServiceError> {
-        self.call(service, msg, Some(timeout)).await
+    ) -> impl Future<Output = Result<ReplyOf<M>, ServiceError>> + 'a {
+        self.call(service, msg, Some(timeout))
     }
 
     async fn call<M: Request>(
@@ -53,12 +56,26 @@ impl Node {
                 ))
             });
         }
+        // Served here: the request's future is only the serving one. The routing
+        // loop, which may wait for a service to return and cross to another node,
+        // is boxed on the other path.
+        let (here, first) = match self.target(service) {
+            Ok(Target::Local(local)) => (Some(local), None),
+            Ok(Target::Remote(remote)) => (None, Some(remote)),
+            Err(_) => (None, None),
+        };
+        if let Some(local) = here {
+            // Nothing else is kept across the wait.
+            drop(first);
+            return local.serve(msg, timeout, Origin::Local).await;
+        }
         let sent = &msg;
-        let routed = self
-            .routed(service, timeout, |remote, timeout| async move {
+        let routed = Box::pin(
+            self.routed(service, timeout, first, |remote, timeout| async move {
                 remote.request(sent, timeout, None).await
-            })
-            .await;
+            }),
+        )
+        .await;
         match routed {
             Routed::Local(local, timeout) => local.serve(msg, timeout, Origin::Local).await,
             Routed::Answered(answer) => answer,
@@ -80,7 +97,7 @@ impl Node {
         }
         let sent = &body[..];
         let routed = self
-            .routed(service, timeout, |remote, timeout| async move {
+            .routed(service, timeout, None, |remote, timeout| async move {
                 remote.request_json(subject, sent, timeout).await
             })
             .await;
@@ -99,7 +116,8 @@ impl Node {
     /// runs, and either hands back this node's service (with what is left of
     /// `timeout`) or has `remote` ask the node that runs it. A node found leaving
     /// at the last moment refuses without sending and leaves the routing: the next
-    /// pass picks another. Failures are counted for `/metrics`.
+    /// pass picks another. `first` is a node already chosen for the first pass.
+    /// Failures are counted for `/metrics`.
     ///
     /// Its future is part of every request's: what it holds, every request
     /// carries. So the way a request takes is logged where it goes: by
@@ -108,6 +126,7 @@ impl Node {
         &self,
         service: &str,
         timeout: Option<Duration>,
+        mut first: Option<remote::Remote>,
         mut remote: F,
     ) -> Routed<T>
     where
@@ -116,7 +135,10 @@ impl Node {
     {
         let deadline = deadline::after(timeout.unwrap_or(RETURN_WAIT));
         loop {
-            let target = self.route(service, deadline).await;
+            let target = match first.take() {
+                Some(chosen) => Ok(Target::Remote(chosen)),
+                None => self.route(service, deadline).await,
+            };
             self.record_failure(service, &target);
             let timeout = timeout.map(|_| remaining(deadline));
             match target {
