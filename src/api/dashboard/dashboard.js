@@ -13,6 +13,7 @@
   const POLL_MS = 2000;
   const WINDOW_MS = 5 * 60 * 1000;
   const MIN_SPAN_MS = 30 * 1000; // a fresh page's charts span what it has seen, at least this
+  const MIN_RATE_MS = 500; // a rate over less (a poll right after a button's) would be noise
   const MAX_POINTS = 600; // a series' points; 150 at one poll every 2 s
   const MAX_SERIES = 200; // series a chart keeps; more are not recorded
   const MAX_DRAWN = 10; // lines a chart draws, the highest first
@@ -33,8 +34,8 @@
     { id: 'requests', title: 'Requests /s', note: 'by service, whole cluster', format: rate },
     { id: 'errors', title: 'Errors /s', note: 'by service and kind; (calls): failed on the way', format: rate },
     { id: 'latency', title: 'Latency', note: 'p99 solid, p50 dashed', format: ms, max: true },
-    { id: 'restarts', title: 'Restarts', note: 'per sample: workers by service, and nodes', format: count },
-    { id: 'queued', title: 'Queued requests', note: 'waiting for a free worker', format: count },
+    { id: 'restarts', title: 'Restarts', note: 'per sample: workers by service, and nodes', format: count, whole: true },
+    { id: 'queued', title: 'Queued requests', note: 'waiting for a free worker', format: count, whole: true },
     { id: 'pubsub', title: 'Pub/sub /s', note: 'messages published, delivered, dropped', format: rate },
   ];
 
@@ -338,9 +339,16 @@
         if (prev) next.set(name, prev);
         continue;
       }
-      next.set(name, cur);
-      if (!prev) continue;
+      if (!prev) {
+        next.set(name, cur);
+        continue;
+      }
       const restarted = prev.pid !== cur.pid || cur.uptime < prev.uptime;
+      if (!restarted && cur.uptime - prev.uptime < MIN_RATE_MS) {
+        next.set(name, prev); // the next poll measures from the same point
+        continue;
+      }
+      next.set(name, cur);
       const base = restarted ? { uptime: 0, services: new Map(), pubsub: {}, failures: {} } : prev;
       const dt = (cur.uptime - base.uptime) / 1000;
       if (!(dt > 0)) continue;
@@ -472,7 +480,8 @@
     const all = [...(state.history.get(def.id) || new Map()).values()];
     const peak = (s) => s.points.reduce((m, p) => (p[1] !== null && p[1] > m ? p[1] : m), 0);
     const drawn = all.sort((a, b) => peak(b) - peak(a) || (a.name < b.name ? -1 : 1)).slice(0, MAX_DRAWN);
-    const top = niceMax(drawn.reduce((m, s) => Math.max(m, peak(s)), 0) * 1.05);
+    let top = niceMax(drawn.reduce((m, s) => Math.max(m, peak(s)), 0) * 1.05);
+    if (def.whole) top = Math.max(4, Math.ceil(top / 4) * 4); // whole numbers on the axis
     const x = (time) => L + ((time - from) / span) * (W - L - R);
     const y = (v) => H - B - (v / top) * (H - T - B);
 
@@ -492,8 +501,10 @@
       plot.append(label);
     }
     let points = 0;
+    let samples = 0;
     let max = 0;
     for (const s of drawn) {
+      let drawnHere = 0;
       let d = '';
       let pen = false;
       let single = null;
@@ -509,9 +520,11 @@
         run = pen ? run + 1 : 1;
         single = run === 1 ? [px, py] : null;
         pen = true;
-        points++;
+        drawnHere++;
         max = Math.max(max, v);
       }
+      points += drawnHere;
+      samples = Math.max(samples, drawnHere);
       const attrs = { class: 'series' + (s.dashed ? ' dashed' : ''), stroke: s.colour, d };
       if (d) plot.append(svg('path', attrs));
       if (single) plot.append(svg('circle', { cx: single[0], cy: single[1], r: 2.2, fill: s.colour }));
@@ -521,7 +534,10 @@
       empty.textContent = 'waiting for data…';
       plot.append(empty);
     }
+    // For tests and scripts: points drawn in all, in the longest line, and the
+    // highest value drawn.
     card.dataset.points = String(points);
+    card.dataset.samples = String(samples);
     card.dataset.series = String(drawn.length);
     card.dataset.max = String(+max.toFixed(3));
 
