@@ -116,11 +116,11 @@ fn the_dashboard_shows_every_node_and_draws_live_charts() {
 
     let problems = browser.problems();
     assert!(problems.is_empty(), "the page had problems: {problems:#?}");
-    for load in traffic {
-        let (_, failures) = load.finish();
-        // A request on the killed worker may fail; the page must not break others.
-        assert!(failures.len() <= 5, "{failures:?}");
-    }
+    // Of the `math sum` requests, only those the killed worker held may fail:
+    // one per client of its node at most.
+    let (failed, failures): (Vec<u64>, Vec<Vec<String>>) =
+        traffic.into_iter().map(Load::finish).unzip();
+    assert!(failed.iter().sum::<u64>() <= 2, "{failed:?}: {failures:?}");
     eprintln!("dashboard_browser: done in {:?}", started.elapsed());
 }
 
