@@ -46,9 +46,11 @@ run-cluster-nats: build
 	@(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@)
 
 # nats-server 2.10+ first (from PATH, else installed once into .colony/tools): the
-# NATS tests start their own servers.
+# NATS tests start their own servers. Chromium (from PATH, else Debian's package) for
+# the dashboard's browser test.
 test:
 	bash scripts/nats-server.sh >/dev/null
+	bash scripts/chromium.sh >/dev/null
 	bash scripts/messenger-npm.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings

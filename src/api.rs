@@ -1,7 +1,8 @@
 //! The HTTP API (SPEC §6) on actix-web: health, status, request, kill (a worker
 //! or a node), reload, metrics (Prometheus text), publish, subscribe (a stream of
-//! JSON lines), push and queues. JSON in and out; every error is
-//! `{"error":{"kind","message"}}` with the status of its kind.
+//! JSON lines), push and queues; and the live [`dashboard`] at `GET /`. JSON in
+//! and out; every error is `{"error":{"kind","message"}}` with the status of its
+//! kind.
 //!
 //! Every request passes [`access`] first (Host, Origin, token, content type, body
 //! size); [`limits`] keeps connections within the node's file descriptors. A body
@@ -14,6 +15,7 @@
 //! `traceparent`, continued, or a new trace; every response carries it back.
 
 pub(crate) mod access;
+mod dashboard;
 pub(crate) mod limits;
 mod paced;
 mod traced;
@@ -143,6 +145,11 @@ pub(crate) fn serve(
                 ))
                 .service(endpoint("/v1/push/{queue}", web::post().to(push)))
                 .service(endpoint("/v1/queues", web::get().to(queues)))
+                .configure(|config| {
+                    for path in dashboard::PATHS {
+                        config.service(endpoint(path, web::get().to(dashboard::serve)));
+                    }
+                })
                 .default_service(web::to(not_found))
                 .into_factory()
                 .map_err(|e| e.error_response());

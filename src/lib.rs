@@ -26,7 +26,8 @@
 //!                      trace
 //! ```
 //!
-//! - Surfaces: [`cli`] is the `colony` command line; `api` serves the HTTP API;
+//! - Surfaces: [`cli`] is the `colony` command line; `api` serves the HTTP API
+//!   and the live dashboard at `GET /`;
 //!   `run` assembles a whole node ([`Node::start`], [`run()`]): the config checked,
 //!   the API bound, the node booted, then the API served and the `spawn:` children
 //!   started (`spawn`: pm2's backoff and crash-loop guard, rolling reloads) and

@@ -12,6 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::{ErrorKind, ServiceError};
+use crate::status::Served;
 
 /// The latency histogram's upper bounds, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -45,6 +46,31 @@ impl ServiceMetrics {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// The counts so far, as status shows them.
+    pub(crate) fn served(&self) -> Served {
+        let errors = ErrorKind::ALL
+            .iter()
+            .zip(&self.errors)
+            .map(|(kind, n)| (kind.as_str().to_string(), n.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let used = counts
+            .iter()
+            .rposition(|&n| n > 0)
+            .map_or(0, |last| last + 1);
+        Served {
+            requests: self.requests(),
+            errors,
+            latency_ms: BUCKETS
+                .iter()
+                .zip(counts)
+                .take(used)
+                .map(|(bound, n)| ((bound * 1e6).round() / 1e3, n))
+                .collect(),
+        }
     }
 }
 
@@ -94,6 +120,19 @@ impl CallFailures {
             (OTHER_SERVICE.to_string(), e.kind.as_str())
         };
         *counts.entry(key).or_default() += 1;
+    }
+}
+
+impl CallFailures {
+    /// The counts so far, by service and kind, as status shows them.
+    pub(crate) fn by_service(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for ((service, kind), n) in self.0.lock().iter() {
+            out.entry(service.clone())
+                .or_default()
+                .insert(kind.to_string(), *n);
+        }
+        out
     }
 }
 

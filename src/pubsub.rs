@@ -44,6 +44,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 
 use crate::error::ServiceError;
+use crate::status::PubSubCounters;
 pub(crate) use delivery::Delivery;
 use delivery::Payload;
 use lines::Budget;
@@ -206,6 +207,9 @@ pub(crate) struct PubSub {
     table: RwLock<Table>,
     next_id: AtomicU64,
     dropped: AtomicU64,
+    /// Messages published from this node, and handed to its subscribers.
+    published: AtomicU64,
+    delivered: AtomicU64,
     announce: OnceLock<Weak<Announce>>,
     /// Held from changing the table until the change is queued to the peers, and
     /// from taking the table until it is queued to a new peer: each peer gets one
@@ -234,6 +238,8 @@ impl PubSub {
             table: RwLock::default(),
             next_id: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
             announce: OnceLock::new(),
             announcing: Mutex::new(()),
             stream_bytes,
@@ -362,7 +368,24 @@ impl PubSub {
         for id in gone {
             self.remove(id);
         }
+        self.delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
+    }
+
+    /// Counts a message published from this node.
+    pub(crate) fn count_published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages published from this node, messages handed to its subscribers, and
+    /// messages dropped, so far.
+    pub(crate) fn counters(&self) -> PubSubCounters {
+        PubSubCounters {
+            published: self.published.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            dropped: self.dropped(),
+        }
     }
 
     /// Counts `n` subscribers that missed a message on `topic` because a bound was

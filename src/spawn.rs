@@ -127,6 +127,7 @@ impl NodeSpawner {
                     restarts: state.restarts,
                     cpus: child.cpu.map(|c| vec![c]).unwrap_or_default(),
                     services: Vec::new(),
+                    ..NodeStatus::default()
                 }
             })
             .collect()

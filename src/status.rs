@@ -1,5 +1,7 @@
 //! What `GET /v1/status` and `colony status` show: nodes, their services and workers.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Every node of the cluster.
@@ -33,6 +35,14 @@ pub struct NodeStatus {
     pub cpus: Vec<usize>,
     /// The services the node runs.
     pub services: Vec<ServiceStatus>,
+    /// Publications through this node, counted since it started.
+    #[serde(default)]
+    pub pubsub: PubSubCounters,
+    /// Calls from this node that failed on the way to another node (no node, the
+    /// node down, a remote timeout), by service and error kind, counted since it
+    /// started; the requests that reached a worker count in [`ServiceStatus::served`].
+    #[serde(default)]
+    pub call_failures: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// One service on a node.
@@ -47,6 +57,62 @@ pub struct ServiceStatus {
     pub queued: usize,
     /// The service's workers on this node.
     pub workers: Vec<WorkerStatus>,
+    /// What the service's workers on this node served since the node started.
+    #[serde(default)]
+    pub served: Served,
+}
+
+/// A service's requests on one node since the node started, as `GET /metrics`
+/// counts them: a reader computes rates and recent latencies from the difference
+/// between two reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    /// Requests answered, failed ones included.
+    pub requests: u64,
+    /// Failed requests by error kind (`"Timeout"`, …); kinds with none are left out.
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
+    /// The latency histogram: `[upper bound in ms, requests]` per bucket, not
+    /// cumulative, by increasing bound, up to the last bucket that holds any (a
+    /// bucket's lower bound is the previous one's upper, the first's 0). Requests
+    /// slower than the last bound of all (30 s) are the rest of `requests`.
+    #[serde(default)]
+    pub latency_ms: Vec<(f64, u64)>,
+}
+
+impl Served {
+    /// The latency under which a fraction `q` (0 to 1) of the requests finished,
+    /// in ms, interpolated within its bucket as Prometheus' `histogram_quantile`
+    /// does; `None` without requests, or when it lies past the last bound.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let rank = q.clamp(0.0, 1.0) * self.requests as f64;
+        if self.requests == 0 {
+            return None;
+        }
+        let (mut below, mut lower) = (0u64, 0.0);
+        for &(bound, n) in &self.latency_ms {
+            if n > 0 && (below + n) as f64 >= rank {
+                let within = (rank - below as f64) / n as f64;
+                return Some(lower + (bound - lower) * within.clamp(0.0, 1.0));
+            }
+            below += n;
+            lower = bound;
+        }
+        None
+    }
+}
+
+/// Publications through one node since it started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PubSubCounters {
+    /// Messages published from this node.
+    pub published: u64,
+    /// Messages handed to subscribers on this node, one per subscriber, from
+    /// whichever node they were published on.
+    pub delivered: u64,
+    /// Messages a subscriber missed at its high-water mark or a full link queue
+    /// (`colony_publish_dropped_total`).
+    pub dropped: u64,
 }
 
 /// One worker.

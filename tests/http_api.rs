@@ -125,7 +125,8 @@ async fn health_and_status_have_the_documented_shape() {
     assert_eq!(nodes.len(), 1, "{body}");
     let n = &nodes[0];
     // SPEC §6 keys; the node also reports its uptime_ms, restarts (by the node that
-    // spawned it) and cpus (its affinity).
+    // spawned it), cpus (its affinity), and the counters the dashboard draws
+    // (pubsub, call_failures).
     assert_eq!(
         keys(n),
         set(&[
@@ -136,7 +137,9 @@ async fn health_and_status_have_the_documented_shape() {
             "services",
             "uptime_ms",
             "restarts",
-            "cpus"
+            "cpus",
+            "pubsub",
+            "call_failures"
         ]),
         "{n}"
     );
@@ -159,10 +162,10 @@ async fn health_and_status_have_the_documented_shape() {
     // The configured services, sorted, and the master's handlers (`@master`).
     assert_eq!(names, ["@master", "calc", "chaos", "guarded"], "{n}");
     for service in services {
-        // SPEC §6 keys; a service also reports its state.
+        // SPEC §6 keys; a service also reports its state and what it served.
         assert_eq!(
             keys(service),
-            set(&["name", "queued", "workers", "state"]),
+            set(&["name", "queued", "workers", "state", "served"]),
             "{service}"
         );
         assert_eq!(service["queued"], 0, "{service}");

@@ -9,7 +9,8 @@
 //!    own DNS name to 127.0.0.1 cannot reach the API.
 //! 2. An `Origin`, when sent, is the API's own (`http://` + the request's `Host`);
 //!    else 403. Browsers send it on every cross-site POST.
-//! 3. With a token, every endpoint but `GET /v1/health` needs
+//! 3. With a token, every endpoint but `GET /v1/health` and the dashboard's
+//!    static files (`GET /`, see [`dashboard`] for why) needs
 //!    `Authorization: Bearer TOKEN` (the scheme in any case): 401 when missing,
 //!    403 when wrong, compared in constant time.
 //! 4. A POST's body is `application/json`; else 415. A browser's "simple request"
@@ -22,6 +23,7 @@ use actix_web::dev::ServiceRequest;
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::HttpResponse;
 
+use super::dashboard;
 use crate::error::{ErrorKind, ServiceError};
 
 /// An answer that is not the one the client asked for: an HTTP status and the
@@ -107,7 +109,8 @@ impl Access {
             })?;
         self.check_host(host)?;
         check_origin(headers.get(header::ORIGIN), host)?;
-        if !(req.method() == Method::GET && req.path() == "/v1/health") {
+        let public = req.path() == "/v1/health" || dashboard::is_asset(req.path());
+        if !(req.method() == Method::GET && public) {
             self.check_token(headers.get(header::AUTHORIZATION))?;
         }
         if req.method() == Method::POST {

@@ -81,6 +81,7 @@ impl Node {
     }
 
     fn deliver(&self, delivery: Arc<Delivery>) -> usize {
+        self.inner.pubsub.count_published();
         let here = self.inner.pubsub.deliver(&delivery);
         let there = self.transport().map_or(0, |b| b.publish(&delivery));
         here + there

@@ -30,6 +30,7 @@ impl Node {
                     .iter()
                     .map(|slot| worker_status(slot))
                     .collect(),
+                served: service.metrics.served(),
             })
             .collect();
         let stopping = self
@@ -45,6 +46,8 @@ impl Node {
             restarts: self.inner.restarts,
             cpus: spawned::affinity(),
             services,
+            pubsub: self.inner.pubsub.counters(),
+            call_failures: self.inner.call_failures.by_service(),
         }
     }
 
