@@ -16,7 +16,8 @@
 //!
 //! Run: `cargo bench --bench bridge_request_reply`. With
 //! `COLONY_BENCH_PIPELINED_ONLY=N` it runs only N rounds of colony's pipelined
-//! phase over plain TCP, for a profiler.
+//! phase over plain TCP (`COLONY_BENCH_N` round trips each, default 200,000), for
+//! a profiler.
 
 mod common;
 
@@ -217,13 +218,13 @@ async fn colony_sequential(node: &Node) -> (Duration, Duration) {
     percentiles(samples)
 }
 
-async fn colony_pipelined(node: &Node) -> f64 {
+async fn colony_pipelined(node: &Node, count: usize) -> f64 {
     let start = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut sent = 0u64;
     let mut done = 0usize;
-    while done < PIPELINED {
-        while in_flight.len() < IN_FLIGHT && (sent as usize) < PIPELINED {
+    while done < count {
+        while in_flight.len() < IN_FLIGHT && (sent as usize) < count {
             let n = sent;
             in_flight.push(async move { (n, call(node, n).await) });
             sent += 1;
@@ -233,7 +234,7 @@ async fn colony_pipelined(node: &Node) -> f64 {
             done += 1;
         }
     }
-    PIPELINED as f64 / start.elapsed().as_secs_f64()
+    count as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn colony_measure(node: &Node) -> Figures {
@@ -241,7 +242,7 @@ async fn colony_measure(node: &Node) -> Figures {
         call(node, n).await;
     }
     let (p50, p99) = colony_sequential(node).await;
-    let per_sec = colony_pipelined(node).await;
+    let per_sec = colony_pipelined(node, PIPELINED).await;
     Figures { p50, p99, per_sec }
 }
 
@@ -336,8 +337,12 @@ bridge: {{ listen: 127.0.0.1:0, join: [{ta_addr}], secret_file: {secret}, {} }}
         }
         // For a profiler: only colony's pipelined phase, over plain TCP.
         if let Ok(rounds) = std::env::var("COLONY_BENCH_PIPELINED_ONLY") {
+            let count = std::env::var("COLONY_BENCH_N")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(PIPELINED);
             for _ in 0..rounds.parse::<usize>().unwrap_or(5) {
-                println!("pipelined: colony {:.0}/s", colony_pipelined(&b).await);
+                println!("pipelined: colony {:.0}/s", colony_pipelined(&b, count).await);
             }
             return;
         }

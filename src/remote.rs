@@ -227,15 +227,16 @@ pub(crate) fn target(
     service: &str,
     turn: &AtomicUsize,
 ) -> Result<Target, ServiceError> {
-    let local = router.service(service);
+    let local = router.get(service);
     let remotes = remotes(transport, service);
     let local = match (local, remotes.is_empty()) {
-        (Ok(local), true) => return Ok(Target::Local(local)),
-        (Err(e), true) => return Err(e),
+        (Some(local), true) => return Ok(Target::Local(local)),
+        // Only now the error's message, which names the services that do run.
+        (None, true) => return router.service(service).map(Target::Local),
         // A node that is stopping sends new requests to the others.
-        (Ok(local), false) if !local.dealer.is_open() => None,
-        (Ok(local), false) => Some(local),
-        (Err(_), false) => None,
+        (Some(local), false) if !local.dealer.is_open() => None,
+        (Some(local), false) => Some(local),
+        (None, false) => None,
     };
     // One ticket per request: it breaks ties between equally loaded nodes (two
     // requests routed at the same instant both see the same loads, and must not

@@ -46,10 +46,15 @@ impl Router {
         self.services.write().insert(service.name.clone(), service);
     }
 
+    /// The running service `name`, if this node runs it.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<LocalService>> {
+        self.services.read().get(name).cloned()
+    }
+
     /// The running service `name`, or `NoSuchService`.
     pub(crate) fn service(&self, name: &str) -> Result<Arc<LocalService>, ServiceError> {
-        if let Some(service) = self.services.read().get(name) {
-            return Ok(service.clone());
+        if let Some(service) = self.get(name) {
+            return Ok(service);
         }
         let mut running: Vec<String> = self.services.read().keys().cloned().collect();
         running.sort();

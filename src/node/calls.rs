@@ -344,7 +344,7 @@ impl Node {
         self.inner.call_failures.record(
             service,
             || {
-                self.inner.router.service(service).is_ok()
+                self.inner.router.get(service).is_some()
                     || self.transport().is_some_and(|b| {
                         b.members()
                             .iter()
