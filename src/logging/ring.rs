@@ -375,8 +375,10 @@ impl LogRing {
                 if from < first {
                     read.dropped = first - from;
                 }
-                let skip = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
-                for slot in state.slots.iter().skip(skip) {
+                let skip = usize::try_from(from.saturating_sub(first))
+                    .unwrap_or(usize::MAX)
+                    .min(state.slots.len());
+                for slot in state.slots.range(skip..) {
                     if !slot.line.level.at_least(level) {
                         continue;
                     }
