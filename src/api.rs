@@ -1,8 +1,8 @@
 //! The HTTP API (SPEC §6) on actix-web: health, status, request, kill (a worker
 //! or a node), reload, metrics (Prometheus text), publish, subscribe (a stream of
-//! JSON lines), push and queues; and the live [`dashboard`] at `GET /`. JSON in
-//! and out; every error is `{"error":{"kind","message"}}` with the status of its
-//! kind.
+//! JSON lines), push, queues, the cluster's [`logs`] (JSON lines too); and the
+//! live [`dashboard`] at `GET /`. JSON in and out; every error is
+//! `{"error":{"kind","message"}}` with the status of its kind.
 //!
 //! Every request passes [`access`] first (Host, Origin, token, content type, body
 //! size); [`limits`] keeps connections within the node's file descriptors. A body
@@ -17,6 +17,7 @@
 pub(crate) mod access;
 mod dashboard;
 pub(crate) mod limits;
+mod logs;
 mod paced;
 mod traced;
 
@@ -53,6 +54,7 @@ struct State {
     token: Option<String>,
     max_body: usize,
     read_timeout: Duration,
+    log_streams: Arc<logs::LogStreams>,
 }
 
 /// The longest `?timeout=` a request may ask for.
@@ -82,6 +84,7 @@ pub(crate) fn serve(
         token,
         max_body: config.max_body,
         read_timeout: config.read_timeout,
+        log_streams: Arc::default(),
     });
     let connections = limits::connection_budget(config.max_connections, limits::raise_fd_limit());
     if connections < config.max_connections {
@@ -145,6 +148,7 @@ pub(crate) fn serve(
                 ))
                 .service(endpoint("/v1/push/{queue}", web::post().to(push)))
                 .service(endpoint("/v1/queues", web::get().to(queues)))
+                .service(endpoint("/v1/logs", web::get().to(logs)))
                 .configure(|config| {
                     for path in dashboard::PATHS {
                         config.service(endpoint(path, web::get().to(dashboard::serve)));
@@ -445,6 +449,20 @@ fn stream_lines(req: &HttpRequest, state: &State, prefix: &str) -> HttpResponse 
                 .insert_header(("cache-control", "no-cache"))
                 .streaming(stream)
         }
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn logs(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let opened = authorize(&req, &state).and_then(|()| {
+        let pace = paced::Pace::of(&req);
+        logs::open(req.query_string(), &state.node, &state.log_streams, pace)
+    });
+    match opened {
+        Ok(lines) => HttpResponse::Ok()
+            .content_type("application/x-ndjson")
+            .insert_header(("cache-control", "no-cache"))
+            .streaming(lines),
         Err(e) => error_response(&e),
     }
 }

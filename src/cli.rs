@@ -2,8 +2,8 @@
 //! `fn main() -> ExitCode { colony::cli::main(my_app()) }`.
 //!
 //! `node` runs a node in the foreground; `check-config` validates configs; the other
-//! commands talk to a node's HTTP API at `--api`, else `$COLONY_API`, else
-//! `http://127.0.0.1:8000`, with `--token` or `$COLONY_TOKEN` (or the first line of
+//! commands (`logs` among them, in `cli::logs`) talk to a node's HTTP API at
+//! `--api`, else `$COLONY_API`, else `http://127.0.0.1:8000`, with `--token` or `$COLONY_TOKEN` (or the first line of
 //! `--token-file` or `$COLONY_TOKEN_FILE`) when it needs one.
 
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
+mod logs;
 mod startup;
 
 use crate::app::App;
@@ -104,6 +105,22 @@ enum Command {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Print the cluster's log lines as `pm2 logs` does, merged in time order:
+    /// the newest first, then (with --follow) each new one until interrupted.
+    Logs {
+        /// Only this node's lines.
+        #[arg(long)]
+        node: Option<String>,
+        /// Keep printing new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// The least severe level printed: error, warn, info, debug or trace.
+        #[arg(long)]
+        level: Option<String>,
+        /// How many of the newest lines to print first (at most 10000).
+        #[arg(long, default_value_t = 100)]
+        lines: usize,
+    },
     /// Push a job onto a job queue of the cluster.
     Push {
         /// The queue.
@@ -189,6 +206,21 @@ pub fn main(app: impl Into<App>) -> ExitCode {
             client(&cli.api, cli.token, |c| publish(c, &topic, &json))
         }
         Command::Subscribe { prefix } => subscribe(&cli.api, cli.token, &prefix),
+        Command::Logs {
+            node,
+            follow,
+            level,
+            lines,
+        } => logs::run(
+            &cli.api,
+            cli.token,
+            &logs::Ask {
+                node,
+                follow,
+                level,
+                lines,
+            },
+        ),
         Command::Push { queue, json } => client(&cli.api, cli.token, |c| push(c, &queue, &json)),
         Command::Queues => client(&cli.api, cli.token, |c| {
             let (_, value) = c.call("GET", "/v1/queues", None)?;

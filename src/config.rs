@@ -14,11 +14,13 @@ pub mod files;
 mod input;
 pub mod limits;
 mod load;
+mod logs;
 mod messenger;
 mod names;
 mod nats;
 mod state;
 
+pub use logs::LogSection;
 pub use messenger::{check_address, split_target, MessengerSection, ShoutTo};
 pub use nats::{NatsSection, NatsTls, DEFAULT_PREFIX};
 pub use state::{StateMode, StateSection};
@@ -63,6 +65,9 @@ pub struct NodeConfig {
     /// Child node processes this node starts, keeps running and reloads.
     #[serde(default)]
     pub spawn: Vec<SpawnConfig>,
+    /// The node's recent log lines kept for `GET /v1/logs`.
+    #[serde(default)]
+    pub log: LogSection,
     /// The file this config was read from, for error messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,

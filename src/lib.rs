@@ -60,7 +60,8 @@
 //!   turns outside durations into deadlines; `backoff` is the one retry backoff;
 //!   [`trace`] is the W3C trace context a request carries across nodes (and
 //!   [`trace::current`] tells a handler its request's); [`logging`] formats log
-//!   lines with node, worker and trace.
+//!   lines with node, worker and trace, and keeps each node's recent ones in a
+//!   ring that `GET /v1/logs` reads.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod api;

@@ -1,21 +1,49 @@
 //! Log lines through `env_logger`, `RUST_LOG` respected (default `info`), each line
 //! naming the node and, inside a worker's code, the worker; a line written within
 //! a traced request (see [`trace`](crate::trace)) ends with `trace=<32 hex>`.
+//!
+//! Every line the filter lets through is also kept, with its fields apart, in
+//! the [`ring`] of the node it belongs to, for `GET /v1/logs`: the node of the
+//! worker whose code logged it, else the node this process runs ([`init`]'s),
+//! else the first node started in the process that still runs. Keeping a line
+//! takes the ring's lock for a push; a line logged while one is being kept (by
+//! a `Display` that logs) is printed but not kept, so keeping never recurses.
 
-use std::cell::RefCell;
+pub mod ring;
+
+use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::RwLock;
 
 use crate::message::WorkerId;
 use crate::trace::LogSuffix;
 
+pub use ring::{LogLevel, LogLine, LogRing};
+
 static NODE: OnceLock<String> = OnceLock::new();
 
-/// Installs the logger for a process that runs node `node`. Later calls do nothing.
+/// Installs the logger for a process that runs node `node`: lines to stderr and
+/// into the nodes' rings. Later calls do nothing.
 pub fn init(node: &str) {
+    install(node, env_logger::Target::Stderr);
+}
+
+/// Installs the logger as [`init`] does, but prints nothing: lines only go into
+/// the nodes' rings (for tests, and for apps that print their own way).
+pub fn init_quiet(node: &str) {
+    install(node, env_logger::Target::Pipe(Box::new(std::io::sink())));
+}
+
+fn install(node: &str, target: env_logger::Target) {
     let node = NODE.get_or_init(|| node.to_string()).clone();
-    let _already_installed =
+    // Lines logged before the node boots are kept in its ring too.
+    static PROCESS_RING: OnceLock<Arc<LogRing>> = OnceLock::new();
+    PROCESS_RING.get_or_init(|| ring_for(&node, ring::DEFAULT_KEEP, ring::DEFAULT_MAX_BYTES));
+    let logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .target(target)
             .format(move |buf, record| {
                 let worker = current_worker();
                 let who = match &worker {
@@ -32,7 +60,116 @@ pub fn init(node: &str) {
                     LogSuffix(crate::trace::current()),
                 )
             })
-            .try_init();
+            .build();
+    let max_level = logger.filter();
+    if log::set_boxed_logger(Box::new(Keeping(logger))).is_ok() {
+        log::set_max_level(max_level);
+    }
+}
+
+/// `env_logger`'s logger, each line it writes also kept in a ring.
+struct Keeping(env_logger::Logger);
+
+impl log::Log for Keeping {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.0.matches(record) {
+            return;
+        }
+        keep(record);
+        self.0.log(record);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+/// The ring of each node started in this process, by node name.
+static RINGS: RwLock<Vec<(String, Weak<LogRing>)>> = RwLock::new(Vec::new());
+
+/// The ring of node `node` in this process, made if it has none, with these
+/// bounds (`log.keep`, `log.max_bytes`). It lives while someone holds it.
+pub fn ring_for(node: &str, keep: usize, max_bytes: usize) -> Arc<LogRing> {
+    let mut rings = RINGS.write();
+    rings.retain(|(_, ring)| ring.strong_count() > 0);
+    if let Some(ring) = rings
+        .iter()
+        .find(|(name, _)| name == node)
+        .and_then(|(_, ring)| ring.upgrade())
+    {
+        ring.set_bounds(keep, max_bytes);
+        return ring;
+    }
+    let ring = Arc::new(LogRing::new(keep, max_bytes));
+    rings.push((node.to_string(), Arc::downgrade(&ring)));
+    ring
+}
+
+/// The ring a line belongs to (see the module docs).
+fn ring_of(worker: Option<&WorkerId>) -> Option<Arc<LogRing>> {
+    let rings = RINGS.read();
+    let named = |node: &str| {
+        rings
+            .iter()
+            .find(|(name, _)| name == node)
+            .and_then(|(_, ring)| ring.upgrade())
+    };
+    worker
+        .and_then(|w| named(&w.node))
+        .or_else(|| NODE.get().and_then(|node| named(node)))
+        .or_else(|| rings.iter().find_map(|(_, ring)| ring.upgrade()))
+}
+
+thread_local! {
+    /// A line is being kept on this thread.
+    static KEEPING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Keeps `record` in its node's ring.
+fn keep(record: &log::Record<'_>) {
+    // Already keeping one (or the thread is ending): print only.
+    if KEEPING.try_with(|k| k.replace(true)).unwrap_or(true) {
+        return;
+    }
+    let worker = current_worker();
+    if let Some(ring) = ring_of(worker.as_deref()) {
+        let mut msg = Bounded(String::new());
+        // Past the bound the write fails, which only ends the formatting.
+        let _cut = std::fmt::write(&mut msg, *record.args());
+        ring.push(LogLine::new(
+            ring::now_micros(),
+            record.level().into(),
+            record.target(),
+            worker.map(|w| w.to_string()),
+            crate::trace::current().map(|t| t.trace_id().to_string()),
+            msg.0,
+        ));
+    }
+    let _ending = KEEPING.try_with(|k| k.set(false));
+}
+
+/// A message as it is formatted, refused past a little more than a line keeps
+/// (so that the line is cut, marked, by [`LogLine::new`]).
+struct Bounded(String);
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = (ring::MAX_MSG + 4).saturating_sub(self.0.len());
+        if s.len() <= room {
+            self.0.push_str(s);
+            return Ok(());
+        }
+        let mut end = room;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.0.push_str(&s[..end]);
+        Err(std::fmt::Error)
+    }
 }
 
 thread_local! {

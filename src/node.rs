@@ -10,7 +10,8 @@
 //! and imports it from there, never from this file, which only declares and
 //! re-exports: `boot` starts a node, `calls` and `messaging` are its calls,
 //! `consumer` takes jobs for its services, `status` and `metrics` report on it,
-//! `admin` carries out operators' commands sent by other nodes.
+//! `admin` carries out operators' commands sent by other nodes; `logs` reads
+//! the node's recent log lines, and other nodes' through `admin`.
 
 mod admin;
 mod boot;
@@ -19,6 +20,7 @@ pub mod check;
 mod consumer;
 mod handle;
 mod locking;
+mod logs;
 mod messaging;
 mod messenger;
 mod metrics;
@@ -28,3 +30,4 @@ mod status;
 pub(crate) use handle::{Children, Probe, StopServer};
 pub use handle::{Node, StartError};
 pub use locking::{LockGuard, LockOptions};
+pub(crate) use logs::LogBatch;

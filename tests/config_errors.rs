@@ -45,7 +45,7 @@ fn an_unknown_top_level_key_is_named() {
     assert_eq!(err.key, "servise");
     assert_eq!(
         err.to_string(),
-        "configs/x.yaml: servise: unknown field, expected one of node, api, bridge, nats, messenger, services, queues, state, spawn"
+        "configs/x.yaml: servise: unknown field, expected one of node, api, bridge, nats, messenger, services, queues, state, spawn, log"
     );
 }
 

@@ -62,12 +62,21 @@ pub(crate) struct Pace {
     started: AtomicUsize,
     /// The connection's task while its reading waits for a body to be wanted.
     reader: AtomicWaker,
+    /// The client closed its side: a read found the end of its bytes.
+    closed: AtomicBool,
 }
 
 impl Pace {
     /// The pace of `req`'s connection (none on a connection that is not [`Paced`]).
     pub(crate) fn of(req: &actix_web::HttpRequest) -> Option<Arc<Pace>> {
         req.conn_data::<Arc<Pace>>().cloned()
+    }
+
+    /// Whether the client has closed its side of the connection. A stream that
+    /// writes nothing for long (a quiet follower) learns this way that its
+    /// client is gone; a write would tell only when there is one.
+    pub(crate) fn client_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// The client has not read what the node wrote to it so far.
@@ -276,19 +285,22 @@ impl AsyncRead for Paced {
         let Some(limit) = this.may_read(cx) else {
             return Poll::Pending;
         };
-        if limit >= buf.remaining() {
+        let wanted = buf.remaining().min(limit);
+        let (read, n) = if limit >= buf.remaining() {
             let before = buf.filled().len();
             let read = Pin::new(&mut this.io).poll_read(cx, buf);
-            let n = buf.filled().len() - before;
-            this.budget = this.budget.saturating_sub(n);
-            return read;
-        }
-        let mut chunk = [0; READ_AHEAD];
-        let mut part = ReadBuf::new(&mut chunk[..limit]);
-        let read = Pin::new(&mut this.io).poll_read(cx, &mut part);
-        let n = part.filled().len();
-        buf.put_slice(part.filled());
+            (read, buf.filled().len() - before)
+        } else {
+            let mut chunk = [0; READ_AHEAD];
+            let mut part = ReadBuf::new(&mut chunk[..limit]);
+            let read = Pin::new(&mut this.io).poll_read(cx, &mut part);
+            buf.put_slice(part.filled());
+            (read, part.filled().len())
+        };
         this.budget = this.budget.saturating_sub(n);
+        if matches!(read, Poll::Ready(Ok(()))) && n == 0 && wanted > 0 {
+            this.pace.closed.store(true, Ordering::Relaxed);
+        }
         read
     }
 }

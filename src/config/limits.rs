@@ -26,6 +26,10 @@ pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 pub const MAX_BYTES: usize = 4 * 1024 * 1024 * 1024;
 /// Connections and handshakes at once.
 pub const MAX_CONNECTIONS: usize = 100_000;
+/// Log lines a node keeps (`log.keep`).
+pub const MAX_LOG_KEEP: usize = 1_000_000;
+/// Bytes of log lines a node keeps (`log.max_bytes`).
+pub const MAX_LOG_BYTES: usize = 1024 * 1024 * 1024;
 /// Longest request timeout, here as in `?timeout=`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Shortest `api.read_timeout`: a slower client still gets its request in.
@@ -91,6 +95,8 @@ impl NodeConfig {
         )?;
         at_most("api.subscribe_buffer", self.api.subscribe_buffer, MAX_BYTES)?;
         no_longer("api.read_timeout", self.api.read_timeout, MAX_TIMEOUT)?;
+        at_most("log.keep", self.log.keep, MAX_LOG_KEEP)?;
+        at_most("log.max_bytes", self.log.max_bytes, MAX_LOG_BYTES)?;
         no_shorter("api.read_timeout", self.api.read_timeout, MIN_READ_TIMEOUT)?;
         if let Some(messenger) = &self.messenger {
             at_most(

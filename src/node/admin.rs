@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::handle::{Node, STATUS_TIMEOUT};
 use crate::error::ServiceError;
+use crate::logging::LogLevel;
 
 /// An operator's command, as it crosses to the node that carries it out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -13,11 +14,23 @@ use crate::error::ServiceError;
 pub(crate) enum Admin {
     /// Answers `{"node": NAME}`: whether commands reach the node.
     Ping,
+    /// Answers the node's kept log lines after line `after` (its newest when
+    /// `None`), at `level` or more severe, at most `max` lines and about
+    /// `max_bytes` bytes of JSON (see `node::logs`).
+    Logs {
+        /// The last line the reader saw; `None` for the newest lines.
+        after: Option<u64>,
+        /// The least severe level wanted.
+        level: LogLevel,
+        /// The most lines wanted.
+        max: usize,
+        /// The most bytes of lines wanted.
+        max_bytes: usize,
+    },
 }
 
 impl Node {
     /// Carries out `op` on node `node`: here, or over this node's link to it.
-    #[allow(dead_code)] // the first commands that use it are on their way
     pub(crate) async fn admin_on(&self, node: &str, op: Admin) -> Result<Value, ServiceError> {
         if node == self.name() {
             return self.admin_here(op).await;
@@ -47,6 +60,12 @@ impl Node {
     async fn admin_here(&self, op: Admin) -> Result<Value, ServiceError> {
         match op {
             Admin::Ping => Ok(json!({ "node": self.name() })),
+            Admin::Logs {
+                after,
+                level,
+                max,
+                max_bytes,
+            } => self.log_answer(after, level, max, max_bytes),
         }
     }
 }

@@ -95,6 +95,8 @@ impl Node {
                 restarts: spawned::restarts_from_env(),
                 call_failures: Default::default(),
                 messenger: Default::default(),
+                log: crate::logging::ring_for(&name, config.log.keep, config.log.max_bytes),
+                log_answer_bytes: super::logs::answer_bytes(&config),
             }),
         };
 

@@ -117,6 +117,11 @@ pub(super) struct Inner {
     pub(super) call_failures: crate::metrics::CallFailures,
     /// Node messenger listeners this node calls, serves and shouts to.
     pub(super) messenger: std::sync::OnceLock<crate::messenger::Running>,
+    /// The node's recent log lines.
+    pub(super) log: Arc<crate::logging::LogRing>,
+    /// Bytes of log lines one answer to another node may carry: a part of the
+    /// bridge's frame, so that it fits with room for JSON's escapes.
+    pub(super) log_answer_bytes: usize,
 }
 
 impl std::fmt::Debug for Node {

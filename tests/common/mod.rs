@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 mod backbone;
+pub mod logs;
 pub mod nats;
 pub mod tracer;
 mod watch;
