@@ -7,10 +7,12 @@
 //! supervisor acts on and that callers caught mid-request read back as
 //! `HandlerPanicked` with the panic's message.
 //!
-//! A worker index (`master/math/0`) keeps one [`WorkerSlot`] for the node's life:
-//! counters and state. Each start of the actor is an [`Incarnation`] with its own
-//! mailbox and generation number, so a reply or an exit from an earlier incarnation
-//! can never be mistaken for the current one.
+//! A worker index (`master/math/0`) keeps one [`WorkerSlot`], counters and state,
+//! for as long as the service has that many workers: the node's life, unless a
+//! scale-down removes the index (a later scale-up gives it a fresh slot). Each
+//! start of the actor is an [`Incarnation`] with its own mailbox and generation
+//! number, so a reply or an exit from an earlier incarnation can never be
+//! mistaken for the current one.
 
 use std::any::Any;
 use std::future::Future;
@@ -92,6 +94,8 @@ pub(crate) struct Incarnation {
     /// The arbiter the actor runs on; it outlives every request the actor holds.
     pub(crate) arbiter: ArbiterHandle,
     alive: AtomicBool,
+    /// Set by a scale-down that removes this worker: see [`retire`](Self::retire).
+    retiring: AtomicBool,
     exit: watch::Sender<Option<ExitReason>>,
 }
 
@@ -108,6 +112,22 @@ impl Incarnation {
     /// Whether the actor still runs. Turns false before its mailbox closes.
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// Marks the worker as removed by a scale-down: from now on no request is
+    /// handed to it, and what it holds may finish.
+    ///
+    /// Sequentially consistent, as is the count a request takes on the worker
+    /// before it sends (see `router::hold`): whoever comes second sees the
+    /// other, so a drain that finds no request counted after this call knows
+    /// none is on its way to the mailbox either.
+    pub(crate) fn retire(&self) {
+        self.retiring.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a scale-down removed the worker (see [`retire`](Self::retire)).
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::SeqCst)
     }
 
     /// Why this incarnation ended, waiting for it up to `deadline`: callers whose
@@ -153,6 +173,8 @@ pub(crate) struct WorkerOnline {
 pub(crate) struct WorkerExited {
     pub(crate) index: usize,
     pub(crate) generation: u64,
+    /// The incarnation's slot: after a scale-down and up, no longer the index's.
+    pub(crate) slot: Arc<WorkerSlot>,
     pub(crate) reason: ExitReason,
 }
 
@@ -201,6 +223,7 @@ where
         }) as Mailbox,
         arbiter: args.arbiter.clone(),
         alive: AtomicBool::new(true),
+        retiring: AtomicBool::new(false),
         exit: watch::Sender::new(None),
     });
     let index = args.slot.id.index;
@@ -221,6 +244,7 @@ where
                 exited.do_send(WorkerExited {
                     index,
                     generation,
+                    slot: inc.slot.clone(),
                     reason,
                 });
                 return;
@@ -250,6 +274,7 @@ where
             exited.do_send(WorkerExited {
                 index,
                 generation,
+                slot: inc.slot.clone(),
                 reason,
             });
         });
@@ -260,6 +285,7 @@ where
         args.exited.do_send(WorkerExited {
             index,
             generation,
+            slot: args.slot.clone(),
             reason: reason.clone(),
         });
         incarnation.record_exit(reason);

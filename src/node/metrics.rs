@@ -64,7 +64,12 @@ impl Node {
             "service",
             &services,
             |s| {
-                let n: u64 = s.slots.iter().map(|w| w.in_flight.load(Relaxed)).sum();
+                let n: u64 = s
+                    .slots
+                    .get()
+                    .iter()
+                    .map(|w| w.in_flight.load(Relaxed))
+                    .sum();
                 (&s.name, n as f64)
             },
         );
@@ -77,7 +82,7 @@ impl Node {
             "service",
             &services,
             |s| {
-                let n: u64 = s.slots.iter().map(|w| w.restarts.load(Relaxed)).sum();
+                let n: u64 = s.slots.get().iter().map(|w| w.restarts.load(Relaxed)).sum();
                 (&s.name, n as f64)
             },
         );
