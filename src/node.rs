@@ -10,7 +10,8 @@
 //! and imports it from there, never from this file, which only declares and
 //! re-exports: `boot` starts a node, `calls` and `messaging` are its calls,
 //! `consumer` takes jobs for its services, `status` and `metrics` report on it,
-//! `admin` carries out operators' commands sent by other nodes.
+//! `admin` carries out operators' commands (scaling a service) here or on the
+//! node they are for.
 
 mod admin;
 mod boot;
