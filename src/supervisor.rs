@@ -278,6 +278,11 @@ impl Supervisor {
         let until = Instant::now() + RETIRE_LIMIT;
         let mut retired = Vec::new();
         for child in &mut self.children[indexes] {
+            let restarts = child
+                .slot
+                .restarts
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.service.metrics.count_removed_restarts(restarts);
             child.restart_pending = false;
             child.restart_after = None;
             if let Some((incarnation, _)) = &child.running {

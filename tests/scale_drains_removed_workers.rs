@@ -145,3 +145,34 @@ async fn an_index_added_back_while_draining_gets_a_new_worker_after() {
     assert_eq!(who, "drain/chaos/1");
     node.shutdown(Duration::from_secs(1)).await;
 }
+
+#[actix_rt::test]
+async fn the_restarts_counter_keeps_the_removed_workers_restarts() {
+    let node = start_node(CONFIG).await;
+    let events = Events::subscribe(&node).await;
+    all_running(&node).await;
+    let restarts = |node: &Node| {
+        node.metrics()
+            .lines()
+            .find(|l| {
+                l.starts_with("colony_worker_restarts_total") && l.contains("service=\"chaos\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    let id: WorkerId = "drain/chaos/1".parse().unwrap();
+    node.kill(&id).await.expect("kill");
+    wait_online(&node, &events, "drain/chaos/1", 2).await;
+    assert_eq!(restarts(&node), Some(1.0));
+
+    node.scale("chaos", 1, None).await.expect("scale down");
+    assert_eq!(restarts(&node), Some(1.0), "a counter never goes down");
+    node.scale("chaos", 2, None).await.expect("scale up");
+    assert_eq!(
+        worker_status(&node, "drain/chaos/1").restarts,
+        0,
+        "a new worker"
+    );
+    assert_eq!(restarts(&node), Some(1.0));
+    node.shutdown(Duration::from_secs(1)).await;
+}

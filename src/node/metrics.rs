@@ -82,7 +82,9 @@ impl Node {
             "service",
             &services,
             |s| {
-                let n: u64 = s.slots.get().iter().map(|w| w.restarts.load(Relaxed)).sum();
+                let slots = s.slots.get();
+                let n: u64 = slots.iter().map(|w| w.restarts.load(Relaxed)).sum::<u64>()
+                    + s.metrics.removed_restarts();
                 (&s.name, n as f64)
             },
         );
