@@ -174,8 +174,9 @@ pub(crate) struct LocalService {
 
 /// The slots of a service's workers, index `i` at position `i`: a snapshot that
 /// a scale replaces whole. Readers (status, metrics, the `least_loaded`
-/// routing) take the snapshot once and read it without a lock; the request
-/// path itself goes through the dealer and never reads it.
+/// routing) take the snapshot under a read lock held only to clone an `Arc`,
+/// then read it without one; the request path itself goes through the dealer
+/// and never reads it.
 #[derive(Debug)]
 pub(crate) struct Slots(RwLock<Arc<[Arc<WorkerSlot>]>>);
 
