@@ -347,14 +347,14 @@ impl LocalService {
                 },
             };
             // A credit of a worker that a scale-down removed meanwhile is dropped.
-            if !hold(&worker) {
+            if !worker.hold() {
                 continue;
             }
             match send(&worker.mailbox, msg, crate::trace::current()) {
                 Ok(reply) => return Ok(InFlight::new(self.clone(), worker, reply, true)),
                 // The worker exited after its credit was taken: try the next one.
                 Err(back) => {
-                    unhold(&worker);
+                    worker.unhold();
                     msg = back;
                 }
             }
@@ -374,7 +374,7 @@ impl LocalService {
                 worker.slot.id
             )));
         }
-        if !hold(&worker) {
+        if !worker.hold() {
             return Err(ServiceError::no_such_service(format!(
                 "worker {} is being removed by a scale-down",
                 worker.slot.id
@@ -383,7 +383,7 @@ impl LocalService {
         match send(&worker.mailbox, msg, crate::trace::current()) {
             Ok(reply) => Ok(InFlight::new(self.clone(), worker, reply, false)),
             Err(_) => {
-                unhold(&worker);
+                worker.unhold();
                 Err(ServiceError::no_such_service(format!(
                     "worker {} is not running",
                     worker.slot.id
@@ -391,29 +391,6 @@ impl LocalService {
             }
         }
     }
-}
-
-/// Counts a request on `worker` before it goes into the mailbox, unless a
-/// scale-down has removed the worker (then nothing is counted: false).
-///
-/// The count comes first and the check second, both sequentially consistent,
-/// and a scale-down retires the worker first and reads the count second
-/// ([`Incarnation::retire`]): either this request sees the worker retired and
-/// goes elsewhere, or the drain sees it counted and waits for it. So a removed
-/// worker never stops with a request in its mailbox.
-#[inline]
-fn hold(worker: &Incarnation) -> bool {
-    worker.slot.in_flight.fetch_add(1, Ordering::SeqCst);
-    if worker.is_retiring() {
-        unhold(worker);
-        return false;
-    }
-    true
-}
-
-/// Takes back the count of a request [`hold`] counted but did not send.
-fn unhold(worker: &Incarnation) {
-    worker.slot.in_flight.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// The `debug` line of each request this node serves, naming where it came
@@ -471,7 +448,7 @@ impl<T: Send + 'static> InFlight<T> {
         reply: oneshot::Receiver<T>,
         credit: bool,
     ) -> Self {
-        // Counted in `in_flight` already, by `hold`.
+        // Counted in `in_flight` already, by `Incarnation::hold`.
         InFlight {
             service,
             worker: Some(worker),

@@ -53,9 +53,11 @@ use crate::events::{EventBus, LifecycleEvent};
 use crate::message::WorkerId;
 use crate::service::LocalService;
 use crate::worker::{
-    Incarnation, KillSwitch, SpawnArgs, StartWorker, WorkerExited, WorkerOnline, WorkerSlot,
-    WorkerState,
+    Incarnation, SpawnArgs, StartWorker, WorkerExited, WorkerOnline, WorkerSlot, WorkerState,
 };
+
+mod child;
+use child::Child;
 
 /// How long a draining supervisor waits for stopped workers to end.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -89,38 +91,6 @@ pub(crate) struct Supervisor {
     failed: bool,
     /// Whether a look at the retiring workers is scheduled.
     retire_check: bool,
-}
-
-struct Child {
-    /// The index's slot now (status shows it while the index is below `target`).
-    slot: Arc<WorkerSlot>,
-    generation: u64,
-    running: Option<(Arc<Incarnation>, KillSwitch)>,
-    /// Set when the strategy stopped this worker because a sibling failed: its
-    /// exit restarts it after this delay without counting as a failure.
-    restart_after: Option<Duration>,
-    restart_pending: bool,
-    /// Set when a scale-down removed the running worker: until when it may
-    /// finish what it holds. Its exit restarts nothing.
-    retiring: Option<Instant>,
-}
-
-impl Child {
-    fn new(slot: Arc<WorkerSlot>) -> Self {
-        Child {
-            slot,
-            generation: 0,
-            running: None,
-            restart_after: None,
-            restart_pending: false,
-            retiring: None,
-        }
-    }
-
-    /// Nothing runs, nor is about to: a new worker may start at this index.
-    fn is_idle(&self) -> bool {
-        self.running.is_none() && self.retiring.is_none() && !self.restart_pending
-    }
 }
 
 impl Supervisor {

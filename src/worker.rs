@@ -118,11 +118,33 @@ impl Incarnation {
     /// handed to it, and what it holds may finish.
     ///
     /// Sequentially consistent, as is the count a request takes on the worker
-    /// before it sends (see `router::hold`): whoever comes second sees the
+    /// before it sends ([`hold`](Self::hold)): whoever comes second sees the
     /// other, so a drain that finds no request counted after this call knows
     /// none is on its way to the mailbox either.
     pub(crate) fn retire(&self) {
         self.retiring.store(true, Ordering::SeqCst);
+    }
+
+    /// Counts a request on the worker (`in_flight`) before it goes into the
+    /// mailbox, unless a scale-down has retired the worker: then nothing is
+    /// counted, and the request goes elsewhere. The count comes first and the
+    /// check second, so either this request sees the worker retired, or the
+    /// drain that reads the count after [`retire`](Self::retire) sees it and
+    /// waits: a removed worker never stops with a request in its mailbox.
+    #[inline]
+    pub(crate) fn hold(&self) -> bool {
+        self.slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.is_retiring() {
+            self.unhold();
+            return false;
+        }
+        true
+    }
+
+    /// Takes back the count of a request [`hold`](Self::hold) counted but did
+    /// not send.
+    pub(crate) fn unhold(&self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Whether a scale-down removed the worker (see [`retire`](Self::retire)).
