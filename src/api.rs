@@ -1,7 +1,7 @@
 //! The HTTP API (SPEC §6) on actix-web: health, status, request, kill (a worker
-//! or a node), reload, metrics (Prometheus text), publish, subscribe (a stream of
-//! JSON lines), push, queues, the cluster's [`logs`] (JSON lines too); and the
-//! live [`dashboard`] at `GET /`. JSON in and out; every error is
+//! or a node), scale, reload, metrics (Prometheus text), publish, subscribe (a
+//! stream of JSON lines), push, queues, the cluster's [`logs`] (JSON lines too);
+//! and the live [`dashboard`] at `GET /`. JSON in and out; every error is
 //! `{"error":{"kind","message"}}` with the status of its kind.
 //!
 //! Every request passes [`access`] first (Host, Origin, token, content type, body
@@ -33,8 +33,8 @@ use bytes::Bytes;
 use futures::future::{ready, Either};
 use futures::{FutureExt as _, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use self::access::{Access, Refusal};
 use self::traced::RequestTrace;
@@ -138,6 +138,7 @@ pub(crate) fn serve(
                     web::post().to(request),
                 ))
                 .service(endpoint("/v1/kill", web::post().to(kill)))
+                .service(endpoint("/v1/scale/{service}", web::post().to(scale)))
                 .service(endpoint("/v1/reload", web::post().to(reload)))
                 .service(endpoint("/metrics", web::get().to(metrics)))
                 .service(endpoint("/v1/publish/{topic:.*}", web::post().to(publish)))
@@ -360,6 +361,56 @@ async fn kill(payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     };
     match answer.await {
         Ok(killed) => HttpResponse::Accepted().json(killed),
+        Err(e) => e.response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    /// Read as any JSON value, so that every wrong one gets the same clear answer.
+    workers: Value,
+    node: Option<String>,
+}
+
+/// `POST /v1/scale/{service}` with `{"workers":N}` or `{"workers":N,"node":"NAME"}`:
+/// the service's workers on that node (by default this one, or the one that runs
+/// it) from now on; 200 `{"service","node","workers","was"}`.
+async fn scale(
+    service: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let answer = async {
+        let body = read_body(payload, &state).await?;
+        let forms = format!(
+            "scale takes {{\"workers\":N}} or {{\"workers\":N,\"node\":\"NAME\"}}, N a whole number from 1 to {}",
+            crate::config::limits::MAX_WORKERS
+        );
+        let body: ScaleBody = serde_json::from_slice(&body).map_err(|e| {
+            ServiceError::bad_request(format!(
+                "{forms}: {}",
+                crate::logging::untrusted(&e.to_string())
+            ))
+        })?;
+        let workers = body
+            .workers
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                ServiceError::bad_request(format!(
+                    "{forms}, not {}",
+                    crate::logging::untrusted(&body.workers.to_string())
+                ))
+            })?;
+        let scaled = state
+            .node
+            .scale(&service, workers, body.node.as_deref())
+            .await?;
+        Ok::<_, Refusal>(scaled)
+    };
+    match answer.await {
+        Ok(scaled) => HttpResponse::Ok().json(scaled),
         Err(e) => e.response(),
     }
 }

@@ -85,6 +85,19 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         code: i32,
     },
+    /// Set the number of workers of SERVICE on a node while it runs: new workers
+    /// start; removed ones (the highest indexes) finish their requests, then
+    /// stop. Until the node restarts; `workers:` in its config makes it permanent.
+    Scale {
+        /// The service, e.g. `math`.
+        service: String,
+        /// Its workers from now on.
+        workers: u64,
+        /// The node; by default the one the API is on if it runs SERVICE, else
+        /// the one node that does.
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Restart the spawned nodes one at a time (or only NODE) with no failed
     /// requests: each drains, starts again and is online before the next.
     Reload {
@@ -199,6 +212,13 @@ pub fn main(app: impl Into<App>) -> ExitCode {
             })
         }
         Command::Kill { target, code } => client(&cli.api, cli.token, |c| kill(c, &target, code)),
+        Command::Scale {
+            service,
+            workers,
+            node,
+        } => client(&cli.api, cli.token, |c| {
+            scale(c, &service, workers, node.as_deref())
+        }),
         Command::Reload { node } => client_with_timeout(&cli.api, cli.token, RELOAD_TIMEOUT, |c| {
             reload(c, node.as_deref())
         }),
@@ -455,6 +475,19 @@ fn kill(client: &Client, target: &str, code: i32) -> Result<(), Failure> {
     };
     client.call("POST", "/v1/kill", Some(body.to_string().as_bytes()))?;
     println!("killed {target}");
+    Ok(())
+}
+
+fn scale(client: &Client, service: &str, workers: u64, node: Option<&str>) -> Result<(), Failure> {
+    let body = serde_json::json!({ "workers": workers, "node": node }).to_string();
+    let path = format!("/v1/scale/{}", encode_path(service));
+    let (_, value) = client.call("POST", &path, Some(body.as_bytes()))?;
+    let scaled: crate::status::Scaled = serde_json::from_value(value).map_err(|e| {
+        Failure(format!(
+            "the node's answer to the scale is not what this colony reads: {e}"
+        ))
+    })?;
+    println!("{scaled}");
     Ok(())
 }
 

@@ -7,6 +7,10 @@
 //! is offered less work. With no credit free, requests wait in a FIFO of at most
 //! `queue` entries; past that they get `Overloaded`.
 //!
+//! A worker that a scale-down removes is retired here ([`Dealer::retire`]): its
+//! free credits go, and those it gives back are dropped, so it gets no new
+//! request while it finishes what it holds.
+//!
 //! The dealer is a lock-guarded broker rather than a mailbox actor: callers take and
 //! return credits under a short lock in their own task, and the request goes straight
 //! to the worker's mailbox. A mailbox hop through a dealer actor would double the
@@ -136,10 +140,26 @@ impl Dealer {
         }
     }
 
-    /// The running incarnation of worker `index`.
+    /// A scale-down removes `workers`: they are handed no new request (nor
+    /// found by [`worker`](Self::worker)), and their free credits go, in one
+    /// pass however many they are.
+    pub(crate) fn retire(&self, workers: &[Arc<Incarnation>]) {
+        let mut state = self.state.lock();
+        for worker in workers {
+            worker.retire();
+        }
+        state.idle.retain(|w| !w.is_retiring());
+    }
+
+    /// The running incarnation of worker `index`, unless a scale-down removed it.
     pub(crate) fn worker(&self, index: usize) -> Option<Arc<Incarnation>> {
         let state = self.state.lock();
-        state.workers.get(index).cloned().flatten()
+        state
+            .workers
+            .get(index)
+            .cloned()
+            .flatten()
+            .filter(|w| !w.is_retiring())
     }
 
     /// The worker the next [`acquire`](Self::acquire) would most likely get:
@@ -149,10 +169,16 @@ impl Dealer {
         state.idle.iter().find(|w| state.is_current(w)).cloned()
     }
 
-    /// Every running incarnation.
+    /// Every running incarnation, but those a scale-down removed.
     pub(crate) fn workers(&self) -> Vec<Arc<Incarnation>> {
         let state = self.state.lock();
-        state.workers.iter().flatten().cloned().collect()
+        state
+            .workers
+            .iter()
+            .flatten()
+            .filter(|w| !w.is_retiring())
+            .cloned()
+            .collect()
     }
 
     /// Stops taking new requests; those waiting are still served.
@@ -213,6 +239,7 @@ impl Dealer {
 impl State {
     fn is_current(&self, worker: &Arc<Incarnation>) -> bool {
         worker.is_alive()
+            && !worker.is_retiring()
             && self
                 .workers
                 .get(worker.slot.id.index)

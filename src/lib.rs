@@ -49,7 +49,7 @@
 //!   `locks` and `confirm` are kept by the master in `state`, which other nodes
 //!   reach over their transport, and written to disk by [`store`].
 //! - In-node runtime: `root` is the root actor of a node; it starts one
-//!   `supervisor` per service, which starts and restarts its workers; `router`
+//!   `supervisor` per service, which starts, restarts and scales its workers; `router`
 //!   carries a request through the service's `dealer` (the load-balancing broker)
 //!   into a `worker`'s mailbox and the reply back (a traced request into its
 //!   `inbox`, so that the handler runs within the trace); `metrics` is `GET /metrics`.

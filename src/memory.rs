@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 use crate::config::Role;
@@ -57,6 +57,7 @@ impl MemoryNetwork {
                 ));
             }
             let node = Arc::new(MemoryNode {
+                offers: RwLock::new(me.services.clone()),
                 me,
                 inbound,
                 net: Arc::downgrade(&net),
@@ -92,6 +93,8 @@ impl MemoryNetwork {
 /// One node's side of the network.
 struct MemoryNode {
     me: Member,
+    /// Its services now (`me.services` as it started, then as scaled).
+    offers: RwLock<Vec<Offer>>,
     inbound: Inbound,
     net: Weak<Net>,
     /// The node is draining: no new requests for any worker come to it.
@@ -252,8 +255,8 @@ impl Link for MemoryLink {
     }
 
     fn offer(&self, service: &str) -> Option<(Offer, Arc<AtomicU64>)> {
-        let offer = self.to.me.services.iter().find(|o| o.name == service)?;
-        Some((offer.clone(), self.from.load(&self.to.me.name, service)))
+        let offer = self.to.offer(service)?;
+        Some((offer, self.from.load(&self.to.me.name, service)))
     }
 
     fn request(&self, call: Call<'_>, payload: &[u8]) -> Result<Pending, ServiceError> {
@@ -333,7 +336,7 @@ impl Transport for MemoryNode {
             .into_iter()
             .filter(|to| !to.leaving.load(Ordering::Acquire))
             .filter_map(|to| {
-                let offer = to.me.services.iter().find(|o| o.name == service)?.clone();
+                let offer = to.offer(service)?;
                 let load = self.load(&to.me.name, service);
                 Some((me.link_to(to) as Arc<dyn Link>, offer, load))
             })
@@ -342,11 +345,11 @@ impl Transport for MemoryNode {
 
     fn members(&self) -> Vec<Member> {
         let Some(net) = self.net.upgrade() else {
-            return vec![self.me.clone()];
+            return vec![self.member()];
         };
-        let mut members: Vec<Member> = net.nodes.lock().values().map(|n| n.me.clone()).collect();
+        let mut members: Vec<Member> = net.nodes.lock().values().map(|n| n.member()).collect();
         if members.iter().all(|m| m.name != self.me.name) {
-            members.push(self.me.clone());
+            members.push(self.member());
         }
         members
     }
@@ -407,6 +410,15 @@ impl Transport for MemoryNode {
         })
     }
 
+    fn offer_changed(&self, offer: Offer) {
+        // The others read this node's offers themselves.
+        let mut offers = self.offers.write();
+        match offers.iter_mut().find(|o| o.name == offer.name) {
+            Some(old) => *old = offer,
+            None => offers.push(offer),
+        }
+    }
+
     fn stop(&self) {
         let Some(net) = self.net.upgrade() else {
             return;
@@ -431,6 +443,23 @@ impl Transport for MemoryNode {
 }
 
 impl MemoryNode {
+    /// This node's member entry, with its services now.
+    fn member(&self) -> Member {
+        Member {
+            services: self.offers.read().clone(),
+            ..self.me.clone()
+        }
+    }
+
+    /// This node's offer of `service` now.
+    fn offer(&self, service: &str) -> Option<Offer> {
+        self.offers
+            .read()
+            .iter()
+            .find(|o| o.name == service)
+            .cloned()
+    }
+
     /// This node, as the network holds it, while it is on it.
     fn me(&self) -> Option<Arc<MemoryNode>> {
         self.net.upgrade()?.nodes.lock().get(&self.me.name).cloned()

@@ -27,9 +27,22 @@ pub(crate) struct ServiceMetrics {
     /// Requests at or under each bound (not cumulative; summed when rendered).
     buckets: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
+    /// Restarts of workers a scale-down removed, so that the restarts counter
+    /// never goes down.
+    removed_restarts: AtomicU64,
 }
 
 impl ServiceMetrics {
+    /// Keeps the restarts of a worker a scale-down removed.
+    pub(crate) fn count_removed_restarts(&self, restarts: u64) {
+        self.removed_restarts.fetch_add(restarts, Relaxed);
+    }
+
+    /// Restarts of the workers scale-downs removed.
+    pub(crate) fn removed_restarts(&self) -> u64 {
+        self.removed_restarts.load(Relaxed)
+    }
+
     /// Requests counted so far.
     pub(crate) fn requests(&self) -> u64 {
         self.requests.load(Relaxed)

@@ -10,8 +10,9 @@
 //! and imports it from there, never from this file, which only declares and
 //! re-exports: `boot` starts a node, `calls` and `messaging` are its calls,
 //! `consumer` takes jobs for its services, `status` and `metrics` report on it,
-//! `admin` carries out operators' commands sent by other nodes; `logs` reads
-//! the node's recent log lines, and other nodes' through `admin`.
+//! `admin` carries out operators' commands (scaling a service, reading log
+//! lines) here or on the node they are for; `logs` reads the node's recent log
+//! lines, and other nodes' through `admin`.
 
 mod admin;
 mod boot;

@@ -279,11 +279,11 @@ pub(crate) fn target(
 }
 
 fn local_load(service: &LocalService) -> f64 {
-    let in_flight: u64 = service
-        .slots
+    let slots = service.slots.get();
+    let in_flight: u64 = slots
         .iter()
         .map(|s| s.in_flight.load(Ordering::Relaxed))
         .sum();
-    let capacity = service.slots.len() * service.config.concurrency;
+    let capacity = slots.len() * service.config.concurrency;
     in_flight as f64 / capacity.max(1) as f64
 }

@@ -1,6 +1,6 @@
 //! The root actor: one per node, whatever the node's role. It starts the node's
 //! services through their supervisors, owns the lifecycle event bus, kills workers
-//! on request and drains every service at shutdown. Requests to the app's master
+//! and scales services on request and drains every service at shutdown. Requests to the app's master
 //! handlers ([`Node::request_master`](crate::Node::request_master)) go through the
 //! router to the `@master` service, which it starts like any other.
 
@@ -13,7 +13,7 @@ use futures::future::join_all;
 use crate::error::ServiceError;
 use crate::events::{EventBus, LifecycleEvent};
 use crate::message::WorkerId;
-use crate::supervisor::{Drain, KillWorker, Supervisor};
+use crate::supervisor::{Drain, KillWorker, Rescaled, Scale, Supervisor};
 
 /// The root of a node's supervision tree.
 pub(crate) struct Root {
@@ -90,6 +90,36 @@ impl Handler<Kill> for Root {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) | Err(_) => Err(not_running),
             }
+        })
+    }
+}
+
+/// Set the number of workers of one of this node's services (see [`Scale`]).
+#[derive(Message)]
+#[rtype(result = "Result<Rescaled, ServiceError>")]
+pub(crate) struct ScaleService {
+    pub(crate) service: String,
+    pub(crate) workers: usize,
+}
+
+impl Handler<ScaleService> for Root {
+    type Result = ResponseFuture<Result<Rescaled, ServiceError>>;
+
+    fn handle(&mut self, msg: ScaleService, _: &mut Context<Self>) -> Self::Result {
+        let supervisor = self.supervisors.get(&msg.service).cloned();
+        let node = self.node.clone();
+        Box::pin(async move {
+            let gone = || {
+                ServiceError::no_such_service(format!(
+                    "node {node} runs no service `{}`",
+                    crate::logging::untrusted(&msg.service)
+                ))
+            };
+            let supervisor = supervisor.ok_or_else(gone)?;
+            let scale = Scale {
+                workers: msg.workers,
+            };
+            supervisor.send(scale).await.map_err(|_| gone())?
         })
     }
 }

@@ -353,10 +353,17 @@ impl LocalService {
                     }
                 },
             };
+            // A credit of a worker that a scale-down removed meanwhile is dropped.
+            if !worker.hold() {
+                continue;
+            }
             match send(&worker.mailbox, msg, crate::trace::current()) {
                 Ok(reply) => return Ok(InFlight::new(self.clone(), worker, reply, true)),
                 // The worker exited after its credit was taken: try the next one.
-                Err(back) => msg = back,
+                Err(back) => {
+                    worker.unhold();
+                    msg = back;
+                }
             }
         }
     }
@@ -374,12 +381,21 @@ impl LocalService {
                 worker.slot.id
             )));
         }
+        if !worker.hold() {
+            return Err(ServiceError::no_such_service(format!(
+                "worker {} is being removed by a scale-down",
+                worker.slot.id
+            )));
+        }
         match send(&worker.mailbox, msg, crate::trace::current()) {
             Ok(reply) => Ok(InFlight::new(self.clone(), worker, reply, false)),
-            Err(_) => Err(ServiceError::no_such_service(format!(
-                "worker {} is not running",
-                worker.slot.id
-            ))),
+            Err(_) => {
+                worker.unhold();
+                Err(ServiceError::no_such_service(format!(
+                    "worker {} is not running",
+                    worker.slot.id
+                )))
+            }
         }
     }
 }
@@ -439,7 +455,7 @@ impl<T: Send + 'static> InFlight<T> {
         reply: oneshot::Receiver<T>,
         credit: bool,
     ) -> Self {
-        worker.slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Counted in `in_flight` already, by `Incarnation::hold`.
         InFlight {
             service,
             worker: Some(worker),

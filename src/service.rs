@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 use futures::future::BoxFuture;
+use parking_lot::RwLock;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
@@ -161,7 +163,40 @@ pub(crate) struct LocalService {
     pub(crate) def: Arc<ServiceDef>,
     pub(crate) config: ServiceConfig,
     pub(crate) dealer: Dealer,
-    pub(crate) slots: Vec<Arc<WorkerSlot>>,
+    /// The workers the service has now, by index; its supervisor changes them.
+    pub(crate) slots: Slots,
+    /// The node's worker threads, in the order the service's workers take them:
+    /// worker `i` runs on `threads[i % threads.len()]`.
+    pub(crate) threads: Vec<ArbiterHandle>,
     /// Requests served, errors by kind and latency, for `GET /metrics`.
     pub(crate) metrics: ServiceMetrics,
+}
+
+/// The slots of a service's workers, index `i` at position `i`: a snapshot that
+/// a scale replaces whole. Readers (status, metrics, the `least_loaded`
+/// routing) take the snapshot under a read lock held only to clone an `Arc`,
+/// then read it without one; the request path itself goes through the dealer
+/// and never reads it.
+#[derive(Debug)]
+pub(crate) struct Slots(RwLock<Arc<[Arc<WorkerSlot>]>>);
+
+impl Slots {
+    pub(crate) fn new(slots: Vec<Arc<WorkerSlot>>) -> Self {
+        Slots(RwLock::new(slots.into()))
+    }
+
+    /// The workers now.
+    pub(crate) fn get(&self) -> Arc<[Arc<WorkerSlot>]> {
+        self.0.read().clone()
+    }
+
+    /// How many workers the service has now.
+    pub(crate) fn len(&self) -> usize {
+        self.0.read().len()
+    }
+
+    /// Replaces the workers (the supervisor, when the service is scaled).
+    pub(crate) fn set(&self, slots: Vec<Arc<WorkerSlot>>) {
+        *self.0.write() = slots.into();
+    }
 }

@@ -1,4 +1,5 @@
-//! What `GET /v1/status` and `colony status` show: nodes, their services and workers.
+//! What `GET /v1/status` and `colony status` show: nodes, their services and
+//! workers; and what a scale reports ([`Scaled`]).
 
 use std::collections::BTreeMap;
 
@@ -238,5 +239,49 @@ fn uptime(ms: u64) -> String {
         0..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
         _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// What a scale did ([`Node::scale`](crate::Node::scale)), as
+/// `POST /v1/scale/{service}` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scaled {
+    /// The service.
+    pub service: String,
+    /// The node whose workers of it changed.
+    pub node: String,
+    /// Its workers there now.
+    pub workers: usize,
+    /// Its workers there before.
+    pub was: usize,
+}
+
+/// The line `colony scale` prints, as pm2's `scale` says what it did:
+/// `scaled math on worker-a up from 1 to 3 workers: 2 starting`.
+impl std::fmt::Display for Scaled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Scaled {
+            service,
+            node,
+            workers: now,
+            was,
+        } = self;
+        let workers = if *now == 1 { "worker" } else { "workers" };
+        if now > was {
+            let starting = now - was;
+            write!(
+                f,
+                "scaled {service} on {node} up from {was} to {now} {workers}: {starting} starting"
+            )
+        } else if now < was {
+            let (stopping, whose) = (was - now, if was - now == 1 { "its" } else { "their" });
+            write!(
+                f,
+                "scaled {service} on {node} down from {was} to {now} {workers}: \
+                 {stopping} stopping once {whose} requests are done"
+            )
+        } else {
+            write!(f, "{service} on {node} has {now} {workers} already")
+        }
     }
 }

@@ -31,26 +31,43 @@
 //! that actix does not tie to the actor: it runs to its end even if the worker is
 //! killed, and if it panics its caller gets `HandlerPanicked` while the worker,
 //! whose state it could not touch, keeps running.
+//!
+//! Scaling ([`Scale`]): new indexes start as new workers; a scale-down removes
+//! the highest indexes. A removed worker is retired at the dealer (no new
+//! request reaches it), finishes what it holds, then stops; its exit is neither
+//! restarted nor counted as a failure. An index added again while its old
+//! worker still drains gets a new worker once the old one has stopped.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_rt::ArbiterHandle;
 use futures::future::join_all;
 
+use crate::config::limits::MAX_TIMEOUT;
 use crate::config::{Policy, Strategy};
 use crate::dealer::Availability;
 use crate::error::ServiceError;
 use crate::events::{EventBus, LifecycleEvent};
+use crate::message::WorkerId;
 use crate::service::LocalService;
 use crate::worker::{
-    Incarnation, KillSwitch, SpawnArgs, StartWorker, WorkerExited, WorkerOnline, WorkerState,
+    Incarnation, SpawnArgs, StartWorker, WorkerExited, WorkerOnline, WorkerSlot, WorkerState,
 };
+
+mod child;
+use child::Child;
 
 /// How long a draining supervisor waits for stopped workers to end.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often a worker removed by a scale-down is looked at, until it holds no
+/// request.
+const RETIRE_POLL: Duration = Duration::from_millis(5);
+/// The longest a removed worker may keep requests: past it, every request it
+/// was handed has timed out for its caller (a request's timeout is at most
+/// this), so stopping it fails no one who still waits.
+const RETIRE_LIMIT: Duration = MAX_TIMEOUT;
 
 /// Supervises the workers of one service on this node.
 pub(crate) struct Supervisor {
@@ -59,23 +76,21 @@ pub(crate) struct Supervisor {
     start: StartWorker,
     /// The name of this node.
     node: String,
-    arbiters: Vec<ArbiterHandle>,
     events: EventBus,
+    /// By index: the service's workers (`..target`), then those a scale-down
+    /// removed that have not stopped yet.
     children: Vec<Child>,
+    /// How many workers the service has.
+    target: usize,
+    /// The last generation given to an incarnation, of any index: an index
+    /// removed and added again never reuses one.
+    generations: u64,
     /// Failures counted against the restart intensity, oldest first.
     failures: VecDeque<Instant>,
     stopping: bool,
     failed: bool,
-}
-
-#[derive(Default)]
-struct Child {
-    generation: u64,
-    running: Option<(Arc<Incarnation>, KillSwitch)>,
-    /// Set when the strategy stopped this worker because a sibling failed: its
-    /// exit restarts it after this delay without counting as a failure.
-    restart_after: Option<Duration>,
-    restart_pending: bool,
+    /// Whether a look at the retiring workers is scheduled.
+    retire_check: bool,
 }
 
 impl Supervisor {
@@ -83,37 +98,45 @@ impl Supervisor {
         service: Arc<LocalService>,
         start: StartWorker,
         node: &str,
-        arbiters: Vec<ArbiterHandle>,
         events: EventBus,
     ) -> Self {
-        let children = service.slots.iter().map(|_| Child::default()).collect();
+        let children: Vec<Child> = service
+            .slots
+            .get()
+            .iter()
+            .map(|slot| Child::new(slot.clone()))
+            .collect();
         Supervisor {
+            target: children.len(),
             service,
             start,
             node: node.to_string(),
-            arbiters,
             events,
             children,
+            generations: 0,
             failures: VecDeque::new(),
             stopping: false,
             failed: false,
+            retire_check: false,
         }
     }
 
     fn start_child(&mut self, index: usize, ctx: &mut Context<Self>) {
-        if self.stopping || self.failed {
+        if self.stopping || self.failed || index >= self.target {
             return;
         }
-        let slot = self.service.slots[index].clone();
+        self.generations += 1;
+        let threads = &self.service.threads;
         let child = &mut self.children[index];
         child.restart_pending = false;
-        child.generation += 1;
+        child.generation = self.generations;
+        let slot = child.slot.clone();
         slot.set_state(WorkerState::Starting);
         self.events.publish(LifecycleEvent::Fork {
             worker: slot.id.clone(),
         });
         let args = SpawnArgs {
-            arbiter: self.arbiters[index % self.arbiters.len()].clone(),
+            arbiter: threads[index % threads.len()].clone(),
             slot,
             generation: child.generation,
             online: ctx.address().recipient(),
@@ -124,9 +147,11 @@ impl Supervisor {
     }
 
     fn schedule_restart(&mut self, index: usize, delay: Duration, ctx: &mut Context<Self>) {
-        let slot = &self.service.slots[index];
+        let child = &mut self.children[index];
+        let slot = child.slot.clone();
         slot.set_state(WorkerState::Restarting);
-        self.children[index].restart_pending = true;
+        child.restart_pending = true;
+        let generation = child.generation;
         let restarts = slot
             .restarts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -136,13 +161,22 @@ impl Supervisor {
             restarts,
             delay_ms: delay.as_millis() as u64,
         });
-        ctx.run_later(delay, move |act, ctx| act.start_child(index, ctx));
+        ctx.run_later(delay, move |act, ctx| {
+            // Unless a scale-down removed the index meanwhile.
+            let due = act
+                .children
+                .get(index)
+                .is_some_and(|c| c.restart_pending && c.generation == generation);
+            if due {
+                act.start_child(index, ctx);
+            }
+        });
     }
 
     /// Stops `index` so that its exit restarts it after `delay`.
     fn restart_sibling(&mut self, index: usize, delay: Duration) {
         let child = &mut self.children[index];
-        if child.running.is_some() {
+        if child.running.is_some() && child.retiring.is_none() {
             child.restart_after = Some(delay);
             child.running = None; // drops the kill switch
         }
@@ -172,8 +206,8 @@ impl Supervisor {
         let delay = restart.backoff.delay(self.failures.len() as u32);
         let siblings: Vec<usize> = match restart.strategy {
             Strategy::OneForOne => Vec::new(),
-            Strategy::OneForAll => (0..self.children.len()).filter(|&i| i != index).collect(),
-            Strategy::RestForOne => (index + 1..self.children.len()).collect(),
+            Strategy::OneForAll => (0..self.target).filter(|&i| i != index).collect(),
+            Strategy::RestForOne => (index + 1..self.target).collect(),
         };
         for sibling in siblings {
             self.restart_sibling(sibling, delay);
@@ -183,9 +217,9 @@ impl Supervisor {
 
     fn fail(&mut self, reason: String) {
         self.failed = true;
-        for (child, slot) in self.children.iter_mut().zip(&self.service.slots) {
+        for child in &mut self.children {
             child.running = None;
-            slot.set_state(WorkerState::Stopped);
+            child.slot.set_state(WorkerState::Stopped);
         }
         let error = ServiceError::service_failed(format!(
             "service {} has failed: {reason}",
@@ -202,9 +236,79 @@ impl Supervisor {
     }
 
     fn none_coming_back(&self) -> bool {
-        self.children
+        self.children[..self.target]
             .iter()
             .all(|c| c.running.is_none() && !c.restart_pending)
+    }
+
+    /// Removes the workers at `indexes` (a scale-down): those running are
+    /// retired at the dealer and stop once they hold no request; restarts
+    /// waiting for their backoff are called off.
+    fn remove_children(&mut self, indexes: std::ops::Range<usize>) {
+        let until = Instant::now() + RETIRE_LIMIT;
+        let mut retired = Vec::new();
+        for child in &mut self.children[indexes] {
+            let restarts = child
+                .slot
+                .restarts
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.service.metrics.count_removed_restarts(restarts);
+            child.restart_pending = false;
+            child.restart_after = None;
+            if let Some((incarnation, _)) = &child.running {
+                retired.push(incarnation.clone());
+                child.retiring = Some(until);
+            }
+        }
+        self.service.dealer.retire(&retired);
+    }
+
+    /// Stops each retiring worker that holds no request (or whose time is up),
+    /// and looks again shortly while any still does.
+    fn check_retiring(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let mut busy = false;
+        for child in &mut self.children {
+            let (Some(until), Some((incarnation, _))) = (child.retiring, &child.running) else {
+                continue;
+            };
+            // Read after the worker was retired (see `Incarnation::retire`).
+            let held = incarnation
+                .slot
+                .in_flight
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if held == 0 || now >= until {
+                if let Some((_, switch)) = child.running.take() {
+                    switch.stop();
+                }
+            } else {
+                busy = true;
+            }
+        }
+        if busy && !self.retire_check {
+            self.retire_check = true;
+            ctx.run_later(RETIRE_POLL, |act, ctx| {
+                act.retire_check = false;
+                act.check_retiring(ctx);
+            });
+        }
+    }
+
+    /// Forgets the removed indexes at the end that have stopped.
+    fn trim(&mut self) {
+        while self.children.len() > self.target && self.children.last().is_some_and(Child::is_idle)
+        {
+            self.children.pop();
+        }
+    }
+
+    /// The slots of the service's workers now, for status and the rest.
+    fn publish_slots(&self) {
+        let slots = self.children[..self.target]
+            .iter()
+            .map(|c| c.slot.clone())
+            .collect();
+        self.service.slots.set(slots);
     }
 }
 
@@ -212,7 +316,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        for index in 0..self.children.len() {
+        for index in 0..self.target {
             self.start_child(index, ctx);
         }
     }
@@ -222,20 +326,22 @@ impl Handler<WorkerOnline> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: WorkerOnline, _: &mut Context<Self>) {
-        let child = &self.children[msg.index];
+        let Some(child) = self.children.get(msg.index) else {
+            return;
+        };
         let Some((incarnation, _)) = child.running.as_ref() else {
             return;
         };
-        if child.generation != msg.generation {
+        // A worker removed before it came online takes no request: it stops.
+        if child.generation != msg.generation || child.retiring.is_some() {
             return;
         }
-        let slot = &self.service.slots[msg.index];
-        slot.set_state(WorkerState::Running);
+        incarnation.slot.set_state(WorkerState::Running);
         self.service
             .dealer
             .add_worker(incarnation.clone(), self.service.config.concurrency);
         self.events.publish(LifecycleEvent::Online {
-            worker: slot.id.clone(),
+            worker: incarnation.slot.id.clone(),
         });
     }
 }
@@ -247,20 +353,31 @@ impl Handler<WorkerExited> for Supervisor {
         let WorkerExited {
             index,
             generation,
+            slot,
             reason,
         } = msg;
-        if self.children[index].generation != generation {
+        let Some(child) = self.children.get_mut(index) else {
+            return;
+        };
+        if child.generation != generation {
             return;
         }
-        self.children[index].running = None;
+        child.running = None;
+        let retired = child.retiring.take().is_some();
         self.service.dealer.remove_worker(index, generation);
-        let slot = self.service.slots[index].clone();
         slot.set_state(WorkerState::Stopped);
         self.events.publish(LifecycleEvent::Exit {
             worker: slot.id.clone(),
             reason: reason.clone(),
         });
         if self.stopping || self.failed {
+            return;
+        }
+        if retired || index >= self.target {
+            // A scale-down removed it: nothing to restart, no failure. An index
+            // added again meanwhile gets its new worker now.
+            self.start_child(index, ctx);
+            self.trim();
             return;
         }
         if let Some(delay) = self.children[index].restart_after.take() {
@@ -299,21 +416,87 @@ impl Handler<KillWorker> for Supervisor {
     type Result = Result<(), ServiceError>;
 
     fn handle(&mut self, msg: KillWorker, _: &mut Context<Self>) -> Self::Result {
-        let id = self
-            .service
-            .slots
-            .get(msg.index)
-            .map(|s| s.id.to_string())
-            .unwrap_or_default();
+        let target = self.target;
         match self.children.get_mut(msg.index) {
-            Some(child) if child.running.is_some() => {
+            Some(child)
+                if msg.index < target && child.retiring.is_none() && child.running.is_some() =>
+            {
                 child.running = None; // drops the kill switch
                 Ok(())
             }
             _ => Err(ServiceError::no_such_service(format!(
-                "worker {id} is not running"
+                "worker {} is not running",
+                WorkerId::new(&self.node, &self.service.name, msg.index)
             ))),
         }
+    }
+}
+
+/// Set the number of the service's workers: new indexes start, the highest go
+/// (each after the requests it holds). The caller has checked `workers` against
+/// the config's bounds.
+#[derive(Message)]
+#[rtype(result = "Result<Rescaled, ServiceError>")]
+pub(crate) struct Scale {
+    pub(crate) workers: usize,
+}
+
+/// What a [`Scale`] did.
+#[derive(Debug)]
+pub(crate) struct Rescaled {
+    /// The number of workers before.
+    pub(crate) was: usize,
+    /// The slots of the indexes it added.
+    pub(crate) added: Vec<Arc<WorkerSlot>>,
+}
+
+impl Handler<Scale> for Supervisor {
+    type Result = Result<Rescaled, ServiceError>;
+
+    fn handle(&mut self, msg: Scale, ctx: &mut Context<Self>) -> Self::Result {
+        let name = self.service.name.clone();
+        if self.failed {
+            return Err(ServiceError::service_failed(format!(
+                "service {name} has failed and takes no workers until its node restarts"
+            )));
+        }
+        if self.stopping || !self.service.dealer.is_open() {
+            return Err(ServiceError::service_failed(format!(
+                "service {name} is not taking requests (its node is stopping, or its policy let every worker go)"
+            )));
+        }
+        if msg.workers == 0 {
+            return Err(ServiceError::bad_request(format!(
+                "service {name} needs at least 1 worker"
+            )));
+        }
+        let was = self.target;
+        let mut added = Vec::new();
+        if msg.workers < was {
+            self.remove_children(msg.workers..was);
+            self.target = msg.workers;
+        } else {
+            self.target = msg.workers;
+            for index in was..msg.workers {
+                let id = WorkerId::new(&self.node, &name, index);
+                let slot = Arc::new(WorkerSlot::new(id));
+                added.push(slot.clone());
+                match self.children.get_mut(index) {
+                    // A worker still draining there: the new one starts on its exit.
+                    Some(child) => child.slot = slot,
+                    None => self.children.push(Child::new(slot)),
+                }
+            }
+        }
+        self.publish_slots();
+        for index in was..msg.workers {
+            if self.children[index].is_idle() {
+                self.start_child(index, ctx);
+            }
+        }
+        self.check_retiring(ctx);
+        self.trim();
+        Ok(Rescaled { was, added })
     }
 }
 
@@ -333,11 +516,18 @@ impl Handler<Drain> for Supervisor {
         // flight finish and stop the workers without restarting them.
         self.stopping = true;
         let service = self.service.clone();
+        // Workers a scale-down removed still finish what they hold.
+        let slots: Vec<Arc<WorkerSlot>> = self
+            .children
+            .iter()
+            .flat_map(|c| [Some(&c.slot), c.running.as_ref().map(|(w, _)| &w.slot)])
+            .flatten()
+            .cloned()
+            .collect();
         let drained = async move {
             let idle = || {
                 service.dealer.queued() == 0
-                    && service
-                        .slots
+                    && slots
                         .iter()
                         .all(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0)
             };
@@ -364,8 +554,8 @@ impl Handler<Drain> for Supervisor {
             .map(|_, act, _| {
                 // Their exit messages may still be in this mailbox; the drain is what
                 // the caller waits for, so the states are settled here.
-                for slot in &act.service.slots {
-                    slot.set_state(WorkerState::Stopped);
+                for child in &act.children {
+                    child.slot.set_state(WorkerState::Stopped);
                 }
             })
         }))

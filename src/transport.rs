@@ -230,6 +230,9 @@ pub(crate) trait Transport: Send + Sync {
     /// Waits (until `deadline`) for the requests of other nodes being served to
     /// be answered and sent.
     fn flush(&self, deadline: Instant) -> BoxFuture<'_, ()>;
+    /// This node's offer of a service changed (it was scaled): the other nodes
+    /// learn it, so that their routing weighs the new capacity.
+    fn offer_changed(&self, offer: Offer);
     /// Closes every link.
     fn stop(&self);
     /// Where this node's bridge listens, for a backbone with an address.

@@ -7,10 +7,12 @@
 //! supervisor acts on and that callers caught mid-request read back as
 //! `HandlerPanicked` with the panic's message.
 //!
-//! A worker index (`master/math/0`) keeps one [`WorkerSlot`] for the node's life:
-//! counters and state. Each start of the actor is an [`Incarnation`] with its own
-//! mailbox and generation number, so a reply or an exit from an earlier incarnation
-//! can never be mistaken for the current one.
+//! A worker index (`master/math/0`) keeps one [`WorkerSlot`], counters and state,
+//! for as long as the service has that many workers: the node's life, unless a
+//! scale-down removes the index (a later scale-up gives it a fresh slot). Each
+//! start of the actor is an [`Incarnation`] with its own mailbox and generation
+//! number, so a reply or an exit from an earlier incarnation can never be
+//! mistaken for the current one.
 
 use std::any::Any;
 use std::future::Future;
@@ -92,6 +94,8 @@ pub(crate) struct Incarnation {
     /// The arbiter the actor runs on; it outlives every request the actor holds.
     pub(crate) arbiter: ArbiterHandle,
     alive: AtomicBool,
+    /// Set by a scale-down that removes this worker: see [`retire`](Self::retire).
+    retiring: AtomicBool,
     exit: watch::Sender<Option<ExitReason>>,
 }
 
@@ -108,6 +112,44 @@ impl Incarnation {
     /// Whether the actor still runs. Turns false before its mailbox closes.
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// Marks the worker as removed by a scale-down: from now on no request is
+    /// handed to it, and what it holds may finish.
+    ///
+    /// Sequentially consistent, as is the count a request takes on the worker
+    /// before it sends ([`hold`](Self::hold)): whoever comes second sees the
+    /// other, so a drain that finds no request counted after this call knows
+    /// none is on its way to the mailbox either.
+    pub(crate) fn retire(&self) {
+        self.retiring.store(true, Ordering::SeqCst);
+    }
+
+    /// Counts a request on the worker (`in_flight`) before it goes into the
+    /// mailbox, unless a scale-down has retired the worker: then nothing is
+    /// counted, and the request goes elsewhere. The count comes first and the
+    /// check second, so either this request sees the worker retired, or the
+    /// drain that reads the count after [`retire`](Self::retire) sees it and
+    /// waits: a removed worker never stops with a request in its mailbox.
+    #[inline]
+    pub(crate) fn hold(&self) -> bool {
+        self.slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.is_retiring() {
+            self.unhold();
+            return false;
+        }
+        true
+    }
+
+    /// Takes back the count of a request [`hold`](Self::hold) counted but did
+    /// not send.
+    pub(crate) fn unhold(&self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether a scale-down removed the worker (see [`retire`](Self::retire)).
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::SeqCst)
     }
 
     /// Why this incarnation ended, waiting for it up to `deadline`: callers whose
@@ -153,6 +195,8 @@ pub(crate) struct WorkerOnline {
 pub(crate) struct WorkerExited {
     pub(crate) index: usize,
     pub(crate) generation: u64,
+    /// The incarnation's slot: after a scale-down and up, no longer the index's.
+    pub(crate) slot: Arc<WorkerSlot>,
     pub(crate) reason: ExitReason,
 }
 
@@ -201,6 +245,7 @@ where
         }) as Mailbox,
         arbiter: args.arbiter.clone(),
         alive: AtomicBool::new(true),
+        retiring: AtomicBool::new(false),
         exit: watch::Sender::new(None),
     });
     let index = args.slot.id.index;
@@ -221,6 +266,7 @@ where
                 exited.do_send(WorkerExited {
                     index,
                     generation,
+                    slot: inc.slot.clone(),
                     reason,
                 });
                 return;
@@ -250,6 +296,7 @@ where
             exited.do_send(WorkerExited {
                 index,
                 generation,
+                slot: inc.slot.clone(),
                 reason,
             });
         });
@@ -260,6 +307,7 @@ where
         args.exited.do_send(WorkerExited {
             index,
             generation,
+            slot: args.slot.clone(),
             reason: reason.clone(),
         });
         incarnation.record_exit(reason);

@@ -1,6 +1,6 @@
 //! Control messages after the handshake, all in one place: membership (a node
-//! joins, the master's member table, links to new members), subscription
-//! tables and changes, status, kills, and a peer leaving.
+//! joins, the master's member table, links to new members, a node's services
+//! scaled), subscription tables and changes, status, kills, and a peer leaving.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use super::connect::dial_loop;
 use super::peer::{Peer, Waiter};
 use super::state::Bridge;
-use super::wire::{Control, Member};
+use super::wire::{Control, Member, Offer};
 use crate::config::Role;
 use crate::logging::untrusted;
 
@@ -33,7 +33,7 @@ impl Bridge {
         self.inbound.pubsub.with_prefixes(|prefixes| {
             let mut frame = BytesMut::new();
             let join = Control::Join {
-                member: self.me.clone(),
+                member: self.member(),
             };
             let subscriptions = Control::Subscriptions { prefixes };
             let encoded = join
@@ -203,26 +203,70 @@ impl Bridge {
         }
     }
 
+    /// This node's member entry as the others should know it: with its
+    /// services now (kept in its own row of the member table).
+    pub(super) fn member(&self) -> Member {
+        self.members
+            .lock()
+            .get(&self.me.name)
+            .cloned()
+            .unwrap_or_else(|| self.me.clone())
+    }
+
+    /// This node's offer of a service changed (it was scaled): its row in the
+    /// member table takes it, and the other nodes hear it, from the master's
+    /// table or, from a worker node, its `Join` again (the master passes it on).
+    pub(super) fn announce_offer(&self, offer: Offer) {
+        let member = {
+            let mut members = self.members.lock();
+            let me = members
+                .entry(self.me.name.clone())
+                .or_insert_with(|| self.me.clone());
+            match me.services.iter_mut().find(|o| o.name == offer.name) {
+                Some(old) => *old = offer,
+                None => me.services.push(offer),
+            }
+            me.clone()
+        };
+        if self.is_master() {
+            self.broadcast_members();
+            return;
+        }
+        let mut frame = BytesMut::new();
+        if let Err(e) = (Control::Join { member }).encode(&mut frame, self.config.max_frame) {
+            log::error!("bridge: this node's member entry does not fit a frame: {e}");
+            return;
+        }
+        let frame = frame.freeze();
+        for peer in self.peers() {
+            if let Err(e) = peer.send(frame.clone()) {
+                log::warn!("bridge: node {} did not hear of the scale: {e}", peer.name);
+            }
+        }
+    }
+
     /// Takes the master's member table, links to new members and forgets gone ones.
     fn learn(self: &Arc<Self>, members: Vec<Member>) {
-        let table: BTreeMap<String, Member> = members
-            .into_iter()
-            .map(|m| (m.name.clone(), m))
-            .chain([(self.me.name.clone(), self.me.clone())])
-            .collect();
+        let mut table: BTreeMap<String, Member> =
+            members.into_iter().map(|m| (m.name.clone(), m)).collect();
+        let gone: Vec<String> = {
+            let mut known = self.members.lock();
+            // This node's own row is its own (a scale since the master's table).
+            let me = known.get(&self.me.name).cloned();
+            table.insert(self.me.name.clone(), me.unwrap_or_else(|| self.me.clone()));
+            let gone = known
+                .keys()
+                .filter(|name| !table.contains_key(*name))
+                .cloned()
+                .collect();
+            *known = table.clone();
+            gone
+        };
         for member in table.values() {
             if let Some(peer) = self.peer(&member.name) {
                 peer.set_offers(&member.services);
             }
         }
-        let gone: Vec<String> = self
-            .members
-            .lock()
-            .keys()
-            .filter(|name| !table.contains_key(*name))
-            .cloned()
-            .collect();
-        *self.members.lock() = table.clone();
         for name in gone {
             if let Some(peer) = self.peer(&name) {
                 peer.shut();

@@ -20,7 +20,7 @@ use super::tls::Tls;
 use super::wire::Member;
 use crate::config::{BridgeSection, Role};
 use crate::pubsub::{Change, Delivery};
-use crate::transport::{BridgeStats, Inbound, Link, Offered, Transport};
+use crate::transport::{BridgeStats, Inbound, Link, Offer, Offered, Transport};
 
 /// One peer request being served; see [`Bridge::serving`].
 pub(crate) struct Serving(Arc<AtomicU64>);
@@ -219,6 +219,10 @@ impl Transport for Bridge {
 
     fn flush(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
         Box::pin(Bridge::flush(self, deadline))
+    }
+
+    fn offer_changed(&self, offer: Offer) {
+        self.announce_offer(offer)
     }
 
     fn stop(&self) {

@@ -21,7 +21,7 @@ use super::topics::Filters;
 use super::wire;
 use crate::pubsub::{Change, Delivery};
 use crate::transport::{
-    Backbone, BridgeStats, Inbound, Link, Member, Offered, SharedState, Transport,
+    Backbone, BridgeStats, Inbound, Link, Member, Offer, Offered, SharedState, Transport,
 };
 
 /// The backbone a node starts on when its config has `nats:`: what
@@ -50,6 +50,7 @@ impl NatsNode {
             this: this.clone(),
             instance: client.new_inbox().replace("_INBOX.", ""),
             inbox,
+            offers: parking_lot::RwLock::new(me.services.clone()),
             me,
             client,
             subjects,
@@ -118,7 +119,7 @@ impl Transport for NatsNode {
     }
 
     fn members(&self) -> Vec<Member> {
-        let mut members = vec![self.me.clone()];
+        let mut members = vec![self.member()];
         members.extend(self.peers.all().iter().map(|p| p.member.read().clone()));
         members
     }
@@ -201,13 +202,22 @@ impl Transport for NatsNode {
         })
     }
 
+    fn offer_changed(&self, offer: Offer) {
+        // The next beat carries it.
+        let mut offers = self.offers.write();
+        match offers.iter_mut().find(|o| o.name == offer.name) {
+            Some(old) => *old = offer,
+            None => offers.push(offer),
+        }
+    }
+
     fn stop(&self) {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
         let gone = wire::Beat {
             instance: self.instance.clone(),
-            member: self.me.clone(),
+            member: self.member(),
             leaving: true,
             gone: true,
             subs: 0,

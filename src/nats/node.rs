@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Client;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use super::outbox::{Out, Outbox};
@@ -20,7 +20,7 @@ use super::topics::Filters;
 use crate::config::Role;
 use crate::error::ServiceError;
 use crate::pubsub::Change;
-use crate::transport::{self, Answer, Inbound, Member};
+use crate::transport::{self, Answer, Inbound, Member, Offer};
 
 /// Beats a node may miss before it is down.
 pub(super) const MISSED_BEATS: u32 = 3;
@@ -44,6 +44,9 @@ pub(super) type Waiting = (oneshot::Sender<Answer>, Arc<str>);
 /// This node's side of the cluster over NATS.
 pub(crate) struct NatsNode {
     pub(super) me: Member,
+    /// Its services now (`me.services` as it started, then as scaled): its
+    /// beats carry them.
+    pub(super) offers: RwLock<Vec<Offer>>,
     /// This run of the node, so the others tell a restart from a beat.
     pub(super) instance: String,
     pub(super) client: Client,
@@ -94,6 +97,14 @@ impl NatsNode {
     pub(super) fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
         let handle = actix_rt::spawn(task);
         self.tasks.lock().push(handle);
+    }
+
+    /// This node's member entry, with its services now.
+    pub(super) fn member(&self) -> Member {
+        Member {
+            services: self.offers.read().clone(),
+            ..self.me.clone()
+        }
     }
 
     pub(super) fn is_master(member: &Member) -> bool {

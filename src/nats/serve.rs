@@ -219,7 +219,7 @@ impl Drop for Serving {
 pub(super) async fn beat(node: &NatsNode) {
     let beat = Beat {
         instance: node.instance.clone(),
-        member: node.me.clone(),
+        member: node.member(),
         leaving: node.leaving.load(Ordering::Acquire),
         gone: false,
         subs: node.subs_version.load(Ordering::Acquire),

@@ -18,7 +18,7 @@ use crate::message::WorkerId;
 use crate::pubsub::PubSub;
 use crate::root::Root;
 use crate::router::Router;
-use crate::service::LocalService;
+use crate::service::{LocalService, Slots};
 use crate::state::ClusterState;
 use crate::supervisor::Supervisor;
 use crate::transport::{self, Backbone, Inbound, Member, Offer, Transport};
@@ -122,41 +122,27 @@ impl Node {
             let slots = (0..workers)
                 .map(|i| Arc::new(WorkerSlot::new(WorkerId::new(&name, &def.name, i))))
                 .collect();
+            // Rotate each service's first worker so that services share the threads.
+            let mut threads = handles.clone();
+            threads.rotate_left(spread % handles.len());
+            spread += workers;
             let service = Arc::new(LocalService {
                 name: def.name.clone(),
                 dealer: Dealer::new(&def.name, workers, service_config.queue),
                 config: service_config,
                 def: Arc::new(def),
-                slots,
+                slots: Slots::new(slots),
+                threads,
                 metrics: Default::default(),
             });
             router.insert(service.clone());
             if !service.def.consumes.is_empty() {
-                consumers.push((service.clone(), spread));
+                consumers.push(service.clone());
             }
-            // Rotate each service's first worker so that services share the threads.
-            let mut arbiters = handles.clone();
-            arbiters.rotate_left(spread % handles.len());
-            spread += workers;
-            let supervisor = Supervisor::new(
-                service.clone(),
-                bind(&node),
-                &name,
-                arbiters,
-                events.clone(),
-            );
+            let supervisor = Supervisor::new(service.clone(), bind(&node), &name, events.clone());
             supervisors.push((service.name.clone(), supervisor));
         }
-        let offers: Vec<Offer> = router
-            .services()
-            .iter()
-            .map(|s| Offer {
-                name: s.name.clone(),
-                workers: s.slots.len(),
-                capacity: s.slots.len() * s.config.concurrency,
-                timeout_ms: s.config.timeout.as_millis() as u64,
-            })
-            .collect();
+        let offers: Vec<Offer> = router.services().iter().map(|s| offer(s)).collect();
         let inbound = Inbound {
             router: router.clone(),
             events: events.clone(),
@@ -211,11 +197,22 @@ impl Node {
         }
         let root = Root::new(&name, events.clone(), supervisors).start();
         *node.inner.root.lock() = Some(root);
-        for (service, spread) in consumers {
-            consumer::start(&node, &service, &handles, spread);
+        for service in consumers {
+            consumer::start(&node, &service, &service.slots.get());
         }
 
         Ok(node)
+    }
+}
+
+/// What the other nodes learn of `service` on this node: its workers now.
+pub(super) fn offer(service: &LocalService) -> Offer {
+    let workers = service.slots.len();
+    Offer {
+        name: service.name.clone(),
+        workers,
+        capacity: workers.saturating_mul(service.config.concurrency),
+        timeout_ms: service.config.timeout.as_millis() as u64,
     }
 }
 

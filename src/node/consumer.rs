@@ -7,14 +7,13 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use actix_rt::ArbiterHandle;
-
 use super::handle::{Inner, Node};
 use crate::backoff::Backoff;
 use crate::error::ServiceError;
 use crate::guard::Origin;
 use crate::jobs::Answer;
 use crate::service::LocalService;
+use crate::worker::WorkerSlot;
 
 /// How long one take waits at the cluster state for a job.
 const TAKE_WAIT: Duration = Duration::from_secs(5);
@@ -30,21 +29,19 @@ const MAX_TAKE_LOOPS: usize = 64;
 /// worker need not wait for the disk before it starts on the next job.
 const ACKS_AHEAD: usize = 8;
 
-/// Starts the take loops of `service` on its workers' threads.
-pub(super) fn start(
-    node: &Node,
-    service: &Arc<LocalService>,
-    threads: &[ArbiterHandle],
-    spread: usize,
-) {
+/// Starts the take loops of the workers of `service` whose slots are `slots`
+/// (all of them at boot, those a scale-up added later) on their threads. A
+/// loop ends when a scale-down removes its slot.
+pub(super) fn start(node: &Node, service: &Arc<LocalService>, slots: &[Arc<WorkerSlot>]) {
+    let threads = &service.threads;
     for (queue, subject) in &service.def.consumes {
-        for index in 0..service.slots.len() {
-            let thread = &threads[(spread + index) % threads.len()];
+        for slot in slots {
+            let thread = &threads[slot.id.index % threads.len()];
             for _ in 0..service.config.concurrency.min(MAX_TAKE_LOOPS) {
                 thread.spawn(take_loop(
                     Arc::downgrade(&node.inner),
                     service.clone(),
-                    index,
+                    slot.clone(),
                     queue.clone(),
                     subject,
                 ));
@@ -56,11 +53,12 @@ pub(super) fn start(
 async fn take_loop(
     node: Weak<Inner>,
     service: Arc<LocalService>,
-    index: usize,
+    slot: Arc<WorkerSlot>,
     queue: String,
     subject: &'static str,
 ) {
-    let worker = service.slots[index].id.to_string();
+    let index = slot.id.index;
+    let worker = slot.id.to_string();
     let mut backoff = RETAKE;
     let mut warned = false;
     let mut acks: std::collections::VecDeque<actix_rt::task::JoinHandle<()>> = Default::default();
@@ -73,7 +71,7 @@ async fn take_loop(
         let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
             return;
         };
-        if node.is_stopping() {
+        if node.is_stopping() || !kept(&service, &slot) {
             return;
         }
         // A worker that has exited but is not yet removed from the dealer is not
@@ -132,8 +130,14 @@ async fn take_loop(
                 .await
         };
         let result = crate::trace::maybe_scope(given.trace.map(|t| t.child()), worked).await;
+        // A worker that a scale-down removed between the take and the request
+        // never got the job: the delivery does not count against its attempts.
+        let removed = result
+            .as_ref()
+            .is_err_and(|e| e.kind == crate::error::ErrorKind::NoSuchService)
+            && !running(&service, index);
         let answer = Answer {
-            counts: !node.is_stopping(),
+            counts: !node.is_stopping() && !removed,
             error: result.err(),
         };
         let queue = queue.clone();
@@ -150,6 +154,15 @@ async fn take_loop(
             acks.push_back(actix_rt::spawn(ack));
         }
     }
+}
+
+/// Whether `slot` is still one of the service's workers: a scale-down removes
+/// it, and a later scale-up puts a new slot at its index.
+fn kept(service: &LocalService, slot: &Arc<WorkerSlot>) -> bool {
+    let slots = service.slots.get();
+    slots
+        .get(slot.id.index)
+        .is_some_and(|s| Arc::ptr_eq(s, slot))
 }
 
 /// Whether worker `index` of `service` runs now.

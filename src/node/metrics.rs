@@ -64,7 +64,12 @@ impl Node {
             "service",
             &services,
             |s| {
-                let n: u64 = s.slots.iter().map(|w| w.in_flight.load(Relaxed)).sum();
+                let n: u64 = s
+                    .slots
+                    .get()
+                    .iter()
+                    .map(|w| w.in_flight.load(Relaxed))
+                    .sum();
                 (&s.name, n as f64)
             },
         );
@@ -77,7 +82,9 @@ impl Node {
             "service",
             &services,
             |s| {
-                let n: u64 = s.slots.iter().map(|w| w.restarts.load(Relaxed)).sum();
+                let slots = s.slots.get();
+                let n: u64 = slots.iter().map(|w| w.restarts.load(Relaxed)).sum::<u64>()
+                    + s.metrics.removed_restarts();
                 (&s.name, n as f64)
             },
         );

@@ -27,6 +27,7 @@ impl Node {
                 queued: service.dealer.queued(),
                 workers: service
                     .slots
+                    .get()
                     .iter()
                     .map(|slot| worker_status(slot))
                     .collect(),

@@ -17,12 +17,15 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 mod backbone;
+pub mod http;
 pub mod logs;
 pub mod nats;
 pub mod tracer;
 mod watch;
 #[allow(unused_imports)]
 pub use backbone::*;
+#[allow(unused_imports)]
+pub use http::*;
 #[allow(unused_imports)]
 pub use watch::*;
 
@@ -82,6 +85,7 @@ pub fn test_app() -> App {
         .service("chaos", Chaos::new)
         .handles::<Sleep>()
         .handles::<SlowIfFirst>()
+        .handles::<Nap>()
         .handles::<Panic>()
         .handles::<AsyncPanic>()
         .handles::<WhoAmI>()
@@ -252,6 +256,27 @@ impl Handler<Sleep> for Chaos {
             actix_rt::time::sleep(Duration::from_millis(m.ms)).await;
             Ok(id)
         })
+    }
+}
+
+/// Sleeps within the worker (an actor future, not a detached one): a worker
+/// that stops before it ends drops it unanswered. Replies with the napper's id.
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<String, ServiceError>")]
+pub struct Nap {
+    pub ms: u64,
+}
+impl Request for Nap {
+    const SUBJECT: &'static str = "nap";
+}
+
+impl Handler<Nap> for Chaos {
+    type Result = ResponseActFuture<Self, Result<String, ServiceError>>;
+    fn handle(&mut self, m: Nap, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(
+            actix::fut::wrap_future::<_, Self>(actix_rt::time::sleep(Duration::from_millis(m.ms)))
+                .map(|(), act, _| Ok(act.id.to_string())),
+        )
     }
 }
 
