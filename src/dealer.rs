@@ -40,7 +40,40 @@ pub(crate) enum Availability {
 /// A request's turn at a worker: either at once, or after waiting in line.
 pub(crate) enum Acquired {
     Ready(Arc<Incarnation>),
-    Waiting(oneshot::Receiver<Result<Arc<Incarnation>, ServiceError>>),
+    Waiting(Turn),
+}
+
+/// A place in the dealer's line: resolves to the worker whose credit it was
+/// handed. Dropped unread after a credit reached it (its caller gave up at that
+/// moment), it gives the credit back, so the worker loses no capacity.
+#[derive(Debug)]
+pub(crate) struct Turn {
+    granted: oneshot::Receiver<Result<Arc<Incarnation>, ServiceError>>,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::future::Future for Turn {
+    type Output = Result<Result<Arc<Incarnation>, ServiceError>, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.granted).poll(cx)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        // No credit can arrive after this; one that arrived unread goes back.
+        self.granted.close();
+        if let Ok(Ok(worker)) = self.granted.try_recv() {
+            let mut state = self.state.lock();
+            if state.is_current(&worker) {
+                state.grant(worker);
+            }
+        }
+    }
 }
 
 type Waiter = oneshot::Sender<Result<Arc<Incarnation>, ServiceError>>;
@@ -50,7 +83,7 @@ type Waiter = oneshot::Sender<Result<Arc<Incarnation>, ServiceError>>;
 pub(crate) struct Dealer {
     service: String,
     queue_limit: usize,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Debug)]
@@ -68,12 +101,12 @@ impl Dealer {
         Dealer {
             service: service.to_string(),
             queue_limit,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 availability: Availability::Open,
                 workers: vec![None; workers],
                 idle: VecDeque::new(),
                 waiting: VecDeque::new(),
-            }),
+            })),
         }
     }
 
@@ -101,9 +134,12 @@ impl Dealer {
                 )));
             }
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, granted) = oneshot::channel();
         state.waiting.push_back(tx);
-        Ok(Acquired::Waiting(rx))
+        Ok(Acquired::Waiting(Turn {
+            granted,
+            state: self.state.clone(),
+        }))
     }
 
     /// Gives a credit back after the worker finished a request. A credit of an
