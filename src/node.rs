@@ -11,13 +11,15 @@
 //! re-exports: `boot` starts a node, `calls` and `messaging` are its calls,
 //! `consumer` takes jobs for its services, `status` and `metrics` report on it,
 //! `admin` carries out operators' commands (scaling a service, reading log
-//! lines) here or on the node they are for; `logs` reads the node's recent log
-//! lines, and other nodes' through `admin`.
+//! lines) here or on the node they are for, `command` is their form on the
+//! wire; `logs` reads the node's recent log lines, and other nodes' through
+//! `admin`.
 
 mod admin;
 mod boot;
 mod calls;
 pub mod check;
+mod command;
 mod consumer;
 mod handle;
 mod locking;

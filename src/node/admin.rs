@@ -2,45 +2,19 @@
 //! API of any node reaches every node of the cluster through its own: scaling a
 //! service at runtime ([`Node::scale`]) and reading the node's log lines.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::boot::offer;
+use super::command::Admin;
 use super::consumer;
 use super::handle::{node_stopped, Node, STATUS_TIMEOUT};
+use super::status::offer;
 use crate::app::MASTER_SERVICE;
 use crate::config::limits::{MAX_CREDITS, MAX_WORKERS};
 use crate::error::ServiceError;
-use crate::logging::{untrusted, LogLevel};
+use crate::logging::untrusted;
 use crate::root::ScaleService;
 use crate::service::LocalService;
 use crate::status::Scaled;
-
-/// An operator's command, as it crosses to the node that carries it out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub(crate) enum Admin {
-    /// Answers the node's kept log lines after line `after` (its newest when
-    /// `None`), at `level` or more severe, at most `max` lines and about
-    /// `max_bytes` bytes of JSON (see `node::logs`).
-    Logs {
-        /// The last line the reader saw; `None` for the newest lines.
-        after: Option<u64>,
-        /// The least severe level wanted.
-        level: LogLevel,
-        /// The most lines wanted.
-        max: usize,
-        /// The most bytes of lines wanted.
-        max_bytes: usize,
-    },
-    /// Sets the number of workers of `service` on the node; answers [`Scaled`].
-    Scale {
-        /// The service.
-        service: String,
-        /// Its workers from now on.
-        workers: usize,
-    },
-}
 
 impl Node {
     /// Sets the number of workers of `service` on node `node` while it runs,

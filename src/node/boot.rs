@@ -27,6 +27,7 @@ use crate::worker::WorkerSlot;
 use super::consumer;
 use super::handle::{Inner, Node, StartError, WeakNode};
 use super::spawned;
+use super::status::offer;
 
 impl Node {
     /// Starts the services `config` lists, from `app`, each under its supervisor,
@@ -202,17 +203,6 @@ impl Node {
         }
 
         Ok(node)
-    }
-}
-
-/// What the other nodes learn of `service` on this node: its workers now.
-pub(super) fn offer(service: &LocalService) -> Offer {
-    let workers = service.slots.len();
-    Offer {
-        name: service.name.clone(),
-        workers,
-        capacity: workers.saturating_mul(service.config.concurrency),
-        timeout_ms: service.config.timeout.as_millis() as u64,
     }
 }
 

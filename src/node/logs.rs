@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::admin::Admin;
+use super::command::Admin;
 use super::handle::Node;
 use crate::config::NodeConfig;
 use crate::error::ServiceError;

@@ -5,7 +5,9 @@
 use super::handle::{Node, STATUS_TIMEOUT};
 use super::spawned;
 use crate::dealer::Availability;
+use crate::service::LocalService;
 use crate::status::{ClusterStatus, NodeStatus, ServiceStatus, WorkerStatus};
+use crate::transport::Offer;
 use crate::worker::{WorkerSlot, WorkerState};
 
 impl Node {
@@ -136,5 +138,16 @@ fn worker_status(slot: &WorkerSlot) -> WorkerStatus {
         },
         handled: slot.handled.load(Relaxed),
         in_flight: slot.in_flight.load(Relaxed),
+    }
+}
+
+/// What the other nodes learn of `service` on this node: its workers now.
+pub(super) fn offer(service: &LocalService) -> Offer {
+    let workers = service.slots.len();
+    Offer {
+        name: service.name.clone(),
+        workers,
+        capacity: workers.saturating_mul(service.config.concurrency),
+        timeout_ms: service.config.timeout.as_millis() as u64,
     }
 }
