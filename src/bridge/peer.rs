@@ -319,8 +319,31 @@ impl Peer {
         control: impl FnOnce(u64) -> Control,
         deadline: Instant,
     ) -> Result<(), ServiceError> {
+        self.ask(Waiter::Kill, control, "the kill", deadline).await
+    }
+
+    /// Sends an operator's command and waits until `deadline` for its answer.
+    async fn admin(
+        &self,
+        op: serde_json::Value,
+        deadline: Instant,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let control = |id| Control::Admin { id, op };
+        self.ask(Waiter::Admin, control, "its command", deadline)
+            .await
+    }
+
+    /// Sends the control message `control` numbers, waiting as `waiter` for the
+    /// answer (to `what`) until `deadline`.
+    async fn ask<T>(
+        &self,
+        waiter: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Waiter,
+        control: impl FnOnce(u64) -> Control,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
-        let id = self.wait_for(Waiter::Kill(tx));
+        let id = self.wait_for(waiter(tx));
         if let Err(e) = self.send_control(&control(id)) {
             self.pending.lock().remove(&id);
             return Err(e);
@@ -331,31 +354,7 @@ impl Peer {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.down_error("its link closed")),
             Err(_) => Err(ServiceError::timeout(format!(
-                "node {} did not answer the kill",
-                self.name
-            ))),
-        }
-    }
-
-    /// Sends an operator's command and waits until `deadline` for its answer.
-    async fn admin(
-        &self,
-        op: serde_json::Value,
-        deadline: Instant,
-    ) -> Result<serde_json::Value, ServiceError> {
-        let (tx, rx) = oneshot::channel();
-        let id = self.wait_for(Waiter::Admin(tx));
-        if let Err(e) = self.send_control(&Control::Admin { id, op }) {
-            self.pending.lock().remove(&id);
-            return Err(e);
-        }
-        let answer = timeout_at(deadline, rx).await;
-        self.pending.lock().remove(&id);
-        match answer {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.down_error("its link closed")),
-            Err(_) => Err(ServiceError::timeout(format!(
-                "node {} did not answer in time",
+                "node {} did not answer {what} in time",
                 self.name
             ))),
         }
